@@ -1,0 +1,39 @@
+"""Shared test fixtures: the offline dataset directory and the TF Serving fixtures beside the clone."""
+import os
+import pathlib
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+def _data_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("VIZOO_DATA_DIR", SHARED / "datasets")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+  """The offline datasets (`../shared/datasets` in CI). Tests never download."""
+  path = _data_dir()
+  if not (path / "uci").is_dir():
+    pytest.fail(f"offline datasets not found at {path}; set VIZOO_DATA_DIR")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tf_serving_testdata() -> pathlib.Path:
+  """TensorFlow Serving's own test SavedModels and config files."""
+  path = SHARED / "fixtures" / "tf_serving_testdata"
+  if not path.is_dir():
+    pytest.fail(f"TF Serving fixtures not found at {path}")
+  return path
+
+
+@pytest.fixture(scope="session")
+def repo_data_dir() -> pathlib.Path:
+  """The small dataset slice committed in the repository for `make demo`."""
+  return REPO_ROOT / "data"

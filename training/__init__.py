@@ -1,0 +1,5 @@
+"""vizoo: variational inference model zoo."""
+import os as _os
+
+# tfp.layers is built on Keras 2; this must be set before TensorFlow is first imported.
+_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
