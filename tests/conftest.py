@@ -12,28 +12,28 @@ SHARED = REPO_ROOT.parent / "shared"
 
 
 def _data_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("VIZOO_DATA_DIR", SHARED / "datasets")).resolve()
+    return pathlib.Path(os.environ.get("VIZOO_DATA_DIR", SHARED / "datasets")).resolve()
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-  """The offline datasets (`../shared/datasets` in CI). Tests never download."""
-  path = _data_dir()
-  if not (path / "uci").is_dir():
-    pytest.fail(f"offline datasets not found at {path}; set VIZOO_DATA_DIR")
-  return path
+    """The offline datasets (`../shared/datasets` in CI). Tests never download."""
+    path = _data_dir()
+    if not (path / "uci").is_dir():
+      pytest.fail(f"offline datasets not found at {path}; set VIZOO_DATA_DIR")
+    return path
 
 
 @pytest.fixture(scope="session")
 def tf_serving_testdata() -> pathlib.Path:
-  """TensorFlow Serving's own test SavedModels and config files."""
-  path = SHARED / "fixtures" / "tf_serving_testdata"
-  if not path.is_dir():
-    pytest.fail(f"TF Serving fixtures not found at {path}")
-  return path
+    """TensorFlow Serving's own test SavedModels and config files."""
+    path = SHARED / "fixtures" / "tf_serving_testdata"
+    if not path.is_dir():
+      pytest.fail(f"TF Serving fixtures not found at {path}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def repo_data_dir() -> pathlib.Path:
-  """The small dataset slice committed in the repository for `make demo`."""
-  return REPO_ROOT / "data"
+    """The small dataset slice committed in the repository for `make demo`."""
+    return REPO_ROOT / "data"
