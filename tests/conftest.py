@@ -20,7 +20,7 @@ def data_dir() -> pathlib.Path:
     """The offline datasets (`../shared/datasets` in CI). Tests never download."""
     path = _data_dir()
     if not (path / "uci").is_dir():
-      pytest.fail(f"offline datasets not found at {path}; set VIZOO_DATA_DIR")
+        pytest.fail(f"offline datasets not found at {path}; set VIZOO_DATA_DIR")
     return path
 
 
@@ -29,7 +29,7 @@ def tf_serving_testdata() -> pathlib.Path:
     """TensorFlow Serving's own test SavedModels and config files."""
     path = SHARED / "fixtures" / "tf_serving_testdata"
     if not path.is_dir():
-      pytest.fail(f"TF Serving fixtures not found at {path}")
+        pytest.fail(f"TF Serving fixtures not found at {path}")
     return path
 
 
