@@ -1,0 +1,255 @@
+"""Server-side batching: concurrent requests merged into one signature run.
+
+With `--enable_batching`, TF Serving wraps each model's session in a `BatchingSession`: a
+request's tensors become a *task*; tasks that run the same signature are appended to an open
+batch until it holds `max_batch_size` rows or `batch_timeout_micros` has passed since its first
+task arrived; `num_batch_threads` threads run ready batches, concatenating every input along the
+0th dimension and splitting every output back. A queue holds at most `max_enqueued_batches`
+batches (the open one included); a task that would need one more is refused. With
+`allowed_batch_sizes`, a batch is padded (by repeating its first row) up to the next allowed size.
+
+This module reproduces that scheme with one difference, chosen deliberately: a request TF
+Serving's batching cannot merge correctly -- an input without a batch dimension, such as
+`predict_mc`'s scalar `num_samples` or its `seed` of shape [2] -- runs on its own instead of being
+rejected or mis-concatenated (see `is_batchable`). Tasks are only merged with tasks whose inputs
+have the same dtypes and the same non-batch shapes, so one odd request cannot fail the others.
+
+TF Serving answers a full queue with UNAVAILABLE ("The batch scheduling queue to which this task
+was submitted is full"); this server answers RESOURCE_EXHAUSTED with the same message, because
+its contract is RESOURCE_EXHAUSTED for every kind of overload (docs/serving.md).
+"""
+
+import collections
+import dataclasses
+import os
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from absl import logging
+import numpy as np
+
+from serving import errors
+
+
+@dataclasses.dataclass
+class BatchingOptions:
+    """`BatchingParameters`, with TF Serving's defaults (`batching_session.h`)."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = os.cpu_count() or 1
+    allowed_batch_sizes: Sequence[int] = ()
+
+    def validate(self):
+        if self.max_batch_size < 1:
+            raise errors.InvalidArgument("max_batch_size must be positive")
+        if self.num_batch_threads < 1:
+            raise errors.InvalidArgument("num_batch_threads must be positive")
+        if self.max_enqueued_batches < 1:
+            raise errors.InvalidArgument("max_enqueued_batches must be positive")
+        sizes = list(self.allowed_batch_sizes)
+        if sizes:
+            if sizes != sorted(sizes):
+                raise errors.InvalidArgument("allowed_batch_sizes entries must be monotonically "
+                                             "increasing")
+            if sizes[-1] != self.max_batch_size:
+                raise errors.InvalidArgument("Last entry in allowed_batch_sizes must match "
+                                             "max_batch_size; last entry was "
+                                             f"{sizes[-1]}; expected {self.max_batch_size}")
+
+
+def is_batchable(signature_def, arrays: Dict[str, np.ndarray]) -> bool:
+    """Whether a request can be merged with others: every input has a batch dimension.
+
+    The signature must declare dimension 0 of every input as unknown (-1) -- or leave the rank
+    unknown, as the tf.Example input of Classify/Regress does -- and the request's tensors must
+    all have at least one dimension, of the same size.
+    """
+    for info in signature_def.inputs.values():
+        shape = info.tensor_shape
+        if not shape.unknown_rank and (not shape.dim or shape.dim[0].size != -1):
+            return False
+    sizes = {a.shape[0] if a.ndim else None for a in arrays.values()}
+    return len(sizes) == 1 and None not in sizes
+
+
+class _Task:
+    __slots__ = ("feeds", "size", "done", "outputs", "error")
+
+    def __init__(self, feeds: Dict[str, np.ndarray], size: int):
+        self.feeds = feeds
+        self.size = size
+        self.done = threading.Event()
+        self.outputs: Optional[List[np.ndarray]] = None
+        self.error: Optional[BaseException] = None
+
+
+class _Batch:
+    __slots__ = ("tasks", "size", "start", "closed")
+
+    def __init__(self):
+        self.tasks: List[_Task] = []
+        self.size = 0
+        self.start = time.monotonic()
+        self.closed = False
+
+
+class _Queue:
+    def __init__(self, run_fn):
+        self.run_fn = run_fn
+        self.batches = collections.deque()
+
+
+class BatchScheduler:
+    """Shared by all models: one queue per (model version, signature, input layout).
+
+    Args:
+      options: `BatchingOptions`.
+    """
+
+    def __init__(self, options: BatchingOptions):
+        options.validate()
+        self._options = options
+        self._queues: Dict[tuple, _Queue] = {}
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._worker, name=f"batch_thread_{i}",
+                                          daemon=True)
+                         for i in range(options.num_batch_threads)]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def options(self) -> BatchingOptions:
+        return self._options
+
+    def run(self, key: tuple, run_fn: Callable[[Dict[str, np.ndarray], int], List[np.ndarray]],
+            feeds: Dict[str, np.ndarray], timeout: Optional[float] = None) -> List[np.ndarray]:
+        """Runs `feeds` as part of a batch and returns this request's rows of every output.
+
+        Args:
+          key: identifies the queue; tasks with equal keys may be merged.
+          run_fn: runs one merged batch: (feeds, batch size) -> outputs.
+          feeds: tensor name -> array, all with the same 0th dimension.
+          timeout: seconds to wait for the result (the request's deadline).
+        """
+        size = next(iter(feeds.values())).shape[0]
+        max_size = self._options.max_batch_size
+        if size > max_size:
+            raise errors.InvalidArgument(
+                f"Task size {size} is larger than maximum batch size {max_size}")
+        task = _Task(feeds, size)
+        with self._lock:
+            if self._stopped:
+                raise errors.Unavailable("The batch scheduler is stopping")
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = _Queue(run_fn)
+            open_batch = queue.batches[-1] if queue.batches and not queue.batches[-1].closed else None
+            if open_batch is None or open_batch.size + size > max_size:
+                if len(queue.batches) >= self._options.max_enqueued_batches:
+                    raise errors.ResourceExhausted(
+                        "The batch scheduling queue to which this task was submitted is full")
+                if open_batch is not None:
+                    open_batch.closed = True
+                open_batch = _Batch()
+                queue.batches.append(open_batch)
+            open_batch.tasks.append(task)
+            open_batch.size += size
+            if open_batch.size == max_size:
+                open_batch.closed = True
+            self._work.notify()
+        if not task.done.wait(timeout):
+            raise errors.DeadlineExceeded("Deadline exceeded while waiting for a batch")
+        if task.error is not None:
+            raise task.error
+        return task.outputs
+
+    def _next_ready(self):
+        """The queue and batch to run next (oldest ready first), or (None, seconds to wait)."""
+        timeout = self._options.batch_timeout_micros / 1e6
+        now = time.monotonic()
+        best, wait = None, None
+        for key, queue in self._queues.items():
+            if not queue.batches:
+                continue
+            batch = queue.batches[0]
+            ready_at = batch.start + timeout
+            if batch.closed or len(queue.batches) > 1 or ready_at <= now:
+                if best is None or batch.start < best[1].start:
+                    best = (key, batch)
+            else:
+                wait = ready_at - now if wait is None else min(wait, ready_at - now)
+        if best is None:
+            return None, wait
+        key, batch = best
+        queue = self._queues[key]
+        queue.batches.popleft()
+        if not queue.batches:
+            del self._queues[key]
+        return (queue, batch), None
+
+    def _worker(self):
+        while True:
+            with self._lock:
+                while True:
+                    if self._stopped:
+                        return
+                    ready, wait = self._next_ready()
+                    if ready is not None:
+                        break
+                    self._work.wait(wait)
+            queue, batch = ready
+            self._process(queue.run_fn, batch)
+
+    def _process(self, run_fn, batch: _Batch):
+        tasks = batch.tasks
+        try:
+            names = list(tasks[0].feeds)
+            merged = {n: np.concatenate([t.feeds[n] for t in tasks]) if len(tasks) > 1
+                      else tasks[0].feeds[n] for n in names}
+            padded = batch.size
+            for allowed in self._options.allowed_batch_sizes:
+                if allowed >= batch.size:
+                    padded = allowed
+                    break
+            if padded > batch.size:
+                # TF Serving pads with copies of the first row; they are dropped after the run.
+                extra = padded - batch.size
+                merged = {n: np.concatenate([a, np.repeat(a[:1], extra, axis=0)])
+                          for n, a in merged.items()}
+            outputs = run_fn(merged, padded)
+            for output in outputs:
+                if np.ndim(output) == 0 or output.shape[0] != padded:
+                    raise errors.FailedPrecondition(
+                        "Batched output tensor's 0th dimension does not equal the sum of the 0th "
+                        "dimension sizes of the input tensors")
+            offset = 0
+            for task in tasks:
+                task.outputs = [o[offset:offset + task.size] for o in outputs]
+                offset += task.size
+        except BaseException as exc:  # pylint: disable=broad-except
+            # Every task of a failed batch gets the error; the thread lives on.
+            if not isinstance(exc, Exception):
+                logging.exception("Batch failed")
+            for task in tasks:
+                task.error = exc
+        finally:
+            for task in tasks:
+                task.done.set()
+
+    def stop(self):
+        with self._lock:
+            self._stopped = True
+            pending = [b for q in self._queues.values() for b in q.batches]
+            self._queues.clear()
+            self._work.notify_all()
+        for batch in pending:
+            for task in batch.tasks:
+                task.error = errors.Unavailable("The batch scheduler is stopping")
+                task.done.set()
+        for thread in self._threads:
+            thread.join(timeout=5)

@@ -1,0 +1,739 @@
+"""Conversions between wire formats and numpy: TensorProto, TF Serving's REST JSON, tf.Example.
+
+Everything here is pure data conversion; it knows nothing about models or servers. The rules
+(and the error messages) follow TF Serving: `Tensor::FromProto` for TensorProtos,
+`util/json_tensor.cc` for the REST API's row (`instances`) and columnar (`inputs`) formats,
+`{"b64": ...}` strings, the way floats are printed, and `servables/tensorflow/util.cc` for turning
+a Classify/Regress `Input` into a batch of serialized `tf.Example`s.
+"""
+
+import base64
+import binascii
+import json
+import math
+
+import numpy as np
+
+from serving import errors
+
+# Protobuf modules are imported lazily: importing them imports TensorFlow, and the pure-JSON
+# helpers here are used by tests and tools that should not pay for it.
+
+
+def _types_pb2():
+    from tensorflow.core.framework import types_pb2  # pylint: disable=import-outside-toplevel
+    return types_pb2
+
+
+# DataType enum value -> (numpy dtype, TensorProto repeated field, TF's short type name).
+# Enum values are those of `tensorflow/core/framework/types.proto`.
+DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_INT16, DT_INT8, DT_STRING = 1, 2, 3, 4, 5, 6, 7
+DT_COMPLEX64, DT_INT64, DT_BOOL, DT_UINT16, DT_COMPLEX128, DT_HALF = 8, 9, 10, 17, 18, 19
+DT_UINT32, DT_UINT64 = 22, 23
+
+_DTYPES = {
+    DT_FLOAT: (np.float32, "float_val", "float"),
+    DT_DOUBLE: (np.float64, "double_val", "double"),
+    DT_INT32: (np.int32, "int_val", "int32"),
+    DT_UINT8: (np.uint8, "int_val", "uint8"),
+    DT_INT16: (np.int16, "int_val", "int16"),
+    DT_INT8: (np.int8, "int_val", "int8"),
+    DT_UINT16: (np.uint16, "int_val", "uint16"),
+    DT_STRING: (object, "string_val", "string"),
+    DT_COMPLEX64: (np.complex64, "scomplex_val", "complex64"),
+    DT_COMPLEX128: (np.complex128, "dcomplex_val", "complex128"),
+    DT_INT64: (np.int64, "int64_val", "int64"),
+    DT_BOOL: (np.bool_, "bool_val", "bool"),
+    DT_HALF: (np.float16, "half_val", "half"),
+    DT_UINT32: (np.uint32, "uint32_val", "uint32"),
+    DT_UINT64: (np.uint64, "uint64_val", "uint64"),
+}
+
+_NUMPY_TO_DT = {np.dtype(np_type): dt for dt, (np_type, _, _) in _DTYPES.items() if np_type is not object}
+
+
+def dtype_name(dtype: int) -> str:
+    """TF's `DataTypeString`: `float` for DT_FLOAT; unknown enums print their enum name."""
+    if dtype in _DTYPES:
+        return _DTYPES[dtype][2]
+    try:
+        return _types_pb2().DataType.Name(dtype)
+    except ValueError:
+        return f"unknown dtype {dtype}"
+
+
+def numpy_dtype(dtype: int):
+    """The numpy dtype holding a TensorFlow DataType (`object` for strings)."""
+    if dtype not in _DTYPES:
+        raise errors.Unimplemented(f"Tensor type {dtype_name(dtype)} is not supported")
+    return _DTYPES[dtype][0]
+
+
+def datatype_of(array: np.ndarray) -> int:
+    """The TensorFlow DataType for a numpy array (bytes/str/object arrays are DT_STRING)."""
+    if array.dtype.kind in ("O", "S", "U"):
+        return DT_STRING
+    try:
+        return _NUMPY_TO_DT[array.dtype]
+    except KeyError:
+        raise errors.InvalidArgument(f"numpy dtype {array.dtype} has no TensorFlow equivalent") from None
+
+
+# --------------------------------------------------------------------------------------------
+# TensorProto <-> numpy
+# --------------------------------------------------------------------------------------------
+
+def tensor_proto_to_ndarray(proto, alias: str = "", max_bytes: int = 0) -> np.ndarray:
+    """Decodes a TensorProto like `Tensor::FromProto`, or raises InvalidArgument.
+
+    As in TensorFlow, a typed `*_val` field with fewer values than the shape holds is padded
+    with its last value (a single value fills the tensor) and an empty one means zeros. Because
+    a tiny proto can thus declare a huge tensor, `max_bytes` (if positive) bounds the decoded size
+    so that a request can never make the server allocate more than that.
+
+    Args:
+      proto: a `tensorflow.TensorProto`.
+      alias: the input's name, for the error message.
+      max_bytes: largest decoded size in bytes, 0 for no limit.
+
+    Returns:
+      The array, shaped as the proto says (`object` dtype of `bytes` for DT_STRING).
+    """
+    parse_error = errors.InvalidArgument(f"tensor parsing error: {alias}")
+    if proto.dtype not in _DTYPES:
+        raise parse_error
+    np_type, field, _ = _DTYPES[proto.dtype]
+    if proto.tensor_shape.unknown_rank:
+        raise parse_error
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in shape):
+        raise parse_error
+    num_elements = math.prod(shape)
+    itemsize = 8 if np_type is object else np.dtype(np_type).itemsize
+    if max_bytes and num_elements * itemsize > max_bytes:
+        raise errors.ResourceExhausted(
+            f"Input {alias} of shape {shape} needs {num_elements * itemsize} bytes, more than the "
+            f"server limit --max_tensor_bytes={max_bytes}")
+    if proto.tensor_content:
+        if np_type is object:
+            raise parse_error
+        if len(proto.tensor_content) != num_elements * np.dtype(np_type).itemsize:
+            raise parse_error
+        return np.frombuffer(proto.tensor_content, dtype=np_type).reshape(shape).copy()
+    values = getattr(proto, field)
+    if proto.dtype in (DT_COMPLEX64, DT_COMPLEX128):
+        if len(values) % 2:
+            raise parse_error
+        flat = np.asarray(values[0::2], np.float64) + 1j * np.asarray(values[1::2], np.float64)
+    elif proto.dtype == DT_HALF:
+        flat = np.asarray(values, np.uint16).view(np.float16)
+    elif np_type is object:
+        flat = np.empty(len(values), dtype=object)
+        flat[:] = list(values)
+    else:
+        flat = np.asarray(values)
+    count = len(flat)
+    if count > num_elements:
+        raise parse_error
+    if count == num_elements:
+        return flat.astype(np_type, copy=False).reshape(shape)
+    if np_type is object:
+        out = np.empty(num_elements, dtype=object)
+        out[:] = [flat[-1] if count else b""] * num_elements
+        out[:count] = flat
+        return out.reshape(shape)
+    out = np.full(num_elements, flat[-1] if count else 0, dtype=np_type)
+    out[:count] = flat
+    return out.reshape(shape)
+
+
+def ndarray_to_tensor_proto(array, use_tensor_content: bool = False):
+    """Encodes an array as a TensorProto.
+
+    The server answers with typed `*_val` fields, as TF Serving's Predict does
+    (`AsProtoField`); clients send numeric tensors as `tensor_content`, which is compact and
+    fast, as `tf.make_tensor_proto` does.
+    """
+    from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
+
+    array = np.asarray(array)
+    dtype = datatype_of(array)
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    if dtype == DT_STRING:
+        proto.string_val.extend(
+            v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.ravel())
+    elif use_tensor_content:
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    elif dtype == DT_HALF:
+        proto.half_val.extend(array.ravel().view(np.uint16).tolist())
+    elif dtype in (DT_COMPLEX64, DT_COMPLEX128):
+        flat = array.ravel()
+        interleaved = np.empty(2 * flat.size, dtype=np.float64)
+        interleaved[0::2], interleaved[1::2] = flat.real, flat.imag
+        getattr(proto, _DTYPES[dtype][1]).extend(interleaved.tolist())
+    else:
+        getattr(proto, _DTYPES[dtype][1]).extend(array.ravel().tolist())
+    return proto
+
+
+# --------------------------------------------------------------------------------------------
+# tf.Example inputs of Classify / Regress / MultiInference
+# --------------------------------------------------------------------------------------------
+
+def input_to_serialized_examples(input_proto) -> np.ndarray:
+    """A `tensorflow.serving.Input` as the 1-D string tensor of serialized `tf.Example`s.
+
+    With `example_list_with_context`, each example is the serialized context followed by the
+    serialized example: protobuf merges concatenated messages, so the model sees the context's
+    features joined with the example's own (`InputToSerializedExampleTensor` in TF Serving).
+    """
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        serialized = [ex.SerializeToString() for ex in input_proto.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = input_proto.example_list_with_context.context.SerializeToString()
+        serialized = [context + ex.SerializeToString()
+                      for ex in input_proto.example_list_with_context.examples]
+    else:
+        serialized = []
+    if not serialized:
+        raise errors.InvalidArgument("Input is empty.")
+    out = np.empty(len(serialized), dtype=object)
+    out[:] = serialized
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# REST JSON: parsing
+# --------------------------------------------------------------------------------------------
+
+ROW_FORMAT = "row"
+COLUMNAR_FORMAT = "columnar"
+
+_PARSE_ERRORS = {
+    # Python's json messages -> rapidjson's (GetParseError_En), which TF Serving reports.
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Expecting ',' delimiter": "Missing a comma or '}' after an object member.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+}
+
+
+def parse_json_document(body) -> dict:
+    """Parses a REST request body; like TF Serving it must be one JSON object.
+
+    NaN and (-)Infinity are accepted, as rapidjson's `kParseNanAndInfFlag` does.
+    """
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise errors.InvalidArgument(
+                f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+    if not body:
+        raise errors.InvalidArgument("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError as exc:
+        reason = _PARSE_ERRORS.get(exc.msg, "Invalid value.")
+        raise errors.InvalidArgument(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
+    except RecursionError:
+        raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")
+    return doc
+
+
+def json_value_to_string(value) -> str:
+    """Renders a JSON value for an error message (TF Serving pretty-prints it the same way)."""
+    if isinstance(value, float):
+        return format_decimal(value, np.float64)
+    try:
+        return json.dumps(value, indent=4)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def _is_b64_object(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _decode_b64(value) -> bytes:
+    if not _is_b64_object(value):
+        raise errors.InvalidArgument(
+            f"JSON Value: {json_value_to_string(value)} not formatted correctly for base64 data")
+    text = value["b64"]
+    try:
+        # absl accepts both the standard and the URL-safe alphabets, with or without padding.
+        alt = text.replace("-", "+").replace("_", "/")
+        return base64.b64decode(alt + "=" * (-len(alt) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.InvalidArgument("Unable to base64 decode") from None
+
+
+def _type_error(value, dtype) -> errors.InvalidArgument:
+    return errors.InvalidArgument(
+        f"JSON Value: {json_value_to_string(value)} Type: {_json_type(value)} is not of expected "
+        f"type: {dtype_name(dtype)}")
+
+
+_FLOAT_MAX_INT = {DT_FLOAT: (1 << 24) - 1, DT_DOUBLE: (1 << 53) - 1}
+_FLOAT_LIMIT = {DT_FLOAT: float(np.finfo(np.float32).max), DT_DOUBLE: float(np.finfo(np.float64).max)}
+_INT_RANGE = {
+    DT_INT32: (-2**31, 2**31 - 1), DT_INT16: (-2**31, 2**31 - 1), DT_INT8: (-2**31, 2**31 - 1),
+    DT_UINT8: (-2**31, 2**31 - 1), DT_INT64: (-2**63, 2**63 - 1), DT_UINT32: (0, 2**32 - 1),
+    DT_UINT64: (0, 2**64 - 1),
+}
+
+
+def _json_scalar(value, dtype):
+    """One leaf of a JSON tensor, checked like `AddValueToTensor` in TF Serving."""
+    if isinstance(value, dict):
+        if dtype == DT_STRING:
+            return _decode_b64(value)
+        raise _type_error(value, dtype)
+    if dtype in (DT_FLOAT, DT_DOUBLE):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(value, dtype)
+        target = "float" if dtype == DT_FLOAT else "double"
+        if isinstance(value, int):
+            if abs(value) > _FLOAT_MAX_INT[dtype]:
+                raise errors.InvalidArgument(
+                    f"Cannot convert JSON value: {value} to {target} without loss of precision.")
+        elif math.isfinite(value) and abs(value) > _FLOAT_LIMIT[dtype]:
+            raise errors.InvalidArgument(
+                f"Cannot convert JSON value: {json_value_to_string(value)} to {target} without "
+                "loss of precision.")
+        return value
+    if dtype in _INT_RANGE:
+        low, high = _INT_RANGE[dtype]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _type_error(value, dtype)
+        return value
+    if dtype == DT_STRING:
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8")
+    if dtype == DT_BOOL:
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    raise errors.Unimplemented(
+        f"Conversion of JSON Value: {json_value_to_string(value)} to type: {dtype_name(dtype)}")
+
+
+def _dense_shape(value) -> list:
+    """The shape of a nested list, read off its first elements (`GetDenseTensorShape`)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value, level, shape, dtype, out):
+    """Walks a nested list, checking it is dense with `shape` (`FillTensorProto`)."""
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise errors.InvalidArgument(
+                f"JSON Value: {json_value_to_string(value)} found at incorrect level: {level + 1} "
+                f"in the JSON DOM. Expected at level: {rank}")
+        out.append(_json_scalar(value, dtype))
+        return
+    if level >= rank:
+        raise errors.InvalidArgument(
+            f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(value) != shape[level]:
+        raise errors.InvalidArgument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: "
+            f"{shape[level]}")
+    for item in value:
+        _fill(item, level + 1, shape, dtype, out)
+
+
+def json_to_ndarray(value, dtype: int) -> np.ndarray:
+    """A JSON value (scalar, nested list, b64 object) as an array of a TensorFlow dtype."""
+    shape = _dense_shape(value)
+    flat = []
+    _fill(value, 0, shape, dtype, flat)
+    np_type = numpy_dtype(dtype)
+    if np_type is object:
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    return np.asarray(flat, dtype=np_type).reshape(shape)
+
+
+def _shape_string(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _status_string(error: errors.ServingError) -> str:
+    return f"{errors.code_name(error.code)}: {error.message}"
+
+
+def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
+    """The row format: each element of `instances` is one row of every input."""
+    if not isinstance(instances[0], dict) and len(input_dtypes) > 1:
+        raise errors.InvalidArgument(
+            "instances is a plain list, but expecting list of objects as multiple input tensors "
+            "required as per tensorinfo_map")
+
+    def is_element_object(value):
+        return isinstance(value, dict) and not _is_b64_object(value)
+
+    objects = is_element_object(instances[0])
+    rows = {name: [] for name in input_dtypes}
+    shapes = {}
+
+    def add(item, name, index, key_in_message):
+        if name not in input_dtypes:
+            raise errors.InvalidArgument(f"JSON object: does not have named input: {name}")
+        try:
+            array = json_to_ndarray(item, input_dtypes[name])
+            if name not in shapes:
+                shapes[name] = array.shape
+            elif array.size != math.prod(shapes[name]):
+                raise errors.InvalidArgument(
+                    f"Expecting tensor size: {math.prod(shapes[name])} but got: {array.size}")
+            elif array.shape != shapes[name]:
+                raise errors.InvalidArgument(
+                    f"Expecting shape {_shape_string(shapes[name])} but got: "
+                    f"{_shape_string(array.shape)}")
+        except errors.InvalidArgument as exc:
+            key = f" key: {name}" if key_in_message else ""
+            raise errors.InvalidArgument(
+                f"Failed to process element: {index}{key} of 'instances' list. Error: "
+                f"{_status_string(exc)}") from None
+        rows[name].append(array)
+
+    for index, element in enumerate(instances):
+        if objects:
+            if not is_element_object(element):
+                raise errors.InvalidArgument(
+                    f"Expecting object but got list at item {index} of input list")
+            for name, item in element.items():
+                add(item, name, index, True)
+            if set(element) != set(input_dtypes):
+                raise errors.InvalidArgument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{json_value_to_string(element)} keys must be equal to: "
+                    f"{','.join(sorted(input_dtypes))}")
+        else:
+            if is_element_object(element):
+                raise errors.InvalidArgument(
+                    f"Expecting value/list but got object at item {index} of input list")
+            add(element, next(iter(sorted(input_dtypes))), index, False)
+    return {name: np.stack(arrays) for name, arrays in rows.items() if arrays}
+
+
+def _inputs_to_arrays(inputs, input_dtypes: dict) -> dict:
+    """The columnar format: `inputs` holds each input whole (batch dimension included)."""
+    if not isinstance(inputs, dict) or _is_b64_object(inputs):
+        if len(input_dtypes) > 1:
+            raise errors.InvalidArgument(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors "
+                "required as per tensorinfo_map")
+        name = next(iter(input_dtypes))
+        return {name: json_to_ndarray(inputs, input_dtypes[name])}
+    arrays = {}
+    for name in sorted(input_dtypes):
+        if name not in inputs:
+            raise errors.InvalidArgument(f"Missing named input: {name} in 'inputs' object.")
+        arrays[name] = json_to_ndarray(inputs[name], input_dtypes[name])
+    return arrays
+
+
+def signature_name_from_json(doc: dict) -> str:
+    """The optional `signature_name` of a REST request ('' when absent)."""
+    if "signature_name" not in doc:
+        return ""
+    if not isinstance(doc["signature_name"], str):
+        raise errors.InvalidArgument(
+            f"JSON Value: {json_value_to_string(doc)} not formatted correctly. 'signature_name' key "
+            "must be a string value.")
+    return doc["signature_name"]
+
+
+def json_to_predict_inputs(doc: dict, input_dtypes: dict, signature_name: str):
+    """The tensors of a REST predict request (`FillPredictRequestFromJson`).
+
+    Args:
+      doc: the parsed request body.
+      input_dtypes: input alias -> DataType, from the signature the request names.
+      signature_name: as requested ('' for the default), for the error message.
+
+    Returns:
+      (dict alias -> np.ndarray, ROW_FORMAT or COLUMNAR_FORMAT).
+    """
+    if not input_dtypes:
+        raise errors.InvalidArgument(
+            f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise errors.InvalidArgument(
+            f"JSON Value: {json_value_to_string(doc)} Not formatted correctly expecting only one of "
+            "'inputs' or 'instances' keys to exist ")
+    if has_instances:
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise errors.InvalidArgument(
+                f"JSON Value: {json_value_to_string(doc)} Excepting 'instances' to be an list/array")
+        if not instances:
+            raise errors.InvalidArgument(
+                f"JSON Value: {json_value_to_string(doc)} No values in 'instances' array")
+        return _instances_to_arrays(instances, input_dtypes), ROW_FORMAT
+    if has_inputs:
+        return _inputs_to_arrays(doc["inputs"], input_dtypes), COLUMNAR_FORMAT
+    raise errors.InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+def _add_feature_value(value, name, feature):
+    """One JSON value into a tf.train.Feature (`AddValueToFeature` in TF Serving)."""
+    def incompatible():
+        kind = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}.get(
+            feature.WhichOneof("kind"), "UNKNOWN")
+        return errors.InvalidArgument(
+            f"Unexpected element type in feature: {name} expecting type: {kind}")
+
+    def check_kind(kind):
+        current = feature.WhichOneof("kind")
+        if current is not None and current != kind:
+            raise incompatible()
+
+    if value is None or isinstance(value, list) or (isinstance(value, dict) and not _is_b64_object(value)):
+        raise errors.InvalidArgument(
+            f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}")
+    if isinstance(value, bool):
+        check_kind("int64_list")
+        feature.int64_list.value.append(int(value))
+    elif isinstance(value, dict):
+        check_kind("bytes_list")
+        feature.bytes_list.value.append(_decode_b64(value))
+    elif isinstance(value, str):
+        check_kind("bytes_list")
+        feature.bytes_list.value.append(value.encode("utf-8"))
+    elif isinstance(value, float):
+        check_kind("float_list")
+        if math.isfinite(value) and abs(value) > _FLOAT_LIMIT[DT_FLOAT]:
+            raise errors.InvalidArgument(
+                f"Cannot convert JSON value: {json_value_to_string(value)} to float without loss "
+                "of precision.")
+        feature.float_list.value.append(value)
+    else:
+        check_kind("int64_list")
+        if value > 2**63 - 1:
+            raise errors.InvalidArgument(
+                f"Feature: {name} has uint64 element. Only int64 is supported.")
+        if value < -2**63:
+            raise errors.InvalidArgument(
+                f"Feature: {name} has element with unexpected JSON type: Number")
+        feature.int64_list.value.append(value)
+
+
+def _json_to_example(value, example):
+    if not isinstance(value, dict):
+        raise errors.InvalidArgument(f"Example must be JSON object but got JSON {_json_type(value)}")
+    for name, content in value.items():
+        feature = example.features.feature[name]
+        for item in (content if isinstance(content, list) else [content]):
+            _add_feature_value(item, name, feature)
+
+
+def json_to_classify_regress_request(doc: dict, request, method: str):
+    """Fills a Classification/RegressionRequest from REST JSON (`examples`, optional `context`)."""
+    request.model_spec.signature_name = signature_name_from_json(doc)
+    has_context = "context" in doc
+    if has_context:
+        _json_to_example(doc["context"], request.input.example_list_with_context.context)
+    if "examples" not in doc:
+        raise errors.InvalidArgument(
+            f"JSON Value: {json_value_to_string(doc)} When method is {method}, key 'examples' is "
+            "expected and was not found")
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise errors.InvalidArgument(
+            f"JSON Value: {json_value_to_string(doc)} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise errors.InvalidArgument(
+            f"JSON Value: {json_value_to_string(doc)} 'examples' value is an empty array")
+    for value in examples:
+        target = (request.input.example_list_with_context.examples if has_context
+                  else request.input.example_list.examples)
+        _json_to_example(value, target.add())
+    return request
+
+
+# --------------------------------------------------------------------------------------------
+# REST JSON: writing
+# --------------------------------------------------------------------------------------------
+
+def format_decimal(value, np_type) -> str:
+    """A float as TF Serving writes it (`WriteDecimal`).
+
+    Six significant digits (`%g`) unless that does not round-trip in the tensor's own precision,
+    then full precision; whole numbers get a trailing `.0` so that JSON readers keep them floats;
+    NaN and infinities are written as rapidjson does.
+    """
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = "%g" % value
+    if np_type(float(text)) != np_type(value):
+        text = "%.*g" % (9 if np_type == np.float32 else 17, value)
+    if "." not in text and "e" not in text and "n" not in text:
+        text += ".0"
+    return text
+
+
+def _write_value(value, np_type, as_bytes: bool) -> str:
+    if np_type in (np.float32, np.float64, np.float16):
+        return format_decimal(value, np.float32 if np_type == np.float16 else np_type)
+    if np_type is object:
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        if as_bytes:
+            return '{"b64": "%s"}' % base64.b64encode(raw).decode("ascii")
+        return json.dumps(raw.decode("utf-8", errors="replace"), ensure_ascii=False)
+    if np_type == np.bool_:
+        return "true" if value else "false"
+    if np_type in (np.complex64, np.complex128):
+        raise errors.InvalidArgument(
+            f"Failed to write JSON value for tensor type: {'complex64' if np_type == np.complex64 else 'complex128'}")
+    return str(int(value))
+
+
+def _write_nested(array: np.ndarray, as_bytes: bool) -> str:
+    np_type = array.dtype.type if array.dtype != object else object
+    if array.ndim == 0:
+        return _write_value(array.item() if np_type is not object else array[()], np_type, as_bytes)
+    if array.ndim == 1:
+        return "[" + ", ".join(_write_value(v, np_type, as_bytes) for v in array) + "]"
+    return "[" + ", ".join(_write_nested(sub, as_bytes) for sub in array) + "]"
+
+
+def _is_bytes_output(name: str, array: np.ndarray) -> bool:
+    # TF Serving's convention (borrowed from CMLE): string outputs named *_bytes are binary.
+    return array.dtype == object and name.endswith("_bytes")
+
+
+def arrays_to_predict_json(outputs: dict, fmt: str) -> str:
+    """A REST predict answer: `{"predictions": ...}` (row) or `{"outputs": ...}` (columnar).
+
+    In the row format every output must share the 0th (batch) dimension and each row lists the
+    outputs of one instance; with one output a row is that output's value, with several it is an
+    object keyed by output name.
+    """
+    if not outputs:
+        raise errors.InvalidArgument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    if fmt == COLUMNAR_FORMAT:
+        if len(names) == 1:
+            body = _write_nested(outputs[names[0]], _is_bytes_output(names[0], outputs[names[0]]))
+        else:
+            body = "{" + ", ".join(
+                f"{json.dumps(n)}: {_write_nested(outputs[n], _is_bytes_output(n, outputs[n]))}"
+                for n in names) + "}"
+        return '{"outputs": ' + body + "}"
+    if fmt != ROW_FORMAT:
+        raise errors.InvalidArgument("Invalid request format")
+    batch_size = -1
+    for name in names:
+        array = outputs[name]
+        if array.ndim == 0:
+            raise errors.InvalidArgument(f"Tensor name: {name} has no shape information ")
+        if batch_size >= 0 and array.shape[0] != batch_size:
+            raise errors.InvalidArgument(
+                f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: "
+                f"{batch_size}")
+        batch_size = array.shape[0]
+    rows = []
+    for i in range(batch_size):
+        if len(names) == 1:
+            rows.append(_write_nested(outputs[names[0]][i],
+                                      _is_bytes_output(names[0], outputs[names[0]])))
+        else:
+            rows.append("{" + ", ".join(
+                f"{json.dumps(n)}: {_write_nested(outputs[n][i], _is_bytes_output(n, outputs[n]))}"
+                for n in names) + "}")
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
+def classification_result_to_json(result) -> str:
+    """`{"results": [[[label, score], ...], ...]}`, one list of classes per example."""
+    if not result.classifications:
+        raise errors.InvalidArgument("Cannot convert empty ClassificationResults to JSON")
+    rows = []
+    for classifications in result.classifications:
+        rows.append("[" + ", ".join(
+            f"[{json.dumps(c.label)}, {format_decimal(c.score, np.float32)}]"
+            for c in classifications.classes) + "]")
+    return '{"results": [' + ", ".join(rows) + "]}"
+
+
+def regression_result_to_json(result) -> str:
+    """`{"results": [value, ...]}`, one value per example."""
+    if not result.regressions:
+        raise errors.InvalidArgument("Cannot convert empty RegressionResults to JSON")
+    return '{"results": [' + ", ".join(
+        format_decimal(r.value, np.float32) for r in result.regressions) + "]}"
+
+
+def error_to_json(message: str) -> str:
+    """TF Serving's REST error body."""
+    return json.dumps({"error": message})
+
+
+def status_response_to_json(response) -> str:
+    """GetModelStatusResponse as REST JSON (the proto's own snake_case json names)."""
+    from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
+    return json_format.MessageToJson(response, always_print_fields_with_no_presence=True)
+
+
+def metadata_response_to_json(response) -> str:
+    """GetModelMetadataResponse as REST JSON, shaped as TF Serving writes it.
+
+    TF Serving prints `model_spec` and the unpacked `SignatureDefMap` separately (field names
+    preserved, default values printed) and joins them as
+    `{"model_spec": ..., "metadata": {"signature_def": ...}}`.
+    """
+    from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import get_model_metadata_pb2  # pylint: disable=import-outside-toplevel
+
+    if "signature_def" not in response.metadata:
+        raise errors.Internal(
+            "Failed to find 'signature_def' key in the GetModelMetadataResponse metadata map.")
+    signature_defs = get_model_metadata_pb2.SignatureDefMap()
+    if not response.metadata["signature_def"].Unpack(signature_defs):
+        raise errors.Internal("Failed to unpack 'Any' object to 'SignatureDefMap'.")
+    options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    model_spec = json_format.MessageToJson(response.model_spec, **options)
+    signature_def = json_format.MessageToJson(signature_defs, **options)
+    return ('{\n"model_spec":' + model_spec + ',\n"metadata": {"signature_def": ' + signature_def
+            + "}\n}\n")

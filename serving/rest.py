@@ -1,0 +1,229 @@
+"""TF Serving's HTTP/REST API over the data plane (`http_rest_api_handler.cc`).
+
+Routes (the model name and label are URL-decoded; paths are case-insensitive, as TF Serving's
+regular expressions are):
+
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:(predict|classify|regress)
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            -> GetModelStatus
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   -> GetModelMetadata
+    GET  <prometheus path>                                       -> metrics, when enabled
+
+Errors are `{"error": "<message>"}` with the HTTP status TF Serving maps the status code to
+(`errors.http_status`).
+"""
+
+import http.server
+import re
+import socketserver
+import threading
+import urllib.parse
+from typing import Optional
+
+from absl import logging
+
+from serving import codec
+from serving import errors
+from serving.servicer import DataPlane
+
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import regression_pb2
+
+_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_PREDICTION = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE)
+_STATUS = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE)
+_INT64_MAX = 2 ** 63 - 1
+
+
+def _fill_model_spec(spec, name: str, version: Optional[str], label: Optional[str]):
+    """`FillModelSpecWithNameVersionAndLabel`."""
+    spec.name = name
+    if version is not None:
+        value = int(version)
+        if value > _INT64_MAX:
+            raise errors.InvalidArgument(f"Failed to convert version: {version} to numeric.")
+        spec.version.value = value
+    if label is not None:
+        spec.version_label = label
+
+
+class RestApi:
+    """Turns an HTTP request (method, path, body) into (HTTP status, JSON body).
+
+    Args:
+      plane: the `DataPlane`.
+      timeout_seconds: `--rest_api_timeout_in_ms`, as a deadline for each request.
+      metrics: `monitoring.Metrics` to export, or None.
+      metrics_path: where Prometheus scrapes them.
+    """
+
+    def __init__(self, plane: DataPlane, timeout_seconds: Optional[float] = None,
+                 metrics=None, metrics_path: str = ""):
+        self._plane = plane
+        self._timeout = timeout_seconds
+        self._metrics = metrics
+        self._metrics_path = metrics_path
+
+    def handle(self, method: str, raw_path: str, body: bytes):
+        """Returns (status, content type, body text)."""
+        path = urllib.parse.urlsplit(raw_path).path
+        if self._metrics is not None and method == "GET" and path == self._metrics_path:
+            return 200, "text/plain", self._metrics.render()
+        if not _PATH.fullmatch(path):
+            error = errors.NotFound(f"Not found: {method} {path}")
+            return errors.http_status(error.code), "application/json", codec.error_to_json(error.message)
+        try:
+            return 200, "application/json", self._dispatch(method, path, body)
+        except Exception as exc:  # pylint: disable=broad-except
+            # The one place a REST request's failure becomes an HTTP status.
+            error = errors.to_serving_error(exc)
+            if isinstance(error, errors.Internal):
+                logging.exception("REST %s %s failed", method, path)
+            return (errors.http_status(error.code), "application/json",
+                    codec.error_to_json(errors.wire_message(error)))
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> str:
+        match = None
+        if method == "POST":
+            match = _PREDICTION.fullmatch(path)
+        elif method == "GET":
+            match = _STATUS.fullmatch(path)
+        if match is None:
+            raise errors.InvalidArgument(f"Malformed request: {method} {path}")
+        name = urllib.parse.unquote(match.group(1) or "")
+        version = match.group(2)
+        label = urllib.parse.unquote(match.group(3)) if match.group(3) else None
+        if version is not None and label is not None:
+            raise errors.InvalidArgument(
+                f"Both model version ({version}) and model version label ({label}) cannot be "
+                "supplied.")
+        if method == "POST":
+            api = match.group(4).lower()
+            with self._plane.admit(name, api.capitalize(), "REST"):
+                if api == "predict":
+                    return self._predict(name, version, label, body)
+                if api == "classify":
+                    return self._classify(name, version, label, body)
+                return self._regress(name, version, label, body)
+        if not name:
+            raise errors.InvalidArgument("Missing model name in request.")
+        with self._plane.admit(name, "GetModelStatus", "REST"):
+            if match.group(4):
+                request = get_model_metadata_pb2.GetModelMetadataRequest()
+                request.metadata_field.append("signature_def")
+                _fill_model_spec(request.model_spec, name, version, label)
+                return codec.metadata_response_to_json(self._plane.get_model_metadata(request))
+            request = get_model_status_pb2.GetModelStatusRequest()
+            _fill_model_spec(request.model_spec, name, version, label)
+            return codec.status_response_to_json(self._plane.get_model_status(request))
+
+    def _predict(self, name, version, label, body) -> str:
+        request = predict_pb2.PredictRequest()
+        _fill_model_spec(request.model_spec, name, version, label)
+        doc = codec.parse_json_document(body)
+        request.model_spec.signature_name = codec.signature_name_from_json(doc)
+        dtypes = self._plane.input_dtypes(request.model_spec, request.model_spec.signature_name)
+        arrays, fmt = codec.json_to_predict_inputs(doc, dtypes, request.model_spec.signature_name)
+        for alias, array in arrays.items():
+            request.inputs[alias].CopyFrom(codec.ndarray_to_tensor_proto(array, True))
+        response = self._plane.predict(request, self._timeout)
+        outputs = {alias: codec.tensor_proto_to_ndarray(tensor, alias)
+                   for alias, tensor in response.outputs.items()}
+        return codec.arrays_to_predict_json(outputs, fmt)
+
+    def _classify(self, name, version, label, body) -> str:
+        request = classification_pb2.ClassificationRequest()
+        _fill_model_spec(request.model_spec, name, version, label)
+        codec.json_to_classify_regress_request(codec.parse_json_document(body), request, "classify")
+        response = self._plane.classify(request, self._timeout)
+        return codec.classification_result_to_json(response.result)
+
+    def _regress(self, name, version, label, body) -> str:
+        request = regression_pb2.RegressionRequest()
+        _fill_model_spec(request.model_spec, name, version, label)
+        codec.json_to_classify_regress_request(codec.parse_json_document(body), request, "regress")
+        response = self._plane.regress(request, self._timeout)
+        return codec.regression_result_to_json(response.result)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Reads the request, asks `RestApi`, writes the answer. Keep-alive (HTTP/1.1)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "vizoo-model-server"
+
+    def _serve(self, method: str):
+        api: RestApi = self.server.api
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > self.server.max_body_bytes:
+            error = errors.ResourceExhausted(
+                f"Request body of {length} bytes is larger than this server's limit "
+                f"--grpc_max_message_bytes={self.server.max_body_bytes}")
+            # The body is not read, so the connection cannot be reused.
+            self.close_connection = True
+            self._reply(errors.http_status(error.code), "application/json",
+                        codec.error_to_json(error.message))
+            return
+        body = self.rfile.read(length) if length else b""
+        status, content_type, text = api.handle(method, self.path, body)
+        self._reply(status, content_type, text)
+
+    def _reply(self, status: int, content_type: str, text: str):
+        data = text.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if self.server.cors:
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Methods", "POST, GET")
+            self.send_header("Access-Control-Allow-Headers", "Content-Type")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (http.server's names)
+        self._serve("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._serve("POST")
+
+    def do_OPTIONS(self):  # noqa: N802
+        self._reply(200 if self.server.cors else 501, "text/plain", "")
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+        logging.vlog(1, "REST %s", format % args)
+
+
+class _HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class RestServer:
+    """The HTTP server, on its own thread."""
+
+    def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,
+                 host: str = "0.0.0.0"):
+        self._httpd = _HttpServer((host, port), _Handler)
+        self._httpd.api = api
+        self._httpd.max_body_bytes = max_body_bytes
+        self._httpd.cors = cors
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest_api",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)

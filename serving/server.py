@@ -1,0 +1,500 @@
+r"""A drop-in `tensorflow_model_server`: gRPC and REST over SavedModels, in Python.
+
+    python -m serving.server --port=8500 --rest_api_port=8501 \
+        --model_name=half_plus_two --model_base_path=/models/half_plus_two
+
+Flags keep `tensorflow_model_server`'s names and defaults. Flags of the real server that this
+one does not implement are accepted and logged as ignored; arguments no version of it knows are
+reported as "unknown argument" and skipped, as the real server does. This server's own limits
+(`--max_num_samples`, `--max_batch_rows`, `--max_tensor_bytes`, `--grpc_max_message_bytes`,
+`--max_concurrent_requests`) are documented in `--help` and docs/serving.md.
+
+`main` only parses flags into `ServerOptions`; `Server` is the library (tests and benchmarks
+start it in-process or as `python -m serving.server`).
+"""
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from typing import List, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from serving import errors
+
+VERSION = "vizoo-model-server 0.1.0 (TensorFlow Serving 2.21 API)"
+
+# --------------------------------------------------------------------------------------------
+# Flags: tensorflow_model_server's names and defaults.
+# --------------------------------------------------------------------------------------------
+
+flags.DEFINE_integer("port", 8500, "TCP port to listen on for gRPC API.")
+flags.DEFINE_integer("rest_api_port", 0,
+                     "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will not "
+                     "be exported. This port must be different than the one specified in --port.")
+flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Timeout for HTTP/REST API calls.")
+flags.DEFINE_bool("rest_api_enable_cors_support", False, "Enable CORS headers in response")
+flags.DEFINE_string("model_name", "default",
+                    "name of model (ignored if --model_config_file flag is set)")
+flags.DEFINE_string("model_base_path", "",
+                    "path to export (ignored if --model_config_file flag is set, otherwise "
+                    "required)")
+flags.DEFINE_string("model_config_file", "",
+                    "If non-empty, read an ascii ModelServerConfig protobuf from the supplied file "
+                    "name, and serve the models in that file. (If used, --model_name, "
+                    "--model_base_path are ignored.)")
+flags.DEFINE_integer("model_config_file_poll_wait_seconds", 0,
+                     "Interval in seconds between each poll of the filesystem for "
+                     "model_config_file. If unset or set to zero, poll will be done exactly once "
+                     "and not periodically.")
+flags.DEFINE_integer("file_system_poll_wait_seconds", 1,
+                     "Interval in seconds between each poll of the filesystem for new model "
+                     "version. If set to zero poll will be exactly done once and not "
+                     "periodically.")
+flags.DEFINE_bool("enable_batching", False, "enable batching")
+flags.DEFINE_string("batching_parameters_file", "",
+                    "If non-empty, read an ascii BatchingParameters protobuf from the supplied "
+                    "file name and use the contained values instead of the defaults.")
+flags.DEFINE_string("grpc_channel_arguments", "",
+                    "A comma separated list of arguments to be passed to the grpc server. (e.g. "
+                    "grpc.max_connection_age_ms=2000)")
+flags.DEFINE_integer("grpc_max_threads", 4 * (os.cpu_count() or 1),
+                     "Max grpc server threads to handle grpc messages.")
+flags.DEFINE_string("monitoring_config_file", "",
+                    "If non-empty, read an ascii MonitoringConfig protobuf from the supplied file "
+                    "name")
+flags.DEFINE_string("ssl_config_file", "",
+                    "If non-empty, read an ascii SSLConfig protobuf from the supplied file name "
+                    "and set up a secure gRPC channel")
+flags.DEFINE_bool("enable_model_warmup", True,
+                  "Enables model warmup, which triggers lazy initializations (such as TF "
+                  "optimizations) at load time, to reduce first request latency.")
+flags.DEFINE_integer("num_request_iterations_for_warmup", 0,
+                     "Number of times a request is iterated during warmup replay. This value is "
+                     "used only if > 0.")
+flags.DEFINE_integer("max_num_load_retries", 5,
+                     "maximum number of times it retries loading a model after the first failure, "
+                     "before giving up. If set to 0, a load is attempted only once.")
+flags.DEFINE_integer("load_retry_interval_micros", 60 * 1000 * 1000,
+                     "The interval, in microseconds, between each servable load retry.")
+flags.DEFINE_string("saved_model_tags", "serve",
+                    "Comma-separated set of tags corresponding to the meta graph def to load from "
+                    "SavedModel.")
+flags.DEFINE_integer("tensorflow_session_parallelism", 0,
+                     "Number of threads to use for running a Tensorflow session. Auto-configured "
+                     "by default.")
+flags.DEFINE_integer("tensorflow_intra_op_parallelism", 0,
+                     "Number of threads to use to parallelize the execution of an individual op. "
+                     "Auto-configured by default.")
+flags.DEFINE_integer("tensorflow_inter_op_parallelism", 0,
+                     "Controls the number of operators that can be executed simultaneously. "
+                     "Auto-configured by default.")
+flags.DEFINE_bool("allow_version_labels_for_unavailable_models", False,
+                  "If true, allows assigning unused version labels to models that are not "
+                  "available yet.")
+flags.DEFINE_bool("enable_signature_method_name_check", False,
+                  "Enable method_name check for SignatureDef. Disable this if serving native TF2 "
+                  "regression/classification models.")
+flags.DEFINE_bool("version", False, "Display version")
+
+# This server's own limits (not flags of tensorflow_model_server).
+flags.DEFINE_integer("max_num_samples", 10000,
+                     "[vizoo] Largest value accepted for a scalar integer input named "
+                     "`num_samples` (Monte Carlo signatures such as predict_mc); larger values "
+                     "answer INVALID_ARGUMENT.")
+flags.DEFINE_integer("max_batch_rows", 10000,
+                     "[vizoo] Largest 0th dimension of any input tensor (rows, or tf.Examples for "
+                     "Classify/Regress) in one request; larger requests answer INVALID_ARGUMENT.")
+flags.DEFINE_integer("max_tensor_bytes", 64 * 1024 * 1024,
+                     "[vizoo] Largest decoded size of one input tensor; larger answers "
+                     "RESOURCE_EXHAUSTED (a TensorProto can declare a huge shape in a few bytes).")
+flags.DEFINE_integer("grpc_max_message_bytes", 64 * 1024 * 1024,
+                     "[vizoo] Largest gRPC message (either way) and REST body; gRPC answers larger "
+                     "ones RESOURCE_EXHAUSTED. tensorflow_model_server allows 2 GiB.")
+flags.DEFINE_integer("max_concurrent_requests", 64,
+                     "[vizoo] Requests processed at once (gRPC and REST together); more answer "
+                     "RESOURCE_EXHAUSTED instead of queueing without bound.")
+
+# Flags of tensorflow_model_server that this server accepts but does not implement.
+_IGNORED_FLAGS = (
+    "grpc_socket_path", "rest_api_num_threads", "enable_per_model_batching_parameters",
+    "num_load_threads", "num_unload_threads", "flush_filesystem_caches",
+    "tensorflow_session_config_file", "use_alts_credentials", "platform_config_file",
+    "per_process_gpu_memory_fraction", "remove_unused_fields_from_bundle_metagraph",
+    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "xla_cpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
+    "force_allow_any_version_labels_for_unavailable_models", "mixed_precision",
+    "skip_initialize_tpu", "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
+    "model_warmup_num_threads",
+)
+for _name in _IGNORED_FLAGS:
+    flags.DEFINE_string(_name, None, "[not implemented by this server: accepted and ignored]")
+
+FLAGS = flags.FLAGS
+
+
+# --------------------------------------------------------------------------------------------
+# Config protos the tensorflow-serving-api wheel does not ship.
+# --------------------------------------------------------------------------------------------
+
+def _config_message_classes():
+    """Message classes for BatchingParameters, MonitoringConfig and SSLConfig.
+
+    The pip package `tensorflow-serving-api` ships `model_server_config_pb2` but not these three
+    (they live in `session_bundle_config.proto`, `monitoring_config.proto`, `ssl_config.proto`).
+    Rather than hand-parse text protos, we declare the same messages (names, field names, types;
+    field numbers as in TF Serving's files, which text format does not use anyway) in a private
+    descriptor pool and let protobuf's own text-format parser read the files, so they are read
+    exactly as TF Serving reads them.
+    """
+    from google.protobuf import descriptor_pb2  # pylint: disable=import-outside-toplevel
+    from google.protobuf import descriptor_pool  # pylint: disable=import-outside-toplevel
+    from google.protobuf import message_factory  # pylint: disable=import-outside-toplevel
+    from google.protobuf import wrappers_pb2  # pylint: disable=import-outside-toplevel
+
+    fdp = descriptor_pb2.FieldDescriptorProto
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="vizoo/tf_serving_config_subset.proto", package="tensorflow.serving",
+        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+
+    def message(name, fields):
+        msg = file_proto.message_type.add(name=name)
+        for number, (field_name, kind, type_name, repeated) in enumerate(fields, start=1):
+            field = msg.field.add(name=field_name, number=number, type=kind,
+                                  label=fdp.LABEL_REPEATED if repeated else fdp.LABEL_OPTIONAL)
+            if type_name:
+                field.type_name = type_name
+
+    int64_value, string_value = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
+    bool_value = ".google.protobuf.BoolValue"
+    message("BatchingParameters", [
+        ("max_batch_size", fdp.TYPE_MESSAGE, int64_value, False),
+        ("batch_timeout_micros", fdp.TYPE_MESSAGE, int64_value, False),
+        ("max_enqueued_batches", fdp.TYPE_MESSAGE, int64_value, False),
+        ("num_batch_threads", fdp.TYPE_MESSAGE, int64_value, False),
+        ("thread_pool_name", fdp.TYPE_MESSAGE, string_value, False),
+        ("allowed_batch_sizes", fdp.TYPE_INT64, None, True),
+        ("pad_variable_length_inputs", fdp.TYPE_BOOL, None, False),
+        ("enable_large_batch_splitting", fdp.TYPE_MESSAGE, bool_value, False),
+        ("max_execution_batch_size", fdp.TYPE_MESSAGE, int64_value, False),
+    ])
+    message("PrometheusConfig", [
+        ("enable", fdp.TYPE_BOOL, None, False),
+        ("path", fdp.TYPE_STRING, None, False),
+    ])
+    message("MonitoringConfig", [
+        ("prometheus_config", fdp.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", False),
+    ])
+    message("SSLConfig", [
+        ("server_key", fdp.TYPE_STRING, None, False),
+        ("server_cert", fdp.TYPE_STRING, None, False),
+        ("custom_ca", fdp.TYPE_STRING, None, False),
+        ("client_verify", fdp.TYPE_BOOL, None, False),
+    ])
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.AddSerializedFile(file_proto.SerializeToString())
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(
+        f"tensorflow.serving.{name}")) for name in ("BatchingParameters", "MonitoringConfig",
+                                                   "SSLConfig")}
+
+
+# --------------------------------------------------------------------------------------------
+# The library: options -> a running server.
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    """Everything the server needs, resolved from flags (or built by a test)."""
+
+    port: int = 8500
+    rest_api_port: int = 0
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    grpc_channel_arguments: str = ""
+    grpc_max_threads: int = 4 * (os.cpu_count() or 1)
+    monitoring_config_file: str = ""
+    ssl_config_file: str = ""
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+    saved_model_tags: str = "serve"
+    tensorflow_session_parallelism: int = 0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
+    max_num_samples: int = 10000
+    max_batch_rows: int = 10000
+    max_tensor_bytes: int = 64 * 1024 * 1024
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_requests: int = 64
+    bind_host: str = "0.0.0.0"
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "ServerOptions":
+        return cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(cls)
+                      if f.name in flag_values})
+
+
+def parse_channel_arguments(text: str) -> List[tuple]:
+    """`--grpc_channel_arguments`: "k=v,k2=v2"; values that parse as int are passed as int."""
+    arguments = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise errors.InvalidArgument(f"Malformed gRPC channel argument: {item}")
+        try:
+            arguments.append((key, int(value)))
+        except ValueError:
+            arguments.append((key, value))
+    return arguments
+
+
+class Server:
+    """Builds the model manager, the data plane, and the gRPC and REST front ends.
+
+    `start()` loads every configured model first and opens the ports only afterwards, as
+    TF Serving does; it raises a `ServingError` when the server cannot start.
+    """
+
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.manager = None
+        self.plane = None
+        self.metrics = None
+        self._grpc = None
+        self._rest = None
+        self._batcher = None
+        self._config_poller = None
+        self._stopped = threading.Event()
+
+    def _read_configs(self):
+        from serving import model_manager  # pylint: disable=import-outside-toplevel
+        from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=import-outside-toplevel
+
+        opts = self.options
+        if opts.port == 0:
+            raise errors.InvalidArgument("server_options.grpc_port is not set.")
+        if not opts.model_base_path and not opts.model_config_file:
+            raise errors.InvalidArgument(
+                "Both server_options.model_base_path and server_options.model_config_file are "
+                "empty!")
+        if opts.model_config_file:
+            config = model_manager.parse_text_proto_file(
+                opts.model_config_file, model_server_config_pb2.ModelServerConfig())
+        else:
+            logging.info("Building single TensorFlow model file config:  model_name: %s "
+                         "model_base_path: %s", opts.model_name, opts.model_base_path)
+            config = model_manager.single_model_config(opts.model_name, opts.model_base_path)
+        classes = _config_message_classes()
+        batching = None
+        if opts.enable_batching:
+            from serving import batching as batching_lib  # pylint: disable=import-outside-toplevel
+            batching = batching_lib.BatchingOptions()
+            if opts.batching_parameters_file:
+                params = model_manager.parse_text_proto_file(
+                    opts.batching_parameters_file, classes["BatchingParameters"]())
+                for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
+                             "num_batch_threads"):
+                    if params.HasField(name):
+                        setattr(batching, name, getattr(params, name).value)
+                batching.allowed_batch_sizes = tuple(params.allowed_batch_sizes)
+                for name in ("pad_variable_length_inputs", "enable_large_batch_splitting",
+                             "max_execution_batch_size"):
+                    if params.HasField(name) if name != "pad_variable_length_inputs" else getattr(params, name):
+                        logging.warning("BatchingParameters.%s is not implemented; ignored", name)
+            batching.validate()
+        elif opts.batching_parameters_file:
+            raise errors.InvalidArgument(
+                "server_options.batching_parameters_file is set without setting "
+                "server_options.enable_batching to true.")
+        monitoring = classes["MonitoringConfig"]()
+        if opts.monitoring_config_file:
+            model_manager.parse_text_proto_file(opts.monitoring_config_file, monitoring)
+        ssl = None
+        if opts.ssl_config_file:
+            ssl = model_manager.parse_text_proto_file(opts.ssl_config_file, classes["SSLConfig"]())
+        return config, batching, monitoring, ssl
+
+    def start(self):
+        """Loads the models, then serves. Raises `ServingError` if that fails."""
+        from serving import model_manager  # pylint: disable=import-outside-toplevel
+        from serving import monitoring as monitoring_lib  # pylint: disable=import-outside-toplevel
+        from serving import servicer  # pylint: disable=import-outside-toplevel
+
+        opts = self.options
+        config, batching, monitoring, ssl = self._read_configs()
+        self.metrics = monitoring_lib.Metrics()
+        intra = opts.tensorflow_intra_op_parallelism or opts.tensorflow_session_parallelism
+        inter = opts.tensorflow_inter_op_parallelism or opts.tensorflow_session_parallelism
+        manager_options = model_manager.ManagerOptions(
+            file_system_poll_wait_seconds=opts.file_system_poll_wait_seconds,
+            saved_model_tags=tuple(t for t in opts.saved_model_tags.split(",") if t),
+            max_num_load_retries=opts.max_num_load_retries,
+            load_retry_interval_seconds=max(opts.load_retry_interval_micros, 0) / 1e6,
+            enable_model_warmup=opts.enable_model_warmup,
+            num_request_iterations_for_warmup=max(opts.num_request_iterations_for_warmup, 1),
+            allow_version_labels_for_unavailable_models=(
+                opts.allow_version_labels_for_unavailable_models),
+            intra_op_parallelism=intra, inter_op_parallelism=inter)
+        limits = servicer.Limits(
+            max_num_samples=opts.max_num_samples, max_batch_rows=opts.max_batch_rows,
+            max_tensor_bytes=opts.max_tensor_bytes,
+            max_concurrent_requests=opts.max_concurrent_requests)
+        if batching is not None:
+            from serving import batching as batching_lib  # pylint: disable=import-outside-toplevel
+            self._batcher = batching_lib.BatchScheduler(batching)
+
+        plane_box = {}
+
+        def warmup(loaded, path):
+            plane_box["plane"].warmup(loaded, path, manager_options.num_request_iterations_for_warmup)
+
+        self.manager = model_manager.ModelManager(manager_options, warmup=warmup,
+                                                  on_run=self.metrics.on_run)
+        self.plane = servicer.DataPlane(self.manager, limits, self._batcher,
+                                        opts.enable_signature_method_name_check, self.metrics)
+        plane_box["plane"] = self.plane
+        self.manager.reload_config(config)
+        self.manager.start_polling()
+        if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = model_manager.ConfigFilePoller(
+                self.manager, opts.model_config_file, opts.model_config_file_poll_wait_seconds)
+            self._config_poller.start()
+        self._start_grpc(servicer, ssl)
+        self._start_rest(monitoring)
+
+    def _start_grpc(self, servicer, ssl):
+        import grpc  # pylint: disable=import-outside-toplevel
+
+        opts = self.options
+        grpc_options = [("grpc.max_receive_message_length", opts.grpc_max_message_bytes),
+                        ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
+                        ("grpc.so_reuseport", 0)]
+        grpc_options += parse_channel_arguments(opts.grpc_channel_arguments)
+        # More worker threads than admitted requests, so that an overloaded server answers
+        # RESOURCE_EXHAUSTED quickly instead of leaving calls queued in gRPC.
+        workers = max(opts.grpc_max_threads, opts.max_concurrent_requests + 4)
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+                                                            thread_name_prefix="grpc"),
+                                 options=grpc_options)
+        servicer.add_servicers(self._grpc, self.plane)
+        address = f"{opts.bind_host}:{opts.port}"
+        if ssl is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(ssl.server_key.encode(), ssl.server_cert.encode())],
+                root_certificates=ssl.custom_ca.encode() or None,
+                require_client_auth=ssl.client_verify)
+            bound = self._grpc.add_secure_port(address, credentials)
+        else:
+            bound = self._grpc.add_insecure_port(address)
+        if not bound:
+            raise errors.InvalidArgument("Failed to BuildAndStart gRPC server")
+        self._grpc.start()
+        logging.info("Running gRPC ModelServer at %s ...", address)
+
+    def _start_rest(self, monitoring):
+        from serving import rest  # pylint: disable=import-outside-toplevel
+
+        opts = self.options
+        if not opts.rest_api_port:
+            return
+        if opts.rest_api_port == opts.port:
+            logging.error("server_options.http_port cannot be same as grpc_port. Please use a "
+                          "different port for HTTP/REST API. Skipped exporting HTTP/REST API.")
+            return
+        metrics, path = None, ""
+        if monitoring.prometheus_config.enable:
+            metrics = self.metrics
+            path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
+        timeout = opts.rest_api_timeout_in_ms / 1000 if opts.rest_api_timeout_in_ms > 0 else None
+        api = rest.RestApi(self.plane, timeout, metrics, path)
+        self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
+                                     opts.rest_api_enable_cors_support, opts.bind_host)
+        self._rest.start()
+        logging.info("Exporting HTTP/REST API at:localhost:%d ...", opts.rest_api_port)
+
+    def wait(self):
+        self._stopped.wait()
+
+    def stop(self, grace_seconds: float = 5.0):
+        """Stops accepting requests, lets in-flight ones finish, unloads the models."""
+        if self._stopped.is_set():
+            return
+        if self._rest is not None:
+            self._rest.stop()
+        if self._grpc is not None:
+            self._grpc.stop(grace_seconds).wait()
+        if self._config_poller is not None:
+            self._config_poller.stop()
+        if self._batcher is not None:
+            self._batcher.stop()
+        if self.manager is not None:
+            self.manager.stop()
+        self._stopped.set()
+
+
+# --------------------------------------------------------------------------------------------
+# The binary.
+# --------------------------------------------------------------------------------------------
+
+def _parse_flags(argv: List[str]) -> List[str]:
+    """absl parsing that tolerates what `tensorflow_model_server` tolerates.
+
+    Arguments no flag matches are reported ("unknown argument: ...") and dropped, and flags of
+    the real server that this one does not implement are accepted with a warning.
+    """
+    remaining = FLAGS(argv, known_only=True)
+    for arg in remaining[1:]:
+        logging.warning("unknown argument: %s (ignored)", arg)
+    for name in _IGNORED_FLAGS:
+        if FLAGS[name].present:
+            logging.warning("--%s is a tensorflow_model_server flag this server does not "
+                            "implement; ignored", name)
+    return remaining[:1]
+
+
+def main(argv):
+    del argv  # Everything comes from flags.
+    if FLAGS.version:
+        sys.stdout.write(VERSION + "\n")
+        return 0
+    server = Server(ServerOptions.from_flags(FLAGS))
+    try:
+        server.start()
+    except errors.ServingError as exc:
+        logging.error("Failed to start server. Error: %s: %s", errors.code_name(exc.code),
+                      exc.message)
+        server.stop(grace_seconds=0)
+        return 255
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
+    signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.stop).start())
+    server.wait()
+    return 0
+
+
+def run():
+    """Console script `vizoo-model-server`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
