@@ -1,0 +1,353 @@
+"""Bayesian linear regression with hierarchical priors: exact posterior, mean-field CAVI, gradient VI.
+
+The model (Bishop 2006, sections 3.3-3.5 and 10.3), with features phi(x) = [x, 1] in R^D (the bias is the weight on
+a constant feature and shares the weights' prior):
+
+    alpha ~ Gamma(a0, b0),   beta ~ Gamma(c0, d0)                        (precisions of weights and noise)
+    w | alpha ~ N(0, I / alpha)                                          [D]
+    y_n | x_n, w, beta ~ N(w . phi(x_n), 1 / beta)                       n = 1..N
+
+Three routes to the posterior (`Config.inference`):
+
+* `exact`: for fixed (alpha, beta) the posterior is Gaussian, q(w) = N(m, S) with
+      S^-1 = alpha I + beta Phi^T Phi,     m = beta S Phi^T y,
+  and the predictive is N(m . phi, 1/beta + phi^T S phi). alpha and beta are set by type-II maximum likelihood
+  (evidence maximization), with the fixed-point updates of MacKay (1992), Bishop eqs. 3.91-3.95:
+      gamma = sum_i lambda_i / (alpha + lambda_i)   (lambda_i eigenvalues of beta Phi^T Phi),
+      alpha = gamma / m^T m,      1 / beta = ||y - Phi m||^2 / (N - gamma).
+* `cavi`: mean-field q(w) q(alpha) q(beta) by coordinate ascent; each update is the factor's exact optimum given
+  the others, so the ELBO never decreases:
+      q(w) = N(m, S):         S^-1 = E[alpha] I + E[beta] Phi^T Phi,   m = E[beta] S Phi^T y
+      q(alpha) = Gamma(a0 + D/2, b0 + (m^T m + tr S) / 2)
+      q(beta)  = Gamma(c0 + N/2, d0 + (||y - Phi m||^2 + tr(Phi^T Phi S)) / 2)
+* `gradient`: the same factorization q(w) q(alpha) q(beta) with q(alpha), q(beta) Gamma and q(w) Gaussian,
+  full covariance (w = m + L eps, L lower triangular) or diagonal, fitted by stochastic gradients of the ELBO
+  through the shared training loop. The likelihood term is a reparameterized Monte Carlo estimate (w = m + L eps,
+  beta by Gamma's implicit reparameterization); the KL terms are analytic.
+
+All three share the closed-form ELBO (used by CAVI and to score the gradient solution):
+
+    ELBO = E_q[log p(y | w, beta)] - E_q(alpha)[KL(q(w) || p(w | alpha))] - KL(q(alpha) || p(alpha))
+           - KL(q(beta) || p(beta)),
+    E_q[log p(y | w, beta)] = N/2 (E[log beta] - log 2 pi) - E[beta]/2 (||y - Phi m||^2 + tr(Phi^T Phi S)),
+    E_q(alpha)[KL(N(m, S) || N(0, I/alpha))] = 1/2 (E[alpha](tr S + m^T m) - D - D E[log alpha] - log |S|).
+
+The posterior predictive goes through `models.predictive` like every family: per posterior sample (w_s, beta_s),
+p(y | x, w_s, beta_s) = N(w_s . phi(x), 1/beta_s). Computation runs in float64 (the closed forms are compared with
+numpy to 1e-6); inputs may be float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from models.objective import ElboTerms
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+INFERENCE_METHODS = ("exact", "cavi", "gradient")
+SURROGATES = ("full", "diag")
+DTYPE = tf.float64
+
+
+@dataclasses.dataclass
+class Config:
+    """Hyperparameters of Bayesian linear regression.
+
+    Attributes:
+      inference: `exact`, `cavi` or `gradient`.
+      surrogate: the gradient-VI family of q(w): `full` covariance or `diag`onal.
+      alpha_prior: (concentration a0, rate b0) of the Gamma prior on the weight precision alpha.
+      beta_prior: (concentration c0, rate d0) of the Gamma prior on the noise precision beta.
+      max_iterations: iterations of the evidence fixed point (`exact`) or of CAVI sweeps (`cavi`).
+      tolerance: stop when the objective changes by less than this, relative to its magnitude.
+      mc_samples: posterior samples per gradient step for the likelihood term (`gradient`).
+    """
+
+    inference: str = "exact"
+    surrogate: str = "full"
+    alpha_prior: Sequence[float] = (1e-2, 1e-2)
+    beta_prior: Sequence[float] = (1e-2, 1e-2)
+    max_iterations: int = 1000
+    tolerance: float = 1e-12
+    mc_samples: int = 16
+
+    def __post_init__(self):
+        if self.inference not in INFERENCE_METHODS:
+            raise ValueError(f"inference must be one of {INFERENCE_METHODS}, got {self.inference!r}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}")
+        for name in ("alpha_prior", "beta_prior"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 2 or min(value) <= 0:
+                raise ValueError(f"{name} must be two positive numbers (concentration, rate), got {value}")
+            setattr(self, name, value)
+
+
+def features(x) -> tf.Tensor:
+    """phi(x) = [x, 1]: [batch, features] -> [batch, features + 1] in float64."""
+    x = tf.cast(x, DTYPE)
+    return tf.concat([x, tf.ones_like(x[:, :1])], axis=-1)
+
+
+def expected_weight_kl(q_w, q_alpha) -> tf.Tensor:
+    """E_q(alpha)[KL(q(w) || N(0, I/alpha))] for Gaussian q(w) = N(m, S) and Gamma (or point) q(alpha)."""
+    m, scale_tril = q_w.loc, q_w.scale.to_dense()
+    dim = tf.cast(tf.shape(m)[-1], DTYPE)
+    trace_s = tf.reduce_sum(tf.square(scale_tril))
+    log_det_s = 2.0 * tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(scale_tril))))
+    return 0.5 * (q_alpha.mean() * (trace_s + tf.reduce_sum(tf.square(m))) - dim
+                  - dim * _expected_log(q_alpha) - log_det_s)
+
+
+def _expected_log(q) -> tf.Tensor:
+    """E[log t] for t ~ Gamma(a, b) (digamma(a) - log b) or a point mass."""
+    if isinstance(q, tfd.Gamma):
+        return tf.math.digamma(q.concentration) - tf.math.log(q.rate)
+    return tf.math.log(q.mean())
+
+
+def expected_log_likelihood(phi, y, q_w, q_beta) -> tf.Tensor:
+    """[N] E_q[log N(y_n | w . phi_n, 1/beta)], in closed form for Gaussian q(w)."""
+    y = tf.reshape(tf.cast(y, DTYPE), [-1])
+    residual = y - tf.linalg.matvec(phi, q_w.loc)
+    # phi_n^T S phi_n = ||L^T phi_n||^2 with S = L L^T.
+    spread = tf.reduce_sum(tf.square(tf.linalg.matmul(phi, q_w.scale.to_dense())), axis=-1)
+    return 0.5 * (_expected_log(q_beta) - math.log(2.0 * math.pi)) - 0.5 * q_beta.mean() * (
+        tf.square(residual) + spread)
+
+
+class BayesianLinearRegression(tf.Module):
+    """Bayesian linear regression whose posterior q(w) q(alpha) q(beta) is fitted by one of three methods.
+
+    Args:
+      num_features: input features (the bias is added).
+      config: a `Config`.
+    """
+
+    def __init__(self, num_features: int, config: Config, name: str = "bayesian_linear_regression"):
+        super().__init__(name=name)
+        self.config = config
+        self.num_features = int(num_features)
+        dim = self.num_features + 1
+        self.loc = tf.Variable(tf.zeros([dim], DTYPE), name="loc")
+        gradient = config.inference == "gradient"
+        if gradient and config.surrogate == "diag":
+            self._scale_diag = tfp.util.TransformedVariable(
+                0.1 * tf.ones([dim], DTYPE), bijector=tfb.Softplus(), name="scale_diag")
+        elif gradient:
+            self._scale_tril = tfp.util.TransformedVariable(
+                0.1 * tf.eye(dim, dtype=DTYPE), bijector=tfb.FillScaleTriL(diag_shift=tf.constant(1e-12, DTYPE)), name="scale_tril")
+        else:
+            self._scale_tril = tf.Variable(tf.eye(dim, dtype=DTYPE), name="scale_tril")
+        # Gamma parameters live on a log scale for gradient VI: q(beta)'s concentration is about N/2, which
+        # additive steps on a softplus scale would take thousands of steps to reach.
+        positive = (lambda v, n: tfp.util.TransformedVariable(tf.constant(v, DTYPE), tfb.Exp(), name=n)) \
+            if gradient else (lambda v, n: tf.Variable(tf.constant(v, DTYPE), name=n))
+        # Gamma(concentration, rate) factors; `exact` uses only the means as point estimates.
+        self.alpha_concentration, self.alpha_rate = positive(1.0, "alpha_concentration"), positive(1.0, "alpha_rate")
+        self.beta_concentration, self.beta_rate = positive(1.0, "beta_concentration"), positive(1.0, "beta_rate")
+
+    # -- distributions ------------------------------------------------------------------------------------------
+
+    @property
+    def scale_tril(self) -> tf.Tensor:
+        """[D, D] Cholesky factor of the posterior covariance S of w."""
+        if hasattr(self, "_scale_diag"):
+            return tf.linalg.diag(tf.convert_to_tensor(self._scale_diag))
+        return tf.convert_to_tensor(self._scale_tril)
+
+    def prior(self) -> tfd.JointDistributionNamed:
+        """p(alpha) p(beta) p(w | alpha)."""
+        (a0, b0), (c0, d0) = self.config.alpha_prior, self.config.beta_prior
+        dim = self.num_features + 1
+        return tfd.JointDistributionNamed(dict(
+            alpha=tfd.Gamma(tf.constant(a0, DTYPE), tf.constant(b0, DTYPE)),
+            beta=tfd.Gamma(tf.constant(c0, DTYPE), tf.constant(d0, DTYPE)),
+            w=lambda alpha: tfd.MultivariateNormalDiag(
+                tf.zeros([dim], DTYPE), scale_diag=tf.ones([dim], DTYPE) * tf.math.rsqrt(alpha)[..., None]),
+        ))
+
+    def posterior(self) -> tfd.JointDistributionNamed:
+        """q(w) q(alpha) q(beta); for `exact`, alpha and beta are point masses at their type-II ML values."""
+        if self.config.inference == "exact":
+            q_alpha = tfd.Deterministic(self.alpha_concentration / self.alpha_rate)
+            q_beta = tfd.Deterministic(self.beta_concentration / self.beta_rate)
+        else:
+            q_alpha = tfd.Gamma(tf.convert_to_tensor(self.alpha_concentration),
+                                tf.convert_to_tensor(self.alpha_rate))
+            q_beta = tfd.Gamma(tf.convert_to_tensor(self.beta_concentration), tf.convert_to_tensor(self.beta_rate))
+        q_w = tfd.MultivariateNormalTriL(tf.convert_to_tensor(self.loc), self.scale_tril)
+        return tfd.JointDistributionNamed(dict(w=q_w, alpha=q_alpha, beta=q_beta))
+
+    def predictive(self, x, num_samples, seed) -> tfd.Normal:
+        """Per-sample predictive p(y | x, w_s, beta_s) = N(w_s . phi(x), 1/beta_s) for S posterior samples.
+
+        Args:
+          x: [batch, features] standardized inputs.
+          num_samples: S, a scalar.
+          seed: int32 [2], a stateless seed.
+
+        Returns:
+          `tfd.Normal` with batch shape [S, batch, 1].
+        """
+        phi = features(x)
+        draw = self.posterior().sample(num_samples, seed=seed)
+        loc = tf.einsum("sd,bd->sb", draw["w"], phi)[..., None]
+        scale = tf.math.rsqrt(draw["beta"])[:, None, None] * tf.ones_like(loc)
+        return tfd.Normal(loc, scale)
+
+    def exact_predictive(self, x) -> tfd.Normal:
+        """The closed-form predictive N(m . phi, 1/E[beta] + phi^T S phi) [batch, 1] (exact for `exact`)."""
+        phi = features(x)
+        q = self.posterior().model
+        mean = tf.linalg.matvec(phi, q["w"].loc)
+        spread = tf.reduce_sum(tf.square(tf.linalg.matmul(phi, self.scale_tril)), axis=-1)
+        return tfd.Normal(mean[:, None], tf.sqrt(1.0 / q["beta"].mean() + spread)[:, None])
+
+    # -- objectives ---------------------------------------------------------------------------------------------
+
+    def global_kl(self) -> tf.Tensor:
+        """KL(q(w, alpha, beta) || p(w, alpha, beta)) with E_q(alpha) taken analytically."""
+        q, p = self.posterior().model, self.prior().model
+        return (expected_weight_kl(q["w"], q["alpha"]) + tfd.kl_divergence(q["alpha"], p["alpha"])
+                + tfd.kl_divergence(q["beta"], p["beta"]))
+
+    def closed_form_elbo(self, x, y) -> tf.Tensor:
+        """The ELBO of the whole data set (x [N, features], y [N, 1]) in nats, in closed form."""
+        if self.config.inference == "exact":
+            raise ValueError("the ELBO needs Gamma factors q(alpha), q(beta); `exact` has point estimates")
+        q = self.posterior().model
+        return tf.reduce_sum(expected_log_likelihood(features(x), y, q["w"], q["beta"])) - self.global_kl()
+
+    def log_evidence(self, x, y) -> tf.Tensor:
+        """log p(y | alpha, beta) at the current point estimates (Bishop eq. 3.86), in nats."""
+        phi, y = features(x), tf.reshape(tf.cast(y, DTYPE), [-1])
+        alpha = self.alpha_concentration / self.alpha_rate
+        beta = self.beta_concentration / self.beta_rate
+        n, dim = tf.cast(tf.shape(phi)[0], DTYPE), tf.cast(tf.shape(phi)[1], DTYPE)
+        precision = alpha * tf.eye(tf.shape(phi)[1], dtype=DTYPE) + beta * tf.matmul(phi, phi, transpose_a=True)
+        chol = tf.linalg.cholesky(precision)
+        m = beta * tf.linalg.cholesky_solve(chol, tf.linalg.matvec(phi, y, transpose_a=True)[:, None])[:, 0]
+        misfit = 0.5 * beta * tf.reduce_sum(tf.square(y - tf.linalg.matvec(phi, m))) + 0.5 * alpha * tf.reduce_sum(
+            tf.square(m))
+        log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
+        return (0.5 * dim * tf.math.log(alpha) + 0.5 * n * tf.math.log(beta) - misfit - 0.5 * log_det
+                - 0.5 * n * math.log(2.0 * math.pi))
+
+    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
+        """Mini-batch ELBO pieces for gradient VI: nll [batch] by reparameterized sampling, analytic global KL."""
+        del training
+        x, y = batch
+        phi = features(x)
+        draw = self.posterior().sample(self.config.mc_samples, seed=seed)
+        loc = tf.einsum("sd,bd->sb", draw["w"], phi)
+        log_lik = tfd.Normal(loc, tf.math.rsqrt(draw["beta"])[:, None]).log_prob(
+            tf.reshape(tf.cast(y, DTYPE), [1, -1]))
+        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0), global_kl=self.global_kl())
+
+    # -- closed-form fitting ------------------------------------------------------------------------------------
+
+    @property
+    def supports_elbo(self) -> bool:
+        """The ELBO needs distributions over alpha and beta; `exact` has point estimates instead."""
+        return self.config.inference != "exact"
+
+    def extra_metrics(self, dataset) -> dict:
+        """`train/log_evidence` (exact) or the closed-form `train/elbo_closed_form`, per example, original units."""
+        n = float(dataset.num_train)
+        shift = math.log(dataset.target_scale)
+        if self.config.inference == "exact":
+            return {"train/log_evidence": float(self.log_evidence(dataset.x_train, dataset.y_train)) / n - shift}
+        return {"train/elbo_closed_form": float(self.closed_form_elbo(dataset.x_train, dataset.y_train)) / n - shift}
+
+    @property
+    def closed_form(self) -> bool:
+        """True when `fit_closed_form` replaces the gradient loop."""
+        return self.config.inference in ("exact", "cavi")
+
+    def fit_closed_form(self, x, y) -> list:
+        """Fits `exact` (evidence maximization) or `cavi` on all of (x [N, features], y [N, 1]).
+
+        Returns:
+          The objective after each iteration: the log evidence (`exact`) or the ELBO (`cavi`), in nats.
+        """
+        phi, y = features(x), tf.reshape(tf.cast(y, DTYPE), [-1])
+        gram = tf.matmul(phi, phi, transpose_a=True)
+        phi_y = tf.linalg.matvec(phi, y, transpose_a=True)
+        if self.config.inference == "exact":
+            return self._fit_evidence(phi, y, gram, phi_y)
+        if self.config.inference == "cavi":
+            return self._fit_cavi(x, y, phi, gram, phi_y)
+        raise ValueError("gradient inference trains through the training loop, not in closed form")
+
+    def _set_gaussian(self, precision, phi_y, beta_mean):
+        """q(w) = N(m, S) with S = precision^-1 and m = E[beta] S Phi^T y."""
+        dim = tf.shape(precision)[0]
+        chol = tf.linalg.cholesky(precision)
+        covariance = tf.linalg.cholesky_solve(chol, tf.eye(dim, dtype=DTYPE))
+        self.loc.assign(beta_mean * tf.linalg.matvec(covariance, phi_y))
+        self._scale_tril.assign(tf.linalg.cholesky(0.5 * (covariance + tf.transpose(covariance))))
+        return covariance
+
+    def _converged(self, history) -> bool:
+        return len(history) > 1 and abs(history[-1] - history[-2]) <= self.config.tolerance * max(
+            1.0, abs(history[-1]))
+
+    def _fit_evidence(self, phi, y, gram, phi_y) -> list:
+        n = float(phi.shape[0])
+        eigenvalues = tf.linalg.eigvalsh(gram)
+        eye = tf.eye(tf.shape(gram)[0], dtype=DTYPE)
+        alpha, beta = tf.constant(1.0, DTYPE), tf.constant(1.0, DTYPE)
+        history = []
+        for _ in range(self.config.max_iterations):
+            self._set_gaussian(alpha * eye + beta * gram, phi_y, beta)
+            m = self.loc
+            gamma = tf.reduce_sum(beta * eigenvalues / (alpha + beta * eigenvalues))
+            alpha = gamma / tf.reduce_sum(tf.square(m))
+            beta = (n - gamma) / tf.reduce_sum(tf.square(y - tf.linalg.matvec(phi, m)))
+            self._set_point_precisions(alpha, beta)
+            history.append(float(self.log_evidence(phi[:, :-1], y)))
+            if self._converged(history):
+                break
+        self._set_gaussian(alpha * eye + beta * gram, phi_y, beta)
+        return history
+
+    def _set_point_precisions(self, alpha, beta):
+        for variable, value in ((self.alpha_concentration, alpha), (self.beta_concentration, beta),
+                                (self.alpha_rate, 1.0), (self.beta_rate, 1.0)):
+            variable.assign(tf.cast(value, DTYPE))
+
+    def _fit_cavi(self, x, y, phi, gram, phi_y) -> list:
+        (a0, b0), (c0, d0) = self.config.alpha_prior, self.config.beta_prior
+        n, dim = float(phi.shape[0]), float(phi.shape[1])
+        eye = tf.eye(tf.shape(gram)[0], dtype=DTYPE)
+        history = []
+        for _ in range(self.config.max_iterations):
+            alpha_mean = self.alpha_concentration / self.alpha_rate
+            beta_mean = self.beta_concentration / self.beta_rate
+            covariance = self._set_gaussian(alpha_mean * eye + beta_mean * gram, phi_y, beta_mean)
+            m = tf.convert_to_tensor(self.loc)
+            self.alpha_concentration.assign(a0 + 0.5 * dim)
+            self.alpha_rate.assign(b0 + 0.5 * (tf.reduce_sum(tf.square(m)) + tf.linalg.trace(covariance)))
+            residual = y - tf.linalg.matvec(phi, m)
+            self.beta_concentration.assign(c0 + 0.5 * n)
+            self.beta_rate.assign(d0 + 0.5 * (tf.reduce_sum(tf.square(residual))
+                                              + tf.reduce_sum(gram * covariance)))
+            history.append(float(self.closed_form_elbo(x, y)))
+            if self._converged(history):
+                break
+        return history
+
+
+def build_model(config: Config, dataset) -> BayesianLinearRegression:
+    """The model for a regression `training.data.Dataset`."""
+    if dataset.task != "regression":
+        raise ValueError(f"Bayesian linear regression needs a regression dataset; {dataset.name} is {dataset.task}")
+    return BayesianLinearRegression(dataset.input_shape[-1], config)

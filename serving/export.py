@@ -1,0 +1,171 @@
+"""SavedModel export: posterior predictive signatures, warmup requests, atomic versioned directories.
+
+Layout (TensorFlow Serving's): `<export_base>/<version>/saved_model.pb`, `variables/`, `assets.extra/
+tf_serving_warmup_requests`, with `<version>` a new integer for every export (one more than the largest present).
+The SavedModel is written into a hidden temporary directory under `<export_base>` and renamed into place, so a
+server polling the directory never sees half a version, and an existing version is never overwritten.
+
+Regression signatures (every regression family exports the same ones; a client cannot tell the families apart):
+  * `serving_default`: `x` float32 [batch, features] -> the posterior predictive from S samples, S fixed at export
+    (`num_samples`) and a fixed seed, so the same request always gets the same answer.
+  * `predict_mc`: `x`, `num_samples` int32 [], `seed` int32 [2] -> the same outputs from `num_samples` samples
+    drawn with the stateless `seed` (same seed, same answer; another seed, another Monte Carlo draw).
+  * `regress` (single-output models): `inputs` string [batch] of serialized `tf.Example`s with a float feature
+    `x` of length `features` -> `outputs` [batch, 1], the predictive mean, for TF Serving's Regress API.
+  Outputs, all float32 [batch, outputs] in the target's original units: `mean`, `stddev`, `aleatoric_stddev`,
+  `epistemic_stddev`, `lower`, `upper` (central 95% interval), computed by `models.predictive`.
+Inputs are standardized inside the graph with the training statistics. Only core TensorFlow ops end up in the
+graph (TFP's distributions are traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from models import predictive
+
+REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+EXAMPLE_FEATURE = "x"
+_VERSION = re.compile(r"^\d+$")
+
+
+class RegressionServable(tf.Module):
+    """The exported object of a regression family: the model's variables plus signature functions.
+
+    Args:
+      model: has `predictive(x, num_samples, seed)` returning a per-sample location-scale distribution
+        [S, batch, outputs] for standardized x.
+      dataset: the `training.data.Dataset` the model was fitted on (for its standardization statistics).
+      num_samples: S of `serving_default`.
+      seed: the seed of `serving_default`.
+    """
+
+    def __init__(self, model, dataset, num_samples: int, seed: int):
+        super().__init__(name="regression_servable")
+        self.model = model
+        num_features = dataset.input_shape[-1]
+        self.num_outputs = dataset.output_dim
+        self._x_mean = tf.constant(dataset.x_scaler.mean, tf.float32)
+        self._x_std = tf.constant(dataset.x_scaler.std, tf.float32)
+        self._y_mean = tf.constant(dataset.y_scaler.mean, tf.float32)
+        self._y_std = tf.constant(dataset.y_scaler.std, tf.float32)
+        self._num_samples = tf.constant(num_samples, tf.int32)
+        self._seed = tf.constant([seed, 0x5EED], tf.int32)
+        x_spec = tf.TensorSpec([None, num_features], tf.float32, name="x")
+        self.serving_default = tf.function(self._serving_default, input_signature=[x_spec])
+        self.predict_mc = tf.function(self._predict_mc, input_signature=[
+            x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")])
+        self.regress = tf.function(self._regress, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        self._num_features = num_features
+
+    def _summary(self, x, num_samples, seed) -> dict:
+        tf.debugging.assert_all_finite(x, "x must be finite")
+        tf.debugging.assert_positive(num_samples, "num_samples must be positive")
+        per_sample = self.model.predictive((x - self._x_mean) / self._x_std, num_samples, seed)
+        dtype = per_sample.dtype
+        per_sample = predictive.affine(per_sample, tf.cast(self._y_mean, dtype), tf.cast(self._y_std, dtype))
+        summary = predictive.regression_summary(per_sample)
+        return {k: tf.cast(summary[k], tf.float32) for k in REGRESSION_OUTPUTS}
+
+    def _serving_default(self, x):
+        return self._summary(x, self._num_samples, self._seed)
+
+    def _predict_mc(self, x, num_samples, seed):
+        return self._summary(x, num_samples, seed)
+
+    def _regress(self, inputs):
+        parsed = tf.io.parse_example(
+            inputs, {EXAMPLE_FEATURE: tf.io.FixedLenFeature([self._num_features], tf.float32)})
+        return {"outputs": self._summary(parsed[EXAMPLE_FEATURE], self._num_samples, self._seed)["mean"]}
+
+    def signatures(self) -> dict:
+        sigs = {"serving_default": self.serving_default, "predict_mc": self.predict_mc}
+        if self.num_outputs == 1:
+            sigs["regress"] = self.regress
+        return sigs
+
+    def warmup_requests(self, model_name: str = "model"):
+        """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per predict signature."""
+        from tensorflow_serving.apis import predict_pb2
+
+        x = tf.make_tensor_proto(self._x_mean.numpy()[None, :], tf.float32)
+        requests = []
+        for name, extra in (("serving_default", {}),
+                            ("predict_mc", {"num_samples": tf.make_tensor_proto(8, tf.int32),
+                                            "seed": tf.make_tensor_proto([0, 0], tf.int32)})):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = name
+            request.inputs["x"].CopyFrom(x)
+            for key, proto in extra.items():
+                request.inputs[key].CopyFrom(proto)
+            requests.append(request)
+        return requests
+
+
+def build_servable(model, dataset, num_samples: int, seed: int) -> tf.Module:
+    """The servable for a fitted model: its own (`model.servable(...)`) or the shared one of its task."""
+    if hasattr(model, "servable"):
+        return model.servable(dataset, num_samples=num_samples, seed=seed)
+    if dataset.task == "regression":
+        return RegressionServable(model, dataset, num_samples, seed)
+    raise ValueError(f"no export for task {dataset.task!r}")
+
+
+def existing_versions(export_base: str | os.PathLike) -> list:
+    """The integer versions present under `export_base`, ascending."""
+    base = pathlib.Path(export_base)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and _VERSION.match(p.name))
+
+
+def write_warmup(path: pathlib.Path, requests) -> None:
+    """Writes PredictionLogs (TF Serving's warmup format) to `<path>/assets.extra/tf_serving_warmup_requests`."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    target = path / WARMUP_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def save_versioned(servable: tf.Module, export_base: str | os.PathLike, signatures: dict,
+                   warmup_requests=()) -> pathlib.Path:
+    """Saves `servable` as a new version under `export_base`, atomically; returns the version directory."""
+    base = pathlib.Path(export_base).expanduser()
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=base))
+    try:
+        tf.saved_model.save(servable, str(tmp), signatures=signatures)
+        if warmup_requests:
+            write_warmup(tmp, warmup_requests)
+        while True:
+            taken = [int(p.name) for p in base.iterdir() if _VERSION.match(p.name)]
+            target = base / str(max(taken, default=0) + 1)
+            try:
+                # rename() is atomic. If another exporter took this number in the meantime, it fails (the target
+                # is a non-empty directory) and the next number is tried; nothing is ever replaced.
+                os.rename(tmp, target)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export(model, dataset, export_base: str | os.PathLike, num_samples: int = 100, seed: int = 0) -> pathlib.Path:
+    """Exports a fitted model as a new SavedModel version under `export_base`; returns its directory."""
+    servable = build_servable(model, dataset, num_samples, seed)
+    return save_versioned(servable, export_base, servable.signatures(), servable.warmup_requests())

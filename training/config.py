@@ -1,0 +1,119 @@
+"""The training configuration every family shares, and its validation.
+
+A `TrainConfig` is what the shared flags (`training/flags.py`) parse into; tests build one directly. Each family adds
+its own model config (a dataclass in its `models/` module). `validate` fails fast, before any data is read or any
+step is taken, with a message naming the offending flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Optional
+
+STRATEGIES = ("default", "mirrored")
+LR_SCHEDULES = ("constant", "cosine")
+
+# Fields that may change between a run and its resumption without changing what was trained so far.
+RESUMABLE_CHANGES = frozenset({"epochs", "export_base", "num_samples", "data_dir", "workdir", "log_every_steps",
+                               "checkpoint_every_steps", "eval_batch_size"})
+
+
+class ConfigError(ValueError):
+    """A bad flag value or combination; the message starts with the flag's name."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Shared training settings (see `training/flags.py` for each flag's help)."""
+
+    dataset: str = "uci/concrete"
+    data_dir: str = "data"
+    split: str = "0"
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    workdir: str = ""
+    export_base: str = ""
+    num_samples: int = 100
+    strategy: str = "default"
+    kl_warmup_epochs: float = 0.0
+    validation_fraction: float = 0.0
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 0
+    eval_batch_size: int = 1024
+
+    @property
+    def split_index(self) -> Optional[int]:
+        """The standard split as an int, or None for `all`."""
+        return None if self.split == "all" else int(self.split)
+
+    def validate(self) -> "TrainConfig":
+        """Checks every value and combination; raises `ConfigError` naming the flag."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_samples": self.num_samples,
+                    "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
+        for name in ("kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"--validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.split != "all":
+            try:
+                if int(self.split) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"--split must be a split index (0, 1, ...) or 'all', got {self.split!r}") from None
+            self.split = str(int(self.split))
+        elif not self.dataset.startswith("uci/"):
+            raise ConfigError(f"--split=all runs every standard split of a UCI dataset; {self.dataset} has one split")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not self.workdir:
+            raise ConfigError("--workdir is required: checkpoints, TensorBoard logs and metrics.json go there")
+        for name in ("workdir", "export_base"):
+            path = getattr(self, name)
+            if path:
+                _check_writable(name, pathlib.Path(path).expanduser())
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_writable(flag: str, path: pathlib.Path) -> None:
+    """Fails unless `path` is, or can be created as, a writable directory."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"--{flag}={path}: {existing} exists and is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--{flag}={path}: {existing} is not writable")
+
+
+def check_resumable(saved: dict, current: dict) -> None:
+    """Raises `ConfigError` if a workdir's saved config differs from this run's in what shaped its training."""
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if differing:
+        detail = ", ".join(f"--{k}: was {saved.get(k)!r}, now {current.get(k)!r}" for k in differing)
+        raise ConfigError(
+            f"the workdir holds a run with other settings ({detail}); resume with the same flags or use a new "
+            "--workdir")
+
+
+def load_json(path: pathlib.Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,77 @@
+"""The flags every training binary shares, and the thin `main` they all use.
+
+A binary calls `define_shared_flags(**family_defaults)`, defines its own model flags, and hands `run_binary` a
+function from parsed flags to a model config. Nothing below `main` reads `FLAGS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+
+from training import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_shared_flags(**defaults) -> None:
+    """Defines the shared flags; `defaults` overrides a default per family (e.g. `dataset="mnist"`)."""
+    d = dataclasses.asdict(config_lib.TrainConfig())
+    d.update(defaults)
+    flags.DEFINE_string("dataset", d["dataset"],
+                        "uci/<name> (bostonHousing, concrete, energy, kin8nm, naval-propulsion-plant, power-plant, "
+                        "protein-tertiary-structure, wine-quality-red, yacht), mnist, fashion_mnist, "
+                        "binarized_mnist, or a TFDS name (needs network).")
+    flags.DEFINE_string("data_dir", d["data_dir"], "Directory holding uci/, mnist/, ... (the offline datasets).")
+    flags.DEFINE_string("split", d["split"], "UCI standard train/test split index, or 'all' to run every split "
+                        "and report mean and standard error.")
+    flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training data.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", d["batch_size"], "Global mini-batch size (split across replicas).",
+                         lower_bound=1)
+    flags.DEFINE_float("learning_rate", d["learning_rate"], "Adam's (initial) learning rate.", lower_bound=0.0)
+    flags.DEFINE_enum("lr_schedule", d["lr_schedule"], list(config_lib.LR_SCHEDULES),
+                      "constant, or cosine decay to zero over the run (the final iterate settles).")
+    flags.DEFINE_integer("seed", d["seed"], "Seeds data order, initialization and every Monte Carlo draw.")
+    flags.DEFINE_string("workdir", d["workdir"] or None, "Checkpoints, TensorBoard logs, metrics.json, plots.")
+    flags.DEFINE_string("export_base", d["export_base"], "If set, export a new SavedModel version under it "
+                        "(<export_base>/<version>/saved_model.pb).")
+    flags.DEFINE_integer("num_samples", d["num_samples"], "Posterior samples S for evaluation and for the "
+                         "exported serving_default signature.", lower_bound=1)
+    flags.DEFINE_enum("strategy", d["strategy"], list(config_lib.STRATEGIES),
+                      "tf.distribute strategy: default (one device) or mirrored (all local devices).")
+    flags.DEFINE_float("kl_warmup_epochs", d["kl_warmup_epochs"], "Epochs over which the KL weight rises "
+                       "linearly from 0 to 1 (0: no warm-up).", lower_bound=0.0)
+    flags.DEFINE_float("validation_fraction", d["validation_fraction"], "Fraction of the training split held "
+                       "out as valid/ metrics for tuning (never the test split).", lower_bound=0.0, upper_bound=0.99)
+    flags.DEFINE_integer("checkpoint_every_steps", d["checkpoint_every_steps"], "Also checkpoint every this many "
+                         "steps (0: at the end of each epoch only).", lower_bound=0)
+    flags.DEFINE_integer("log_every_steps", d["log_every_steps"], "TensorBoard summaries every this many steps "
+                         "(0: once per epoch).", lower_bound=0)
+    flags.DEFINE_integer("eval_batch_size", d["eval_batch_size"], "Examples per evaluation batch.", lower_bound=1)
+    flags.mark_flag_as_required("workdir")
+
+
+def train_config_from_flags() -> config_lib.TrainConfig:
+    """The shared flags as a validated `TrainConfig`."""
+    fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(config_lib.TrainConfig)}
+    return config_lib.TrainConfig(**fields).validate()
+
+
+def run_binary(main: Callable[[], object]) -> None:
+    """Runs `main` under absl; bad flags and missing data end the process with a one-line error, exit code 2."""
+    from training.data import DatasetError
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        try:
+            main()
+        except (config_lib.ConfigError, DatasetError) as e:
+            logging.error("%s", e)
+            sys.stderr.write(f"error: {e}\n")
+            sys.exit(2)
+
+    app.run(_main)

@@ -1,0 +1,102 @@
+"""Evaluation metrics, named `split/metric` and identical across families.
+
+Regression, in the original units of the target (as the published UCI tables report them):
+  * `rmse`: root mean squared error of the predictive mean;
+  * `nll`: mean negative log predictive density, -(1/N) sum_n log (1/S) sum_s p(y_n | x_n, H_s);
+  * `coverage_95`: fraction of targets inside the central 95% predictive interval (0.95 when calibrated);
+  * `interval_width_95`: mean width of that interval; `stddev`, `epistemic_stddev`, `aleatoric_stddev`: means.
+ELBO, for every model that defines `elbo_terms` (per example, nats; for regression shifted to original units):
+  * `elbo`, `expected_nll`, `kl` (the KL each example carries: its own local KL plus 1/N of the global KL).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from models import predictive
+
+
+def batch_seeds(seed: int, stream: int):
+    """A function b -> int32 [2] stateless seed for batch b of evaluation stream `stream`."""
+    base = tf.constant([seed, stream], tf.int32)
+    return lambda b: tf.random.experimental.stateless_fold_in(base, b)
+
+
+def _batches(x, y, batch_size):
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], None if y is None else y[start:start + batch_size]
+
+
+def regression_predictive(model, dataset, x, num_samples: int, seed) -> dict:
+    """Posterior predictive summary in original units for standardized inputs x [batch, features].
+
+    Returns:
+      The `models.predictive.regression_summary` dict plus `per_sample`, the per-sample predictive distribution.
+    """
+    per_sample = model.predictive(x, num_samples, seed)
+    if dataset.y_scaler is not None:
+        shift = tf.cast(dataset.y_scaler.mean, per_sample.dtype)
+        scale = tf.cast(dataset.y_scaler.std, per_sample.dtype)
+        per_sample = predictive.affine(per_sample, shift, scale)
+    summary = predictive.regression_summary(per_sample)
+    summary["per_sample"] = per_sample
+    return summary
+
+
+def regression_metrics(model, dataset, split: str, num_samples: int, seed: int, batch_size: int) -> dict:
+    """Predictive metrics of a regression model on one split; see the module docstring."""
+    x, y = dataset.arrays(split)
+    y_original = dataset.y_scaler.invert(y) if dataset.y_scaler is not None else y
+    seeds = batch_seeds(seed, 1)
+    sums = {k: 0.0 for k in ("sq_error", "log_density", "covered", "width", "stddev", "epistemic_stddev",
+                             "aleatoric_stddev")}
+    for b, (xb, yb) in enumerate(_batches(x, y_original, batch_size)):
+        s = regression_predictive(model, dataset, xb, num_samples, seeds(b))
+        yb = tf.cast(yb, s["mean"].dtype)
+        sums["sq_error"] += float(tf.reduce_sum(tf.square(s["mean"] - yb)))
+        sums["log_density"] += float(tf.reduce_sum(predictive.log_predictive_density(s["per_sample"], yb)))
+        sums["covered"] += float(tf.reduce_sum(tf.cast((yb >= s["lower"]) & (yb <= s["upper"]), tf.float64)))
+        sums["width"] += float(tf.reduce_sum(s["upper"] - s["lower"]))
+        for k in ("stddev", "epistemic_stddev", "aleatoric_stddev"):
+            sums[k] += float(tf.reduce_sum(s[k]))
+    count = float(y_original.size)
+    return {
+        f"{split}/rmse": math.sqrt(sums["sq_error"] / count),
+        f"{split}/nll": -sums["log_density"] / count,
+        f"{split}/coverage_95": sums["covered"] / count,
+        f"{split}/interval_width_95": sums["width"] / count,
+        f"{split}/stddev": sums["stddev"] / count,
+        f"{split}/epistemic_stddev": sums["epistemic_stddev"] / count,
+        f"{split}/aleatoric_stddev": sums["aleatoric_stddev"] / count,
+    }
+
+
+def elbo_metrics(model, dataset, split: str, seed: int, batch_size: int) -> dict:
+    """The per-example ELBO, expected NLL and KL of a split, Monte Carlo estimated with the model's sampler."""
+    x, y = dataset.arrays(split)
+    seeds = batch_seeds(seed, 2)
+    nll = kl = 0.0
+    for b, (xb, yb) in enumerate(_batches(x, y, batch_size)):
+        terms = model.elbo_terms(xb if yb is None else (xb, yb), seeds(b), training=False)
+        nll += float(tf.reduce_sum(terms.nll))
+        kl += float(tf.reduce_sum(terms.kl_per_example(dataset.num_train)))
+    count = float(len(x))
+    # A density of standardized targets is std_y times the density in original units.
+    shift = math.log(dataset.target_scale) if dataset.task == "regression" else 0.0
+    nll, kl = nll / count + shift, kl / count
+    return {f"{split}/elbo": -(nll + kl), f"{split}/expected_nll": nll, f"{split}/kl": kl}
+
+
+def aggregate(per_split: list) -> dict:
+    """Mean and standard error over runs (e.g. the 20 UCI splits): `m` and `m_stderr` for each metric `m`."""
+    keys = sorted(set().union(*per_split))
+    out = {}
+    for k in keys:
+        values = np.array([m[k] for m in per_split if k in m], np.float64)
+        out[k] = float(values.mean())
+        out[f"{k}_stderr"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    out["num_splits"] = len(per_split)
+    return out

@@ -1,0 +1,280 @@
+"""The one training loop every family runs: mini-batch ELBO, checkpoints with resume, TensorBoard, evaluation, export.
+
+`train_and_evaluate(train_config, model_config, build_model)` is the whole job of a training binary:
+
+  1. validate the flags and load the data (both fail before any step is taken);
+  2. build the model under the `tf.distribute` strategy;
+  3. fit it: a closed form when the model has one (`model.closed_form`), else Adam on the loss per example
+         loss = (1/|B|) sum_{n in B} (E_q[-log p(y_n | H)] + w_t KL_n) + w_t KL(q(H) || p(H)) / N
+     (see `models.objective`; w_t is the KL warm-up weight), checkpointing so a killed run restarted with the same
+     flags continues from its last checkpoint and, with the same seed, reaches the same result;
+  4. evaluate (`<workdir>/metrics.json`, names `split/metric`);
+  5. export a new SavedModel version under `--export_base`.
+
+Reproducibility: the data order of epoch e is a pure function of (seed, e), and the Monte Carlo draws of step t
+use the stateless seed fold_in((seed, 0), t) (and the replica id), so neither depends on how the run was
+interrupted.
+
+Model contract (duck-typed):
+  * `elbo_terms(batch, seed, training) -> models.objective.ElboTerms` for gradient training;
+  * or `closed_form` True and `fit_closed_form(x, y) -> list of objective values`;
+  * `predictive(x, num_samples, seed)`: per-sample predictive distribution, batch shape [S, batch, ...];
+  * optionally `extra_metrics(dataset) -> dict` of additional `split/metric` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Callable
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from models import objective
+from training import config as config_lib
+from training import data as data_lib
+from training import metrics as metrics_lib
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+# Epoch-end checkpoints are skipped if the last one is younger than this (short epochs would spend their time
+# writing checkpoints); `--checkpoint_every_steps` checkpoints are never skipped, and the last step always saves.
+MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS = 10.0
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build_model: Callable) -> dict:
+    """Trains, evaluates and exports one family on one split, or on every UCI split with `split='all'`.
+
+    Args:
+      train_config: the shared settings.
+      model_config: the family's config dataclass, handed to `build_model`.
+      build_model: `(model_config, dataset) -> model`.
+
+    Returns:
+      The metrics written to `<workdir>/metrics.json` (for `all`: mean and standard error over splits).
+    """
+    train_config.validate()
+    if train_config.split != "all":
+        return _train_and_evaluate_split(train_config, model_config, build_model)
+    num_splits = data_lib.num_uci_splits(train_config.dataset[len("uci/"):], train_config.data_dir)
+    for k in range(num_splits):  # Fail on a missing split file now, not after hours of training.
+        data_lib.check_available(train_config.dataset, train_config.data_dir, k)
+    workdir = pathlib.Path(train_config.workdir)
+    results = []
+    for k in range(num_splits):
+        logging.info("split %d of %d", k + 1, num_splits)
+        split_config = dataclasses.replace(
+            train_config, split=str(k), workdir=str(workdir / f"split_{k}"),
+            export_base=str(pathlib.Path(train_config.export_base) / f"split_{k}") if train_config.export_base
+            else "")
+        results.append(_train_and_evaluate_split(split_config, model_config, build_model))
+    summary = metrics_lib.aggregate(results)
+    _write_json(workdir / METRICS_FILE, summary)
+    logging.info("mean over %d splits: %s", num_splits, _format(summary))
+    return summary
+
+
+def _train_and_evaluate_split(config, model_config, build_model) -> dict:
+    workdir = pathlib.Path(config.workdir).expanduser()
+    dataset = data_lib.load(config.dataset, config.data_dir, config.split_index)
+    if config.validation_fraction > 0:
+        dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
+    _prepare_workdir(workdir, config, model_config)
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        model = build_model(model_config, dataset)
+    start = time.time()
+    if getattr(model, "closed_form", False):
+        fit_closed_form(model, dataset, workdir)
+    else:
+        fit(model, dataset, config, strategy, workdir)
+    train_seconds = time.time() - start
+    metrics = evaluate(model, dataset, config)
+    metrics["train/seconds"] = train_seconds
+    _write_json(workdir / METRICS_FILE, metrics)
+    with tf.summary.create_file_writer(str(workdir / "eval")).as_default():
+        for name, value in metrics.items():
+            tf.summary.scalar(name, value, step=0)
+    logging.info("%s split %s: %s", config.dataset, config.split, _format(metrics))
+    if config.export_base:
+        from serving import export  # Serving is only needed when exporting.
+        path = export.export(model, dataset, config.export_base, num_samples=config.num_samples, seed=config.seed)
+        logging.info("exported %s", path)
+        metrics["export_path"] = str(path)
+    return metrics
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`default`: the current device; `mirrored`: data parallel over all GPUs, or all logical CPUs without one."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    raise config_lib.ConfigError(f"--strategy must be one of {', '.join(config_lib.STRATEGIES)}, got {name!r}")
+
+
+def _prepare_workdir(workdir: pathlib.Path, config, model_config) -> None:
+    """Creates the workdir; refuses to resume a run trained with different settings."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    current = json.loads(json.dumps({**config.to_json(), **dataclasses.asdict(model_config)}))
+    saved = config_lib.load_json(workdir / CONFIG_FILE)
+    if saved is not None:
+        config_lib.check_resumable(saved, current)
+    _write_json(workdir / CONFIG_FILE, current)
+
+
+def _write_json(path: pathlib.Path, value: dict) -> None:
+    """Writes JSON atomically (temp file, then rename), so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _format(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+
+
+def fit_closed_form(model, dataset, workdir: pathlib.Path) -> list:
+    """Fits a model with a closed-form or coordinate-ascent solution; logs its objective per iteration."""
+    history = model.fit_closed_form(dataset.x_train, dataset.y_train)
+    with tf.summary.create_file_writer(str(workdir / "train")).as_default():
+        for i, value in enumerate(history):
+            tf.summary.scalar("train/objective", value, step=i)
+    tf.train.Checkpoint(model=model).write(str(workdir / "checkpoints" / "closed_form"))
+    logging.info("closed-form fit: %d iterations, objective %.6f nats", len(history), history[-1])
+    return history
+
+
+def kl_weight(step, steps_per_epoch: int, warmup_epochs: float):
+    """w_t = min(1, (t + 1) / (warmup_epochs * steps_per_epoch)); 1 without warm-up."""
+    if warmup_epochs <= 0:
+        return tf.constant(1.0)
+    warmup_steps = max(1.0, warmup_epochs * steps_per_epoch)
+    return tf.minimum(1.0, tf.cast(step + 1, tf.float32) / warmup_steps)
+
+
+def _learning_rate(config, total_steps: int):
+    if config.lr_schedule == "cosine":
+        return tf_keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, total_steps))
+    return config.learning_rate
+
+
+def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
+    """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`."""
+    num_train = dataset.num_train
+    batch_size = min(config.batch_size, num_train)
+    if batch_size < config.batch_size:
+        logging.warning("--batch_size=%d exceeds the %d training examples; using %d", config.batch_size,
+                        num_train, batch_size)
+    steps_per_epoch = num_train // batch_size
+    total_steps = config.epochs * steps_per_epoch
+    with strategy.scope():
+        optimizer = tf_keras.optimizers.Adam(_learning_rate(config, total_steps))
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step))
+    base_seed = tf.constant([config.seed, 0], tf.int32)
+
+    def replica_step(batch):
+        replica = tf.distribute.get_replica_context()
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(base_seed, tf.cast(step, tf.int32)),
+            replica.replica_id_in_sync_group)
+        weight = kl_weight(step, steps_per_epoch, config.kl_warmup_epochs)
+        with tf.GradientTape() as tape:
+            terms = model.elbo_terms(batch, seed, training=True)
+            per_example = terms.loss_per_example(num_train, weight)
+            # Sum over this replica's examples / global batch: replica gradients then sum to the batch mean's.
+            loss = tf.reduce_sum(per_example) / batch_size
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        kl = terms.kl_per_example(num_train)
+        return {"loss": loss, "nll": tf.reduce_sum(terms.nll) / batch_size,
+                "kl": tf.reduce_sum(kl) / batch_size}
+
+    @tf.function
+    def train_step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+        step.assign_add(1)
+        return out
+
+    writer = tf.summary.create_file_writer(str(workdir / "train"))
+    batches = dataset.training_batches(batch_size, config.seed, int(step), config.epochs)
+    sums, progress = _new_epoch_sums(), None
+    last_save = time.time()
+    for batch in strategy.experimental_distribute_dataset(batches):
+        epoch, offset = divmod(int(step), steps_per_epoch)
+        if progress is None:
+            progress = tf_keras.utils.Progbar(steps_per_epoch, stateful_metrics=["nll", "kl", "elbo"],
+                                              unit_name="step")
+            progress.update(offset)
+        out = {k: float(v) for k, v in train_step(batch).items()}
+        if not math.isfinite(out["loss"]):
+            raise TrainingDivergedError(
+                f"the loss became {out['loss']} at step {int(step)} (epoch {epoch + 1}); the last good "
+                f"checkpoint is in {workdir / 'checkpoints'}; try a smaller --learning_rate")
+        for k in out:
+            sums[k] += out[k]
+        sums["count"] += 1
+        t = int(step)
+        progress.update(offset + 1, [("nll", out["nll"]), ("kl", out["kl"]), ("elbo", -(out["nll"] + out["kl"]))])
+        if config.log_every_steps and t % config.log_every_steps == 0:
+            _write_train_summaries(writer, out, t)
+        if config.checkpoint_every_steps and t % config.checkpoint_every_steps == 0:
+            manager.save(checkpoint_number=t)
+        if t % steps_per_epoch == 0:  # The epoch is complete.
+            if t == total_steps or time.time() - last_save >= MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS:
+                manager.save(checkpoint_number=t)
+                last_save = time.time()
+            means = {k: v / sums["count"] for k, v in sums.items() if k != "count"}
+            if not config.log_every_steps:
+                _write_train_summaries(writer, means, t)
+            logging.info("epoch %d/%d: elbo %.4f nats (%.4f bits) per example, nll %.4f, kl %.4f",
+                         epoch + 1, config.epochs, -(means["nll"] + means["kl"]),
+                         objective.to_bits(-(means["nll"] + means["kl"])), means["nll"], means["kl"])
+            sums, progress = _new_epoch_sums(), None
+    writer.flush()
+
+
+def _new_epoch_sums() -> dict:
+    return {"nll": 0.0, "kl": 0.0, "loss": 0.0, "count": 0}
+
+
+def _write_train_summaries(writer, values: dict, step: int) -> None:
+    """Per-example nll, kl and ELBO (with the KL at full weight), in nats and in bits."""
+    elbo = -(values["nll"] + values["kl"])
+    with writer.as_default():
+        for name, value in (("nll", values["nll"]), ("kl", values["kl"]), ("elbo", elbo)):
+            tf.summary.scalar(f"train/{name}", value, step=step)
+            tf.summary.scalar(f"train/{name}_bits", objective.to_bits(value), step=step)
+        tf.summary.scalar("train/loss", values["loss"], step=step)
+
+
+def evaluate(model, dataset, config) -> dict:
+    """All metrics of every split the dataset has labels for (`train`, `valid`, `test`)."""
+    metrics = {}
+    splits = ["train"] + (["valid"] if dataset.x_valid is not None else []) + ["test"]
+    for split in splits:
+        if dataset.task == data_lib.REGRESSION:
+            metrics.update(metrics_lib.regression_metrics(
+                model, dataset, split, config.num_samples, config.seed, config.eval_batch_size))
+        if hasattr(model, "elbo_terms") and getattr(model, "supports_elbo", True):
+            metrics.update(metrics_lib.elbo_metrics(model, dataset, split, config.seed, config.eval_batch_size))
+    if hasattr(model, "extra_metrics"):
+        metrics.update(model.extra_metrics(dataset))
+    return metrics
