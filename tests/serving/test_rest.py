@@ -1,0 +1,196 @@
+"""Every REST route, its JSON formats and its errors (TF Serving's HTTP codes and bodies)."""
+
+import base64
+
+import numpy as np
+import pytest
+import requests
+
+from tests.serving.conftest import FEATURES, MC_MODEL
+
+
+def _post(server, path, body, **kwargs):
+    data = body if isinstance(body, (str, bytes)) else None
+    json_body = None if data is not None else body
+    return requests.post(server.rest + path, data=data, json=json_body, timeout=30, **kwargs)
+
+
+def test_row_format_with_named_inputs_answers_one_object_per_row(mc_server):
+    x = np.ones([2, FEATURES]).tolist()
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict",
+                     {"signature_name": "predict_mc",
+                      "instances": [{"x": x[0], "num_samples": 10, "seed": [1, 2]},
+                                    {"x": x[1], "num_samples": 10, "seed": [1, 2]}]})
+    # Row format stacks every input along a new batch dimension, so num_samples becomes [2]:
+    # predict_mc wants a scalar, and the graph says so.
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict", {"instances": x})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2
+    assert sorted(predictions[0]) == sorted(
+        ["mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper"])
+    assert len(predictions[0]["mean"]) == 2
+
+
+def test_columnar_format_answers_outputs(mc_server):
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict",
+                     {"signature_name": "predict_mc",
+                      "inputs": {"x": np.ones([3, FEATURES]).tolist(), "num_samples": 20,
+                                 "seed": [4, 5]}})
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    assert np.asarray(outputs["mean"]).shape == (3, 2)
+    assert np.all(np.asarray(outputs["lower"]) < np.asarray(outputs["upper"]))
+
+
+def test_columnar_single_output_is_not_wrapped_in_an_object(fixture_server):
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict", {"inputs": [[1.0], [2.0]]})
+    assert response.json() == {"outputs": [[2.5], [3.0]]}
+
+
+def test_versions_route(fixture_server):
+    response = _post(fixture_server, "/v1/models/two_versions/versions/123:predict",
+                     {"instances": [[2.0]]})
+    assert response.json() == {"predictions": [[3.0]]}
+    status = requests.get(fixture_server.rest + "/v1/models/two_versions/versions/124", timeout=30)
+    assert status.json() == {"model_version_status": [{
+        "version": "124", "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def test_status_route_lists_every_version(fixture_server):
+    status = requests.get(fixture_server.rest + "/v1/models/two_versions", timeout=30).json()
+    assert [s["version"] for s in status["model_version_status"]] == ["124", "123"]
+
+
+def test_classify_and_regress_routes(fixture_server):
+    classify = _post(fixture_server, "/v1/models/half_plus_two:classify",
+                     {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": 3.0}]})
+    assert classify.json() == {"results": [[["", 2.5]], [["", 3.5]]]}
+    regress = _post(fixture_server, "/v1/models/half_plus_two/versions/123:regress",
+                    {"signature_name": "regress_x_to_y2", "context": {"x": 2.0},
+                     "examples": [{}, {}]})
+    assert regress.json() == {"results": [4.0, 4.0]}
+
+
+def test_metadata_route(fixture_server):
+    metadata = requests.get(fixture_server.rest + "/v1/models/half_plus_two/metadata", timeout=30)
+    assert metadata.status_code == 200
+    doc = metadata.json()
+    assert doc["model_spec"] == {"name": "half_plus_two", "signature_name": "", "version": "123"}
+    assert "serving_default" in doc["metadata"]["signature_def"]["signature_def"]
+
+
+def test_paths_are_case_insensitive_and_names_url_decoded(fixture_server):
+    response = _post(fixture_server, "/V1/Models/half%5Fplus%5Ftwo:PREDICT", {"instances": [1.0]})
+    assert response.json() == {"predictions": [2.5]}
+
+
+def test_floats_are_written_as_tf_serving_writes_them(fixture_server):
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict",
+                     '{"instances": [0.2, 1e10, NaN, Infinity]}')
+    assert response.status_code == 200
+    assert response.text.replace(" ", "") == (
+        '{"predictions":[2.1,5e+09,NaN,Infinity]}')
+
+
+@pytest.mark.parametrize("method, path, body, status, message", [
+    ("POST", "/v1/models/nope:predict", {"instances": [1.0]}, 404,
+     "Servable not found for request: Latest(nope)"),
+    ("POST", "/v1/models/half_plus_two/versions/9:predict", {"instances": [1.0]}, 404,
+     "Servable not found for request: Specific(half_plus_two, 9)"),
+    ("POST", "/v1/models/two_versions/labels/nope:predict", {"instances": [1.0]}, 400,
+     "Unrecognized servable version label: nope"),
+    ("GET", "/v1/models", None, 400, "Missing model name in request."),
+    ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
+    ("GET", "/v1/models/half_plus_two/versions/9", None, 404,
+     "Could not find version 9 of model half_plus_two"),
+    ("POST", "/v1/models/half_plus_two:explain", {"instances": [1.0]}, 400,
+     "Malformed request: POST /v1/models/half_plus_two:explain"),
+    ("POST", "/v1/models/half_plus_two:predict", {"signature_name": "nope", "instances": [1.0]},
+     400, 'Serving signature name: "nope" not found in signature def'),
+    ("POST", "/v1/models/half_plus_two:predict", {"instances": [1.0], "inputs": [1.0]}, 400,
+     None),
+    ("POST", "/v1/models/half_plus_two:predict", {"foo": 1}, 400,
+     "Missing 'inputs' or 'instances' key"),
+    ("POST", "/v1/models/half_plus_two:predict", '{"instances": [1.0', 400, None),
+    ("POST", "/v1/models/half_plus_two:predict", "", 400, "JSON Parse error: The document is empty"),
+    ("POST", "/v1/models/half_plus_two:predict", {"instances": ["a"]}, 400, None),
+    ("POST", "/v1/models/half_plus_two:predict", {"instances": [[1.0], [1.0, 2.0]]}, 400, None),
+    ("POST", "/v1/models/half_plus_two:predict", {"signature_name": 5, "instances": [1.0]}, 400,
+     None),
+    ("POST", "/v1/models/half_plus_two:classify", {"signature_name": "classify_x_to_y"}, 400,
+     None),
+    ("POST", "/v1/models/half_plus_two:predict", {"instances": [16777217]}, 400,
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert "
+     "JSON value: 16777217 to float without loss of precision."),
+])
+def test_rest_errors(fixture_server, method, path, body, status, message):
+    if method == "GET":
+        response = requests.get(fixture_server.rest + path, timeout=30)
+    else:
+        response = _post(fixture_server, path, body)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    doc = response.json()
+    assert list(doc) == ["error"]
+    if message is not None:
+        assert doc["error"] == message
+
+
+def test_type_and_parse_error_messages(fixture_server):
+    wrong_type = _post(fixture_server, "/v1/models/half_plus_two:predict", {"instances": ["a"]})
+    assert wrong_type.json()["error"] == (
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: "
+        "\"a\" Type: String is not of expected type: float")
+    bad_json = _post(fixture_server, "/v1/models/half_plus_two:predict", '{"instances": [1.0')
+    assert bad_json.json()["error"].startswith("JSON Parse error: ")
+
+
+def test_num_samples_limit_over_rest(mc_server):
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict",
+                     {"signature_name": "predict_mc",
+                      "inputs": {"x": [[1.0] * FEATURES], "num_samples": 100000, "seed": [0, 0]}})
+    assert response.status_code == 400
+    assert "--max_num_samples=500" in response.json()["error"]
+
+
+def test_body_over_the_limit_is_429(mc_server):
+    body = b'{"instances": [' + b"1.0," * 80000 + b"1.0]}"
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict", body)
+    assert response.status_code == 429
+    assert "larger than this server's limit" in response.json()["error"]
+
+
+def test_b64_output_for_bytes_outputs_and_b64_input(fixture_server):
+    import tensorflow as tf
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=[5.0]))}))
+    encoded = base64.b64encode(example.SerializeToString()).decode()
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict",
+                     {"signature_name": "classify_x_to_y", "inputs": [{"b64": encoded}]})
+    assert response.json() == {"outputs": [[4.5]]}
+    bad = _post(fixture_server, "/v1/models/half_plus_two:predict",
+                {"signature_name": "classify_x_to_y", "inputs": [{"b64": "!!"}]})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "Unable to base64 decode"
+
+
+def test_prometheus_metrics_count_requests(fixture_server):
+    before = fixture_server.metrics().get(
+        ':tensorflow:serving:request_count{model_name="half_plus_three",status="OK"}', 0)
+    _post(fixture_server, "/v1/models/half_plus_three:predict", {"instances": [1.0]})
+    response = requests.get(fixture_server.rest + "/monitoring/prometheus/metrics", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    after = fixture_server.metrics()[
+        ':tensorflow:serving:request_count{model_name="half_plus_three",status="OK"}']
+    assert after == before + 1
+
+
+def test_unknown_path_is_404(fixture_server):
+    response = requests.get(fixture_server.rest + "/healthz", timeout=30)
+    assert response.status_code == 404
