@@ -1,0 +1,187 @@
+"""Versions coming and going: swaps under load, failed loads, policies, config reloads."""
+
+import pathlib
+import threading
+
+import grpc
+import numpy as np
+
+from tests.serving.conftest import (FEATURES, MC_MODEL, install_version, rpc_error, tensor,
+                                    to_array, wait_until, write_config)
+
+
+def _stubs(server):
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+    return (prediction_service_pb2_grpc.PredictionServiceStub(server.channel),
+            model_service_pb2_grpc.ModelServiceStub(server.channel))
+
+
+def _predict(stub, name=MC_MODEL, version=None):
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tensor(np.ones([1, FEATURES])))
+    return stub.Predict(request, timeout=30)
+
+
+def _status(model_stub, name=MC_MODEL):
+    from tensorflow_serving.apis import get_model_status_pb2
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    try:
+        response = model_stub.GetModelStatus(request, timeout=30)
+    except grpc.RpcError:
+        return {}
+    return {s.version: (s.state, s.status.error_code, s.status.error_message)
+            for s in response.model_version_status}
+
+
+AVAILABLE, END = 30, 50
+
+
+def test_version_swap_under_concurrent_requests_fails_no_request(start_server, tmp_path,
+                                                                 mc_versions):
+    base = tmp_path / "model"
+    install_version(base, mc_versions[1], 1)
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={base}",
+                           "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"])
+    stub, model_stub = _stubs(server)
+    failures, versions_seen, stop = [], set(), threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                versions_seen.add(_predict(stub).model_spec.version.value)
+            except grpc.RpcError as exc:  # any failure at all fails the test
+                failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: 1 in versions_seen, what="version 1 answering")
+        install_version(base, mc_versions[2], 2)
+        wait_until(lambda: _status(model_stub).get(1, (0,))[0] == END, what="version 1 unloaded")
+        wait_until(lambda: 2 in versions_seen, what="version 2 answering")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert versions_seen == {1, 2}
+    assert _status(model_stub) == {2: (AVAILABLE, 0, ""), 1: (END, 0, "")}
+    # The new version's weights (2.0) answer now: mean = 2 * 3 features + 0.5.
+    assert np.allclose(to_array(_predict(stub).outputs["mean"]), 6.5, atol=0.2)
+
+
+def test_corrupt_version_is_reported_and_the_old_one_keeps_serving(start_server, tmp_path,
+                                                                   mc_versions):
+    base = tmp_path / "model"
+    install_version(base, mc_versions[1], 1)
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={base}",
+                           "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"])
+    stub, model_stub = _stubs(server)
+    corrupt = tmp_path / "staging"
+    corrupt.mkdir()
+    (corrupt / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    corrupt.rename(base / "2")
+    status = wait_until(lambda: _status(model_stub).get(2, (0,))[0] == END and _status(model_stub),
+                        what="version 2 to fail")
+    state, code, message = status[2]
+    assert code != 0 and message
+    assert status[1] == (AVAILABLE, 0, "")
+    assert _predict(stub).model_spec.version.value == 1
+    error = rpc_error(_predict, stub, version=2)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    # A good version 3 then replaces version 1; the failed 2 is left alone.
+    install_version(base, mc_versions[2], 3)
+    wait_until(lambda: _status(model_stub).get(1, (0,))[0] == END, what="version 1 unloaded")
+    assert _predict(stub).model_spec.version.value == 3
+
+
+def test_version_policies_and_config_reload_over_rpc(start_server, tmp_path, mc_versions,
+                                                     tf_serving_testdata):
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2
+
+    base = tmp_path / "model"
+    for version in (1, 2):
+        install_version(base, mc_versions[version], version)
+    config = write_config(tmp_path / "models.config", [{"name": MC_MODEL, "base_path": base}])
+    server = start_server([f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"])
+    stub, model_stub = _stubs(server)
+    # Default policy: latest 1.
+    assert _status(model_stub) == {2: (AVAILABLE, 0, "")}
+
+    def reload(text):
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(text, request.config)
+        return model_stub.HandleReloadConfigRequest.with_call(request, timeout=60)
+
+    half_plus_two = tf_serving_testdata / "saved_model_half_plus_two_cpu"
+    response, _ = reload(
+        f'model_config_list {{ config {{ name: "{MC_MODEL}" base_path: "{base}" '
+        'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } } '
+        f'config {{ name: "hpt" base_path: "{half_plus_two}" model_platform: "tensorflow" }} }}')
+    assert response.status.error_code == 0
+    assert _status(model_stub) == {2: (END, 0, ""), 1: (AVAILABLE, 0, "")}
+    assert _predict(stub, "hpt").model_spec.version.value == 123
+
+    reload(f'model_config_list {{ config {{ name: "{MC_MODEL}" base_path: "{base}" '
+           'model_platform: "tensorflow" model_version_policy { all {} } '
+           'version_labels { key: "stable" value: 1 } } }')
+    assert {v: s[0] for v, s in _status(model_stub).items()} == {2: AVAILABLE, 1: AVAILABLE}
+    error = rpc_error(_predict, stub, "hpt")
+    assert error.code() == grpc.StatusCode.NOT_FOUND  # removed from the config
+    assert _status(model_stub, "hpt") == {123: (END, 0, "")}
+
+    # A refused config changes nothing; the status is in the body and in the RPC status.
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(f'model_config_list {{ config {{ name: "a" base_path: "{base}" '
+                      'model_platform: "tensorflow" } config { name: "a" base_path: "/x" '
+                      'model_platform: "tensorflow" } }', request.config)
+    error = rpc_error(model_stub.HandleReloadConfigRequest, request, timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Illegal to list model a multiple times in config list"
+    assert _predict(stub, version=1).model_spec.version.value == 1
+
+
+def test_config_file_polling_picks_up_a_new_model(start_server, tmp_path, tf_serving_testdata):
+    two = tf_serving_testdata / "saved_model_half_plus_two_cpu"
+    three = tf_serving_testdata / "saved_model_half_plus_three"
+    config = write_config(tmp_path / "models.config", [{"name": "two", "base_path": two}])
+    server = start_server([f"--model_config_file={config}",
+                           "--model_config_file_poll_wait_seconds=1",
+                           "--file_system_poll_wait_seconds=0"])
+    stub, model_stub = _stubs(server)
+    error = rpc_error(_predict_half, stub, "three")
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    staging = pathlib.Path(tmp_path / "models.config.new")
+    write_config(staging, [{"name": "two", "base_path": two}, {"name": "three", "base_path": three}])
+    staging.rename(config)
+    wait_until(lambda: _status(model_stub, "three").get(123, (0,))[0] == AVAILABLE,
+               what="model three loaded by the config poll")
+    assert to_array(_predict_half(stub, "three").outputs["y"]).tolist() == [[3.5]]
+
+
+def _predict_half(stub, name):
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["x"].CopyFrom(tensor([[1.0]]))
+    return stub.Predict(request, timeout=30)
+
+
+def test_warmup_replays_the_requests_file_when_enabled(start_server, mc_base_path,
+                                                       tf_serving_testdata):
+    monitoring = f"--monitoring_config_file={tf_serving_testdata / 'monitoring_config.txt'}"
+    runs = ':vizoo:serving:signature_runs{model_name="mc",signature_name="serving_default"}'
+    warm = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
+                         monitoring, "--num_request_iterations_for_warmup=3"])
+    cold = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
+                         monitoring, "--enable_model_warmup=false"])
+    # One record in the warmup file, replayed 3 times, before any client request.
+    assert warm.metrics().get(runs, 0) == 3
+    assert cold.metrics().get(runs, 0) == 0
