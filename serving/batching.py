@@ -107,11 +107,16 @@ class BatchScheduler:
 
     Args:
       options: `BatchingOptions`.
+      on_queue_change: called (under the scheduler's lock) with the number of rows waiting in
+        all queues whenever it changes; the server exports it as a gauge.
     """
 
-    def __init__(self, options: BatchingOptions):
+    def __init__(self, options: BatchingOptions,
+                 on_queue_change: Optional[Callable[[int], None]] = None):
         options.validate()
         self._options = options
+        self._on_queue_change = on_queue_change
+        self._enqueued_rows = 0
         self._queues: Dict[tuple, _Queue] = {}
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
@@ -159,6 +164,7 @@ class BatchScheduler:
                 queue.batches.append(open_batch)
             open_batch.tasks.append(task)
             open_batch.size += size
+            self._queue_changed(size)
             if open_batch.size == max_size:
                 open_batch.closed = True
             self._work.notify()
@@ -167,6 +173,11 @@ class BatchScheduler:
         if task.error is not None:
             raise task.error
         return task.outputs
+
+    def _queue_changed(self, delta: int):
+        self._enqueued_rows += delta
+        if self._on_queue_change is not None:
+            self._on_queue_change(self._enqueued_rows)
 
     def _next_ready(self):
         """The queue and batch to run next (oldest ready first), or (None, seconds to wait)."""
@@ -188,6 +199,7 @@ class BatchScheduler:
         key, batch = best
         queue = self._queues[key]
         queue.batches.popleft()
+        self._queue_changed(-batch.size)
         if not queue.batches:
             del self._queues[key]
         return (queue, batch), None

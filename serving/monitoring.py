@@ -54,6 +54,10 @@ class Gauge(Counter):
     def dec(self, *labels, amount: float = 1.0):
         self.inc(*labels, amount=-amount)
 
+    def set(self, value: float, *labels):
+        with self._lock:
+            self._values[labels] = float(value)
+
     def render(self):
         for line in super().render():
             yield line.replace(" counter", " gauge", 1) if line.startswith("#") else line
@@ -118,6 +122,8 @@ class Metrics:
             ("model_name", "signature_name"), SIZE_BUCKETS)
         self.inflight = Gauge(
             ":vizoo:serving:inflight_requests", "Requests being processed.", ())
+        self.batch_queue_rows = Gauge(
+            ":vizoo:serving:batch_queue_rows", "Rows waiting in batching queues.", ())
         self.rejected = Counter(
             ":vizoo:serving:rejected_requests", "Requests refused because the server is full.",
             ("reason",))
@@ -128,10 +134,15 @@ class Metrics:
         if batch_size:
             self.batch_size.observe(batch_size, model_name, signature_name)
 
+    def set_batch_queue_rows(self, rows: int):
+        """Hook for `BatchScheduler`: rows currently waiting to be batched."""
+        self.batch_queue_rows.set(rows)
+
     def render(self) -> str:
         lines = []
         for metric in (self.request_count, self.request_latency, self.request_example_counts,
-                       self.signature_runs, self.batch_size, self.inflight, self.rejected):
+                       self.signature_runs, self.batch_size, self.inflight,
+                       self.batch_queue_rows, self.rejected):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
 

@@ -360,7 +360,8 @@ class Server:
             max_concurrent_requests=opts.max_concurrent_requests)
         if batching is not None:
             from serving import batching as batching_lib  # pylint: disable=import-outside-toplevel
-            self._batcher = batching_lib.BatchScheduler(batching)
+            self._batcher = batching_lib.BatchScheduler(batching,
+                                                        self.metrics.set_batch_queue_rows)
 
         plane_box = {}
 

@@ -1,0 +1,151 @@
+"""Server-side batching merges concurrent requests; a full server says RESOURCE_EXHAUSTED.
+
+Merging is proven by the server's own counters (graph runs and rows per run), never by timing:
+the batch timeout is long, so a batch only runs early when it is full.
+"""
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.serving.conftest import (FEATURES, MC_MODEL, ServerProcess, rpc_error, tensor,
+                                    to_array, wait_until)
+
+RUNS = ':vizoo:serving:signature_runs{model_name="mc",signature_name="serving_default"}'
+MC_RUNS = ':vizoo:serving:signature_runs{model_name="mc",signature_name="predict_mc"}'
+BATCH_SUM = ':vizoo:serving:batch_size_sum{model_name="mc",signature_name="serving_default"}'
+BATCH_COUNT = ':vizoo:serving:batch_size_count{model_name="mc",signature_name="serving_default"}'
+QUEUE = ":vizoo:serving:batch_queue_rows"
+
+
+def _batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata, name, timeout_micros,
+                     extra=()):
+    directory = tmp_path_factory.mktemp(name)
+    params = directory / "batching.config"
+    params.write_text("max_batch_size { value: 4 }\n"
+                      f"batch_timeout_micros {{ value: {timeout_micros} }}\n"
+                      "max_enqueued_batches { value: 1 }\n"
+                      "num_batch_threads { value: 1 }\n")
+    return ServerProcess([
+        f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}", "--enable_batching",
+        f"--batching_parameters_file={params}", "--enable_model_warmup=false",
+        f"--monitoring_config_file={tf_serving_testdata / 'monitoring_config.txt'}",
+        "--file_system_poll_wait_seconds=0", *extra], directory / "server.log")
+
+
+@pytest.fixture(scope="module")
+def batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata):
+    server = _batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata, "batching",
+                              timeout_micros=30_000_000)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(tmp_path_factory, mc_base_path, tf_serving_testdata):
+    server = _batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata, "one_slot",
+                              timeout_micros=1_000_000, extra=["--max_concurrent_requests=1"])
+    yield server
+    server.stop()
+
+
+def _stub(server):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    return prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+
+
+def _predict(stub, rows, value=1.0, timeout=60):
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MC_MODEL
+    request.inputs["x"].CopyFrom(tensor(np.full([rows, FEATURES], value)))
+    return stub.Predict(request, timeout=timeout)
+
+
+def _in_thread(fn, *args):
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except grpc.RpcError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, result
+
+
+def test_concurrent_requests_are_merged_into_one_signature_run(batching_server):
+    stub = _stub(batching_server)
+    before = batching_server.metrics()
+    calls = [_in_thread(_predict, stub, 1, float(i)) for i in range(4)]
+    for thread, _ in calls:
+        thread.join(timeout=120)
+    after = batching_server.metrics()
+    for i, (_, result) in enumerate(calls):
+        assert "error" not in result, result
+        # Each caller gets its own row back: mean = 3 features * x * weight 1 + 0.5.
+        np.testing.assert_allclose(to_array(result["value"].outputs["mean"]),
+                                   [[3 * i + 0.5] * 2], atol=0.3)
+    assert after[RUNS] - before.get(RUNS, 0) == 1
+    assert after[BATCH_COUNT] - before.get(BATCH_COUNT, 0) == 1
+    assert after[BATCH_SUM] - before.get(BATCH_SUM, 0) == 4
+
+
+def test_full_batching_queue_is_resource_exhausted(batching_server):
+    stub = _stub(batching_server)
+    before = batching_server.metrics()
+    first, first_result = _in_thread(_predict, stub, 1)
+    wait_until(lambda: batching_server.metrics().get(QUEUE) == 1, what="the first task queued")
+    # 1 + 4 rows do not fit in one batch of 4, and the queue holds one batch only.
+    error = rpc_error(_predict, stub, 4)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "The batch scheduling queue to which this task was submitted is full"
+    # A request larger than a batch can never fit.
+    error = rpc_error(_predict, stub, 5)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Task size 5 is larger than maximum batch size 4"
+    # Three more rows fill the batch; both requests are answered by one run.
+    assert to_array(_predict(stub, 3).outputs["mean"]).shape == (3, 2)
+    first.join(timeout=120)
+    assert "error" not in first_result
+    assert batching_server.metrics()[RUNS] - before.get(RUNS, 0) == 1
+
+
+def test_requests_without_a_batch_dimension_run_alone(batching_server):
+    from tensorflow_serving.apis import predict_pb2
+    stub = _stub(batching_server)
+    before = batching_server.metrics()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MC_MODEL
+    request.model_spec.signature_name = "predict_mc"
+    request.inputs["x"].CopyFrom(tensor(np.ones([2, FEATURES])))
+    request.inputs["num_samples"].CopyFrom(tensor(10, np.int32))
+    request.inputs["seed"].CopyFrom(tensor([1, 2], np.int32))
+    response = stub.Predict(request, timeout=60)
+    assert to_array(response.outputs["mean"]).shape == (2, 2)
+    assert batching_server.metrics()[MC_RUNS] - before.get(MC_RUNS, 0) == 1
+
+
+def test_too_many_requests_in_flight_is_resource_exhausted(one_slot_server):
+    stub = _stub(one_slot_server)
+    first, first_result = _in_thread(_predict, stub, 1)
+    wait_until(lambda: one_slot_server.metrics().get(QUEUE) == 1, what="the first task queued")
+    error = rpc_error(_predict, stub, 1)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max_concurrent_requests" in error.details()
+    first.join(timeout=120)
+    assert "error" not in first_result  # ran when its batch timed out
+
+
+def test_client_deadline_is_deadline_exceeded(one_slot_server):
+    from serving.client import DeadlineExceededError, PredictiveClient
+    with PredictiveClient(one_slot_server.address, MC_MODEL, timeout=0.2) as client:
+        with pytest.raises(DeadlineExceededError):
+            client.predict(np.ones([1, FEATURES], np.float32))
+    # The abandoned request still drains (its batch times out), then the slot is free again.
+    wait_until(lambda: one_slot_server.metrics().get(":vizoo:serving:inflight_requests") == 0,
+               what="the abandoned request to finish")
