@@ -310,11 +310,14 @@ class BayesianLinearRegression(tf.Module):
             self._set_gaussian(alpha * eye + beta * gram, phi_y, beta)
             m = self.loc
             gamma = tf.reduce_sum(beta * eigenvalues / (alpha + beta * eigenvalues))
+            previous = (float(alpha), float(beta))
             alpha = gamma / tf.reduce_sum(tf.square(m))
             beta = (n - gamma) / tf.reduce_sum(tf.square(y - tf.linalg.matvec(phi, m)))
             self._set_point_precisions(alpha, beta)
             history.append(float(self.log_evidence(phi[:, :-1], y)))
-            if self._converged(history):
+            # The evidence is flat at its maximum, so convergence is judged on (alpha, beta) themselves.
+            if max(abs(float(alpha) - previous[0]) / float(alpha),
+                   abs(float(beta) - previous[1]) / float(beta)) <= self.config.tolerance:
                 break
         self._set_gaussian(alpha * eye + beta * gram, phi_y, beta)
         return history

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
-# Newton steps for the mixture quantile. Each step keeps a bracket and falls back to bisection, so the count bounds
-# the error by (bracket width) / 2^steps even in the worst case; Newton converges in a handful of steps otherwise.
-_QUANTILE_STEPS = 24
+# Iteration cap of the mixture quantile search. Each step keeps a bracket and falls back to bisection when Newton
+# would leave it, so even the worst case shrinks the bracket by half per step; typical cases stop after a few
+# Newton steps, when the mixture CDF matches the target to a few ulps.
+_QUANTILE_MAX_STEPS = 200
 
 
 def _sample_mean(t: tf.Tensor) -> tf.Tensor:
@@ -60,31 +62,43 @@ def mixture_quantiles(per_sample, probs, mean=None, stddev=None) -> list:
         mean = _sample_mean(loc)
     if stddev is None:
         stddev = tf.sqrt(_sample_mean(tf.square(scale)) + _sample_mean(tf.square(loc - mean)))
-    tiny = tf.constant(1e-30, dtype)
-    # Every component puts at most 1/k^2 of its mass beyond k standard deviations (Chebyshev), so with k = 1e3
-    # the bracket holds the quantiles for any probs in [1e-6, 1 - 1e-6]; bisection shrinks it geometrically.
-    width = tf.constant(1e3, dtype) * scale
-    lo0 = tf.reduce_min(loc - width, axis=0)
-    hi0 = tf.reduce_max(loc + width, axis=0)
-    results = []
     for p in probs:
         if not 0.0 < p < 1.0:
             raise ValueError(f"quantile probability must be in (0, 1), got {p}")
-        target = tf.constant(p, dtype)
-        # Start from the moment-matched Normal's quantile; it is exact for S = 1 with a Normal component.
-        z = math.sqrt(2.0) * _erfinv(2.0 * p - 1.0)
-        q = tf.clip_by_value(mean + z * stddev, lo0, hi0)
-        lo, hi = lo0, hi0
-        for _ in range(_QUANTILE_STEPS):
-            excess = _sample_mean(per_sample.cdf(q)) - target
-            lo = tf.where(excess < 0, q, lo)
-            hi = tf.where(excess < 0, hi, q)
-            density = _sample_mean(per_sample.prob(q))
-            newton = q - excess / tf.maximum(density, tiny)
-            inside = (newton > lo) & (newton < hi) & (density > tiny)
-            q = tf.where(inside, newton, 0.5 * (lo + hi))
-        results.append(q)
-    return results
+    # Targets and iterates carry a leading axis over `probs`; components broadcast against it.
+    shape = [len(probs)] + [1] * mean.shape.rank
+    target = tf.reshape(tf.constant(probs, dtype), shape)
+    z = tf.reshape(tf.constant([math.sqrt(2.0) * _erfinv(2.0 * p - 1.0) for p in probs], dtype), shape)
+    eps = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+    # Every component puts at most 1/k^2 of its mass beyond k standard deviations (Chebyshev), so with k = 1e3
+    # the bracket holds the quantiles for any probs in [1e-6, 1 - 1e-6].
+    width = tf.constant(1e3, dtype) * scale
+    lo = tf.broadcast_to(tf.reduce_min(loc - width, axis=0), tf.shape(mean + target))
+    hi = tf.broadcast_to(tf.reduce_max(loc + width, axis=0), tf.shape(mean + target))
+    # Start from the moment-matched Normal's quantile; it is exact for S = 1 with a Normal component.
+    q = tf.clip_by_value(mean + z * stddev, lo, hi)
+
+    def mixture_cdf_and_density(q):
+        t = q[:, None]  # [P, 1, ...] against components [S, ...]
+        return (tf.reduce_mean(per_sample.cdf(t), axis=1), tf.reduce_mean(per_sample.prob(t), axis=1))
+
+    def not_done(i, q, lo, hi, cdf, density):
+        del density
+        open_bracket = (hi - lo) > 4.0 * eps * tf.maximum(tf.abs(q), 1.0)
+        return (i < _QUANTILE_MAX_STEPS) & tf.reduce_any((tf.abs(cdf - target) > 8.0 * eps) & open_bracket)
+
+    def step(i, q, lo, hi, cdf, density):
+        excess = cdf - target
+        lo = tf.where(excess < 0, q, lo)
+        hi = tf.where(excess < 0, hi, q)
+        newton = q - excess / tf.maximum(density, tiny)
+        inside = (newton > lo) & (newton < hi) & (density > tiny)
+        q = tf.where(inside, newton, 0.5 * (lo + hi))
+        return (i + 1, q, lo, hi) + mixture_cdf_and_density(q)
+
+    _, q, _, _, _, _ = tf.while_loop(not_done, step, (tf.constant(0), q, lo, hi) + mixture_cdf_and_density(q))
+    return tf.unstack(q, axis=0)
 
 
 def _erfinv(y: float) -> float:

@@ -181,7 +181,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
     total_steps = config.epochs * steps_per_epoch
     with strategy.scope():
         optimizer = tf_keras.optimizers.Adam(_learning_rate(config, total_steps))
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    # Outside the strategy scope: one host-side counter, not one copy per replica.
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)
     if manager.latest_checkpoint:

@@ -1,0 +1,155 @@
+"""Bayesian linear regression on real UCI data against closed forms computed here in numpy."""
+
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import linear_regression as lr
+from models import predictive
+from training import config as config_lib
+from training import data
+from training import train_lib
+
+
+@pytest.fixture(scope="module")
+def concrete(data_dir):
+    return data.load("uci/concrete", data_dir, split=0)
+
+
+@pytest.fixture(scope="module")
+def cavi_model(concrete):
+    model = lr.BayesianLinearRegression(concrete.input_shape[-1], lr.Config(inference="cavi"))
+    history = model.fit_closed_form(concrete.x_train, concrete.y_train)
+    return model, history
+
+
+def _design(x):
+    x = np.asarray(x, np.float64)
+    return np.hstack([x, np.ones((len(x), 1))])
+
+
+def _numpy_evidence_maximization(phi, y, iterations=500):
+    """Type-II ML by the MacKay fixed point, written independently with eigendecompositions and solves."""
+    n, d = phi.shape
+    eigenvalues = np.linalg.eigvalsh(phi.T @ phi)
+    alpha, beta = 1.0, 1.0
+    for _ in range(iterations):
+        a = alpha * np.eye(d) + beta * phi.T @ phi
+        m = beta * np.linalg.solve(a, phi.T @ y)
+        gamma = np.sum(beta * eigenvalues / (alpha + beta * eigenvalues))
+        alpha, beta = gamma / (m @ m), (n - gamma) / np.sum((y - phi @ m) ** 2)
+    a = alpha * np.eye(d) + beta * phi.T @ phi
+    s = np.linalg.inv(a)
+    m = beta * s @ phi.T @ y
+    log_evidence = (0.5 * d * math.log(alpha) + 0.5 * n * math.log(beta) - 0.5 * beta * np.sum((y - phi @ m) ** 2)
+                    - 0.5 * alpha * m @ m - 0.5 * np.linalg.slogdet(a)[1] - 0.5 * n * math.log(2 * math.pi))
+    return alpha, beta, m, s, log_evidence
+
+
+def test_exact_posterior_equals_numpy_closed_form(concrete):
+    model = lr.BayesianLinearRegression(concrete.input_shape[-1], lr.Config(inference="exact"))
+    model.fit_closed_form(concrete.x_train, concrete.y_train)
+    phi, y = _design(concrete.x_train), concrete.y_train[:, 0].astype(np.float64)
+    alpha, beta, m, s, log_evidence = _numpy_evidence_maximization(phi, y)
+    q = model.posterior().model
+    assert float(q["alpha"].mean()) == pytest.approx(alpha, rel=1e-6)
+    assert float(q["beta"].mean()) == pytest.approx(beta, rel=1e-6)
+    np.testing.assert_allclose(q["w"].loc, m, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(q["w"].covariance(), s, rtol=1e-6, atol=1e-12)
+    assert float(model.log_evidence(concrete.x_train, concrete.y_train)) == pytest.approx(log_evidence, rel=1e-9)
+    # The predictive N(m . phi, 1/beta + phi^T S phi) on held-out rows.
+    phi_test = _design(concrete.x_test)
+    exact = model.exact_predictive(concrete.x_test)
+    np.testing.assert_allclose(exact.loc[:, 0], phi_test @ m, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(exact.scale[:, 0] ** 2, 1 / beta + np.einsum("nd,de,ne->n", phi_test, s, phi_test),
+                               rtol=1e-6)
+
+
+def test_evidence_is_maximal_at_the_type2_estimate(concrete):
+    model = lr.BayesianLinearRegression(concrete.input_shape[-1], lr.Config(inference="exact"))
+    history = model.fit_closed_form(concrete.x_train, concrete.y_train)
+    best = float(model.log_evidence(concrete.x_train, concrete.y_train))
+    assert best == pytest.approx(history[-1], rel=1e-12)
+    for var in (model.alpha_concentration, model.beta_concentration):
+        value = var.numpy()
+        for factor in (0.9, 1.1):
+            var.assign(value * factor)
+            assert float(model.log_evidence(concrete.x_train, concrete.y_train)) < best
+        var.assign(value)
+
+
+def test_monte_carlo_predictive_of_exact_posterior_matches_closed_form(concrete):
+    model = lr.BayesianLinearRegression(concrete.input_shape[-1], lr.Config(inference="exact"))
+    model.fit_closed_form(concrete.x_train, concrete.y_train)
+    num_samples = 4000
+    s = predictive.regression_summary(model.predictive(concrete.x_test, num_samples, tf.constant([3, 4])))
+    exact = model.exact_predictive(concrete.x_test)
+    epistemic = np.sqrt(exact.scale.numpy() ** 2 - 1.0 / float(model.posterior().model["beta"].mean()))
+    # Monte Carlo error of a mean of S draws: epistemic std / sqrt(S); allow 5 standard errors.
+    assert np.all(np.abs(s["mean"] - exact.loc) <= 5 * epistemic / math.sqrt(num_samples))
+    np.testing.assert_allclose(s["stddev"], exact.scale, rtol=2e-3)
+    np.testing.assert_allclose(s["lower"], exact.loc - 1.959963985 * exact.scale, atol=0.01)
+
+
+def test_cavi_elbo_never_decreases(cavi_model):
+    _, history = cavi_model
+    assert len(history) >= 3
+    assert np.all(np.diff(history) >= -1e-9 * np.abs(history[:-1]))
+    assert history[-1] > history[0] + 1.0  # it did climb
+
+
+def test_cavi_fixed_point_is_a_stationary_point_of_the_elbo(concrete, cavi_model):
+    model, _ = cavi_model
+    elbo = float(model.closed_form_elbo(concrete.x_train, concrete.y_train))
+    loc = model.loc.numpy()
+    for i in range(len(loc)):
+        for delta in (-1e-3, 1e-3):
+            shifted = loc.copy()
+            shifted[i] += delta
+            model.loc.assign(shifted)
+            assert float(model.closed_form_elbo(concrete.x_train, concrete.y_train)) < elbo
+    model.loc.assign(loc)
+
+
+def _train_gradient(concrete, tmp_path, surrogate):
+    config = config_lib.TrainConfig(
+        dataset="uci/concrete", workdir=str(tmp_path / surrogate), batch_size=concrete.num_train, epochs=3000,
+        learning_rate=0.1, lr_schedule="cosine", seed=1).validate()
+    model = lr.BayesianLinearRegression(concrete.input_shape[-1], lr.Config(inference="gradient",
+                                                                             surrogate=surrogate))
+    train_lib.fit(model, concrete, config, tf.distribute.get_strategy(), pathlib.Path(config.workdir))
+    return model
+
+
+@pytest.mark.slow
+def test_gradient_vi_full_surrogate_reaches_cavi(concrete, cavi_model, tmp_path):
+    cavi, _ = cavi_model
+    model = _train_gradient(concrete, tmp_path, "full")
+    q, q_cavi = model.posterior().model, cavi.posterior().model
+    rel = lambda a, b: float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))  # noqa: E731
+    assert rel(q["w"].loc, q_cavi["w"].loc.numpy()) < 0.01
+    assert rel(q["alpha"].mean(), q_cavi["alpha"].mean().numpy()) < 0.01
+    assert rel(q["beta"].mean(), q_cavi["beta"].mean().numpy()) < 0.01
+    elbo = float(model.closed_form_elbo(concrete.x_train, concrete.y_train))
+    elbo_cavi = float(cavi.closed_form_elbo(concrete.x_train, concrete.y_train))
+    assert abs(elbo - elbo_cavi) < 0.5
+
+
+@pytest.mark.slow
+def test_diagonal_surrogate_does_not_overstate_marginal_variances(concrete, tmp_path):
+    full = _train_gradient(concrete, tmp_path, "full")
+    diag = _train_gradient(concrete, tmp_path, "diag")
+    var_full = np.diag(full.posterior().model["w"].covariance())
+    var_diag = np.diag(diag.posterior().model["w"].covariance())
+    # The mean-field underestimate (Bishop 10.1.2): q's marginal variance is 1 / (posterior precision)_ii <=
+    # (posterior covariance)_ii. A 2% slack absorbs the optimizer's noise on weakly correlated weights.
+    assert np.all(var_diag <= var_full * 1.02)
+    assert np.sum(var_diag) < 0.9 * np.sum(var_full)  # the features of concrete are correlated
+
+
+def test_config_rejects_unknown_inference():
+    with pytest.raises(ValueError, match="inference"):
+        lr.Config(inference="mcmc")

@@ -1,0 +1,124 @@
+"""Monte Carlo model averaging against cases with analytic moments."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from models import predictive
+
+tfd = tfp.distributions
+
+
+def _normal_cdf(t, loc, scale):
+    return 0.5 * (1.0 + np.vectorize(math.erf)((t - loc) / (scale * math.sqrt(2.0))))
+
+
+def test_regression_moments_follow_the_law_of_total_variance():
+    rng = np.random.default_rng(0)
+    loc = rng.normal(size=(7, 5, 2))
+    scale = rng.uniform(0.5, 2.0, size=(7, 5, 2))
+    s = predictive.regression_summary(tfd.Normal(loc, scale))
+    mean = loc.mean(0)
+    aleatoric = (scale ** 2).mean(0)
+    epistemic = ((loc - mean) ** 2).mean(0)
+    np.testing.assert_allclose(s["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(s["aleatoric_stddev"], np.sqrt(aleatoric), rtol=1e-12)
+    np.testing.assert_allclose(s["epistemic_stddev"], np.sqrt(epistemic), rtol=1e-12)
+    np.testing.assert_allclose(s["stddev"], np.sqrt(aleatoric + epistemic), rtol=1e-12)
+    assert s["mean"].shape == (5, 2)
+
+
+def test_single_normal_interval_is_its_central_95_percent():
+    s = predictive.regression_summary(tfd.Normal(np.array([[[3.0]]]), np.array([[[2.0]]])))
+    np.testing.assert_allclose(s["lower"], [[3.0 - 1.959963984540054 * 2.0]], rtol=1e-9)
+    np.testing.assert_allclose(s["upper"], [[3.0 + 1.959963984540054 * 2.0]], rtol=1e-9)
+    np.testing.assert_allclose(s["epistemic_stddev"], [[0.0]])
+
+
+def test_mixture_interval_puts_two_and_a_half_percent_in_each_tail():
+    # Two well-separated components: the mixture is bimodal, far from its moment-matched Normal.
+    loc = np.array([-5.0, 4.0, 4.5])[:, None, None]
+    scale = np.array([1.0, 0.3, 2.0])[:, None, None]
+    s = predictive.regression_summary(tfd.Normal(loc, scale))
+    cdf = lambda t: _normal_cdf(t, loc[:, 0, 0], scale[:, 0, 0]).mean()  # noqa: E731
+    assert cdf(float(s["lower"][0, 0])) == pytest.approx(0.025, abs=1e-9)
+    assert cdf(float(s["upper"][0, 0])) == pytest.approx(0.975, abs=1e-9)
+
+
+def test_mixture_quantiles_hold_for_extreme_spread_between_components():
+    loc = np.array([0.0, 1e4])[:, None]
+    scale = np.array([1e-3, 1e2])[:, None]
+    lower, upper = predictive.mixture_quantiles(tfd.Normal(loc, scale), [0.01, 0.6])
+    assert _normal_cdf(float(lower[0]), loc[:, 0], scale[:, 0]).mean() == pytest.approx(0.01, abs=1e-8)
+    assert _normal_cdf(float(upper[0]), loc[:, 0], scale[:, 0]).mean() == pytest.approx(0.6, abs=1e-8)
+
+
+def test_log_predictive_density_is_log_of_mean_density():
+    rng = np.random.default_rng(1)
+    loc, scale = rng.normal(size=(50, 4, 1)), rng.uniform(0.1, 1.0, size=(50, 4, 1))
+    y = rng.normal(size=(4, 1))
+    density = np.exp(-0.5 * ((y - loc) / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
+    expected = np.log(density.mean(0))
+    got = predictive.log_predictive_density(tfd.Normal(loc, scale), y)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_log_predictive_density_is_stable_far_in_the_tails():
+    got = predictive.log_predictive_density(tfd.Normal(np.zeros((3, 1)), np.ones((3, 1))), np.array([60.0]))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, -0.5 * 60.0 ** 2 - 0.5 * math.log(2 * math.pi), rtol=1e-12)
+
+
+def test_classification_agreeing_samples_have_no_mutual_information():
+    logits = np.tile(np.array([[[2.0, 0.0, -1.0]]]), (5, 1, 1))
+    s = predictive.classification_summary(tfd.Categorical(logits=logits))
+    p = np.exp(logits[0, 0]) / np.exp(logits[0, 0]).sum()
+    np.testing.assert_allclose(s["probabilities"][0], p, rtol=1e-12)
+    np.testing.assert_allclose(s["predictive_entropy"][0], -(p * np.log(p)).sum(), rtol=1e-12)
+    np.testing.assert_allclose(s["mutual_information"][0], 0.0, atol=1e-12)
+    assert int(s["predicted_class"][0]) == 0
+
+
+def test_classification_confident_disagreement_is_all_epistemic():
+    # Two samples, each certain, of different classes: predictive entropy log 2, expected entropy 0.
+    logits = np.array([[[50.0, -50.0]], [[-50.0, 50.0]]])
+    s = predictive.classification_summary(tfd.Categorical(logits=logits))
+    np.testing.assert_allclose(s["probabilities"][0], [0.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(s["predictive_entropy"][0], math.log(2.0), rtol=1e-12)
+    np.testing.assert_allclose(s["expected_entropy"][0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(s["mutual_information"][0], math.log(2.0), rtol=1e-12)
+
+
+def test_classification_mutual_information_matches_a_direct_computation():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(20, 6, 4)) * 2.0
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    mean = p.mean(0)
+    h = -(mean * np.log(mean)).sum(-1)
+    eh = (-(p * np.log(p)).sum(-1)).mean(0)
+    s = predictive.classification_summary(tfd.Categorical(logits=logits))
+    np.testing.assert_allclose(s["predictive_entropy"], h, rtol=1e-10)
+    np.testing.assert_allclose(s["expected_entropy"], eh, rtol=1e-10)
+    np.testing.assert_allclose(s["mutual_information"], h - eh, rtol=1e-8, atol=1e-12)
+
+
+def test_affine_maps_statistics_to_original_units():
+    loc, scale = np.array([[[0.5]], [[1.5]]]), np.array([[[1.0]], [[2.0]]])
+    s = predictive.regression_summary(predictive.affine(tfd.Normal(loc, scale), 10.0, 3.0))
+    base = predictive.regression_summary(tfd.Normal(loc, scale))
+    for k in ("mean", "lower", "upper"):
+        np.testing.assert_allclose(s[k], 10.0 + 3.0 * base[k], rtol=1e-9)
+    for k in ("stddev", "aleatoric_stddev", "epistemic_stddev"):
+        np.testing.assert_allclose(s[k], 3.0 * base[k], rtol=1e-9)
+
+
+def test_summary_traces_to_a_graph_with_a_dynamic_sample_count():
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
+    def f(loc):
+        return predictive.regression_summary(tfd.Normal(loc, tf.ones_like(loc)))["upper"]
+
+    for s in (1, 4, 9):
+        assert f(tf.zeros([s, 3, 1])).shape == (3, 1)

@@ -1,0 +1,206 @@
+"""The SavedModel contract between training/ and serving/: layout, signatures, determinism, no TFP at load."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import linear_regression as lr
+from serving import export
+from training import data
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+OUTPUTS = {"mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper"}
+
+
+@pytest.fixture(scope="module")
+def fitted(data_dir):
+    dataset = data.load("uci/yacht", data_dir, split=0)
+    model = lr.build_model(lr.Config(inference="cavi"), dataset)
+    model.fit_closed_form(dataset.x_train, dataset.y_train)
+    return model, dataset
+
+
+@pytest.fixture(scope="module")
+def exported(fitted, tmp_path_factory):
+    model, dataset = fitted
+    base = tmp_path_factory.mktemp("export")
+    path = export.export(model, dataset, base, num_samples=64, seed=1)
+    return path, dataset
+
+
+def _raw_inputs(dataset, rows=5):
+    return dataset.x_scaler.invert(dataset.x_test[:rows])
+
+
+def test_layout_is_tf_serving_versioned(exported):
+    path, _ = exported
+    assert path.name == "1"
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert (path / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_versions_increase_and_never_overwrite(fitted, tmp_path):
+    model, dataset = fitted
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "keep.txt").write_text("user data")
+    (tmp_path / "notes").mkdir()
+    first = export.export(model, dataset, tmp_path, num_samples=8)
+    second = export.export(model, dataset, tmp_path, num_samples=8)
+    assert (first.name, second.name) == ("8", "9")
+    assert (tmp_path / "7" / "keep.txt").read_text() == "user data"
+    assert export.existing_versions(tmp_path) == [7, 8, 9]
+
+
+def test_failed_export_leaves_no_version_and_no_temp_dir(fitted, tmp_path):
+    class Broken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def f(self, x):
+            return {"y": x}
+
+    with pytest.raises(ValueError):
+        export.save_versioned(Broken(), tmp_path, signatures={"serving_default": "not a function"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    path, dataset = exported
+    cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
+    out = subprocess.run([str(cli), "show", "--dir", str(path), "--all"], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("signature_def['serving_default']", "signature_def['predict_mc']", "signature_def['regress']"):
+        assert name in out.stdout
+    for output in OUTPUTS:
+        assert f"outputs['{output}']" in out.stdout
+    assert f"shape: (-1, {dataset.input_shape[-1]})" in out.stdout
+
+
+def test_signature_contract(exported):
+    path, dataset = exported
+    loaded = tf.saved_model.load(str(path))
+    features = dataset.input_shape[-1]
+    default = loaded.signatures["serving_default"]
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in default.structured_input_signature[1].items()} == {
+        "x": (tf.float32, [None, features])}
+    mc = loaded.signatures["predict_mc"]
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in mc.structured_input_signature[1].items()} == {
+        "x": (tf.float32, [None, features]), "num_samples": (tf.int32, []), "seed": (tf.int32, [2])}
+    out = default(x=tf.constant(_raw_inputs(dataset, 5)))
+    assert set(out) == OUTPUTS
+    for value in out.values():
+        assert value.dtype == tf.float32 and value.shape == (5, 1)
+    o = {k: v.numpy() for k, v in out.items()}
+    assert np.all(o["lower"] < o["mean"]) and np.all(o["mean"] < o["upper"])
+    np.testing.assert_allclose(o["stddev"] ** 2, o["aleatoric_stddev"] ** 2 + o["epistemic_stddev"] ** 2,
+                               rtol=1e-4)
+
+
+def test_outputs_are_in_original_units_and_match_the_model(exported, fitted):
+    path, dataset = exported
+    model, _ = fitted
+    loaded = tf.saved_model.load(str(path))
+    out = loaded.signatures["predict_mc"](x=tf.constant(_raw_inputs(dataset, 10)), num_samples=tf.constant(20000),
+                                          seed=tf.constant([4, 2]))
+    closed = model.exact_predictive(dataset.x_test[:10])  # q(beta) is a Gamma, so only approximately Normal
+    mean = dataset.y_scaler.invert(closed.loc.numpy())
+    np.testing.assert_allclose(out["mean"].numpy(), mean, rtol=0.01, atol=0.05 * dataset.target_scale)
+    np.testing.assert_allclose(out["stddev"].numpy(), closed.scale.numpy() * dataset.target_scale, rtol=0.03)
+
+
+def test_predict_mc_same_seed_same_answer_other_seed_other_answer(exported):
+    path, dataset = exported
+    loaded = tf.saved_model.load(str(path))
+    x = tf.constant(_raw_inputs(dataset))
+    call = lambda s, n=32: loaded.signatures["predict_mc"](  # noqa: E731
+        x=x, num_samples=tf.constant(n), seed=tf.constant(s, tf.int32))
+    a, b, c = call([1, 2]), call([1, 2]), call([1, 3])
+    for k in OUTPUTS:
+        np.testing.assert_array_equal(a[k].numpy(), b[k].numpy())
+    assert not np.array_equal(a["mean"].numpy(), c["mean"].numpy())
+    assert call([1, 2], n=1)["epistemic_stddev"].numpy().max() == 0.0
+
+
+def test_serving_default_is_deterministic(exported):
+    path, dataset = exported
+    loaded = tf.saved_model.load(str(path))
+    x = tf.constant(_raw_inputs(dataset))
+    np.testing.assert_array_equal(loaded.signatures["serving_default"](x=x)["mean"].numpy(),
+                                  loaded.signatures["serving_default"](x=x)["mean"].numpy())
+
+
+def test_invalid_inputs_raise_inside_the_graph(exported):
+    path, dataset = exported
+    loaded = tf.saved_model.load(str(path))
+    x = tf.constant(_raw_inputs(dataset))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples"):
+        loaded.signatures["predict_mc"](x=x, num_samples=tf.constant(0), seed=tf.constant([0, 0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="finite"):
+        loaded.signatures["serving_default"](x=tf.fill([1, dataset.input_shape[-1]], np.nan))
+
+
+def test_regress_signature_reads_tf_examples(exported):
+    path, dataset = exported
+    loaded = tf.saved_model.load(str(path))
+    rows = _raw_inputs(dataset, 3)
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=row))})).SerializeToString() for row in rows]
+    got = loaded.signatures["regress"](inputs=tf.constant(examples))["outputs"].numpy()
+    want = loaded.signatures["serving_default"](x=tf.constant(rows))["mean"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_warmup_requests_replay_against_their_signatures(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path, _ = exported
+    loaded = tf.saved_model.load(str(path))
+    records = list(tf.data.TFRecordDataset(str(path / export.WARMUP_FILE)).as_numpy_iterator())
+    assert len(records) == 2
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        out = loaded.signatures[request.model_spec.signature_name](**{k: tf.constant(v) for k, v in inputs.items()})
+        assert np.isfinite(out["mean"].numpy()).all()
+
+
+NO_TFP_SCRIPT = """
+import importlib.abc, sys
+class BlockTFP(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "tensorflow_probability":
+            raise ImportError("tensorflow_probability is not available in this process")
+sys.meta_path.insert(0, BlockTFP())
+import numpy as np, tensorflow as tf
+try:
+    import tensorflow_probability
+    sys.exit("TFP import was not blocked")
+except ImportError:
+    pass
+m = tf.saved_model.load(sys.argv[1])
+x = tf.constant(np.load(sys.argv[2]))
+a = m.signatures["serving_default"](x=x)
+b = m.signatures["predict_mc"](x=x, num_samples=tf.constant(16), seed=tf.constant([7, 7]))
+assert a["mean"].shape == x.shape[:1] + [1], a["mean"].shape
+assert "tensorflow_probability" not in sys.modules
+print("OK", float(a["mean"][0, 0]), float(b["upper"][0, 0]))
+"""
+
+
+def test_export_loads_and_runs_without_tensorflow_probability(exported, tmp_path):
+    path, dataset = exported
+    np.save(tmp_path / "x.npy", _raw_inputs(dataset))
+    out = subprocess.run([sys.executable, "-c", NO_TFP_SCRIPT, str(path), str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("OK")
+    in_process = tf.saved_model.load(str(path)).signatures["serving_default"](
+        x=tf.constant(_raw_inputs(dataset)))["mean"].numpy()[0, 0]
+    assert float(out.stdout.split()[1]) == pytest.approx(float(in_process), rel=1e-6)
