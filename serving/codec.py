@@ -629,13 +629,21 @@ def _write_value(value, np_type, as_bytes: bool) -> str:
     return str(int(value))
 
 
-def _write_nested(array: np.ndarray, as_bytes: bool) -> str:
+def _write_nested(array, as_bytes: bool, np_type=None) -> str:
+    if not isinstance(array, np.ndarray):
+        # A single element of an object (string) array comes out of indexing as plain bytes.
+        return _write_value(array, np_type or object, as_bytes)
     np_type = array.dtype.type if array.dtype != object else object
     if array.ndim == 0:
-        return _write_value(array.item() if np_type is not object else array[()], np_type, as_bytes)
+        return _write_value(array[()], np_type, as_bytes)
     if array.ndim == 1:
         return "[" + ", ".join(_write_value(v, np_type, as_bytes) for v in array) + "]"
     return "[" + ", ".join(_write_nested(sub, as_bytes) for sub in array) + "]"
+
+
+def _write_row(array: np.ndarray, name: str, index: int) -> str:
+    np_type = object if array.dtype == object else array.dtype.type
+    return _write_nested(array[index], _is_bytes_output(name, array), np_type)
 
 
 def _is_bytes_output(name: str, array: np.ndarray) -> bool:
@@ -676,12 +684,10 @@ def arrays_to_predict_json(outputs: dict, fmt: str) -> str:
     rows = []
     for i in range(batch_size):
         if len(names) == 1:
-            rows.append(_write_nested(outputs[names[0]][i],
-                                      _is_bytes_output(names[0], outputs[names[0]])))
+            rows.append(_write_row(outputs[names[0]], names[0], i))
         else:
             rows.append("{" + ", ".join(
-                f"{json.dumps(n)}: {_write_nested(outputs[n][i], _is_bytes_output(n, outputs[n]))}"
-                for n in names) + "}")
+                f"{json.dumps(n)}: {_write_row(outputs[n], n, i)}" for n in names) + "}")
     return '{"predictions": [' + ", ".join(rows) + "]}"
 
 

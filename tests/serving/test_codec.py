@@ -1,0 +1,135 @@
+"""Wire conversions: TensorProto <-> numpy, REST JSON, tf.Example inputs."""
+
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+import numpy as np
+import pytest
+
+from serving import codec
+from serving import errors
+
+_DTYPES = [np.float32, np.float64, np.int32, np.int64, np.int8, np.uint8, np.int16, np.uint16,
+           np.uint32, np.uint64, np.bool_, np.float16, np.complex64, np.complex128]
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(data=st.data(), dtype=st.sampled_from(_DTYPES),
+                  content=st.booleans())
+def test_tensor_proto_round_trips(data, dtype, content):
+    shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=4))
+    array = data.draw(hnp.arrays(dtype, shape, elements=None if dtype != np.float16 else
+                                 st.floats(-100, 100, width=16)))
+    proto = codec.ndarray_to_tensor_proto(array, use_tensor_content=content)
+    back = codec.tensor_proto_to_ndarray(proto)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_string_tensors_round_trip_as_bytes():
+    array = np.array([[b"a", b"\xff"], [b"", b"xyz"]], dtype=object)
+    back = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(array))
+    assert back.tolist() == array.tolist()
+
+
+def test_short_value_lists_are_padded_with_the_last_value_like_tensorflow():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0, 2.0])
+    proto.tensor_shape.dim.add().size = 4
+    assert codec.tensor_proto_to_ndarray(proto).tolist() == [1.0, 2.0, 2.0, 2.0]
+    empty = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32)
+    empty.tensor_shape.dim.add().size = 2
+    assert codec.tensor_proto_to_ndarray(empty).tolist() == [0, 0]
+
+
+def test_declared_size_is_bounded_before_allocating():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, double_val=[1.0])
+    proto.tensor_shape.dim.add().size = 10 ** 12
+    with pytest.raises(errors.ResourceExhausted):
+        codec.tensor_proto_to_ndarray(proto, "x", max_bytes=1024)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (2.5, "2.5"), (3.0, "3.0"), (0.2, "0.2"), (1e-05, "1e-05"), (9000000.0, "9e+06"),
+    (float("nan"), "NaN"), (float("-inf"), "-Infinity"), (1 / 3, "0.333333343"),
+])
+def test_floats_print_as_tf_serving_prints_them(value, expected):
+    assert codec.format_decimal(np.float32(value), np.float32) == expected
+
+
+def test_row_format_stacks_instances_and_checks_shapes():
+    arrays, fmt = codec.json_to_predict_inputs({"instances": [[1, 2], [3, 4]]},
+                                               {"x": codec.DT_FLOAT}, "")
+    assert fmt == codec.ROW_FORMAT
+    assert arrays["x"].dtype == np.float32 and arrays["x"].tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(errors.InvalidArgument, match="Expecting tensor size: 2 but got: 3"):
+        codec.json_to_predict_inputs({"instances": [[1, 2], [3, 4, 5]]}, {"x": codec.DT_FLOAT}, "")
+    with pytest.raises(errors.InvalidArgument, match="Expecting shape \\[2\\] but got: \\[2,1\\]"):
+        codec.json_to_predict_inputs({"instances": [[1, 2], [[3], [4]]]}, {"x": codec.DT_FLOAT},
+                                     "")
+    with pytest.raises(errors.InvalidArgument, match="keys must be equal to: a,b"):
+        codec.json_to_predict_inputs({"instances": [{"a": 1}]},
+                                     {"a": codec.DT_INT32, "b": codec.DT_INT32}, "")
+
+
+def test_columnar_format_and_ragged_lists():
+    arrays, fmt = codec.json_to_predict_inputs(
+        {"inputs": {"a": [[1.0]], "b": 3}}, {"a": codec.DT_FLOAT, "b": codec.DT_INT32}, "")
+    assert fmt == codec.COLUMNAR_FORMAT and arrays["b"].shape == () and arrays["b"] == 3
+    with pytest.raises(errors.InvalidArgument, match="Encountered list at unexpected size"):
+        codec.json_to_ndarray([[1.0], [1.0, 2.0]], codec.DT_FLOAT)
+    with pytest.raises(errors.InvalidArgument, match="Missing named input: b"):
+        codec.json_to_predict_inputs({"inputs": {"a": 1}},
+                                     {"a": codec.DT_INT32, "b": codec.DT_INT32}, "")
+
+
+def test_int_json_values_must_fit_the_dtype():
+    assert codec.json_to_ndarray([1, 2], codec.DT_INT64).dtype == np.int64
+    with pytest.raises(errors.InvalidArgument, match="is not of expected type: int32"):
+        codec.json_to_ndarray([2 ** 40], codec.DT_INT32)
+    with pytest.raises(errors.InvalidArgument, match="is not of expected type: int32"):
+        codec.json_to_ndarray([True], codec.DT_INT32)
+    with pytest.raises(errors.InvalidArgument, match="is not of expected type: float"):
+        codec.json_to_ndarray([True], codec.DT_FLOAT)
+
+
+def test_row_and_columnar_answers():
+    outputs = {"b_bytes": np.array([b"\x00\x01"], dtype=object),
+               "a": np.array([[1.0, 2.5]], np.float32)}
+    assert codec.arrays_to_predict_json(outputs, codec.ROW_FORMAT) == (
+        '{"predictions": [{"a": [1.0, 2.5], "b_bytes": {"b64": "AAE="}}]}')
+    assert codec.arrays_to_predict_json({"a": outputs["a"]}, codec.COLUMNAR_FORMAT) == (
+        '{"outputs": [[1.0, 2.5]]}')
+    with pytest.raises(errors.InvalidArgument, match="inconsistent batch size"):
+        codec.arrays_to_predict_json({"a": np.zeros([2]), "b": np.zeros([3])}, codec.ROW_FORMAT)
+
+
+def test_classify_json_builds_examples_with_context():
+    from tensorflow_serving.apis import classification_pb2
+    request = classification_pb2.ClassificationRequest()
+    codec.json_to_classify_regress_request(
+        {"context": {"c": "s"}, "examples": [{"x": [1.0, 2.0], "n": 3, "b": {"b64": "AAE="}}]},
+        request, "classify")
+    example = request.input.example_list_with_context.examples[0]
+    assert list(example.features.feature["x"].float_list.value) == [1.0, 2.0]
+    assert list(example.features.feature["n"].int64_list.value) == [3]
+    assert list(example.features.feature["b"].bytes_list.value) == [b"\x00\x01"]
+    serialized = codec.input_to_serialized_examples(request.input)
+    assert serialized.shape == (1,)
+    with pytest.raises(errors.InvalidArgument, match="expecting type: float"):
+        codec.json_to_classify_regress_request({"examples": [{"x": [1.0, "a"]}]},
+                                               classification_pb2.ClassificationRequest(),
+                                               "classify")
+
+
+def test_errors_map_to_grpc_and_http_in_one_place():
+    import grpc
+    assert errors.http_status(errors.NotFound("x").code) == 404
+    assert errors.http_status(errors.FailedPrecondition("x").code) == 400
+    assert errors.http_status(errors.ResourceExhausted("x").code) == 429
+    assert errors.grpc_status(errors.InvalidArgument("x").code) == grpc.StatusCode.INVALID_ARGUMENT
+    long = errors.Internal("x" * 2000)
+    assert errors.wire_message(long) == "x" * 1024 + "...TRUNCATED"
+    assert isinstance(errors.to_serving_error(ValueError("boom")), errors.Internal)
+    assert isinstance(errors.to_serving_error(MemoryError()), errors.ResourceExhausted)
