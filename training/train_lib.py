@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 from typing import Callable
 
@@ -46,6 +47,7 @@ CONFIG_FILE = "config.json"
 # Epoch-end checkpoints are skipped if the last one is younger than this (short epochs would spend their time
 # writing checkpoints); `--checkpoint_every_steps` checkpoints are never skipped, and the last step always saves.
 MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS = 10.0
+SECONDS_BETWEEN_EPOCH_LOGS = 5.0
 
 
 class TrainingDivergedError(RuntimeError):
@@ -217,10 +219,12 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
     writer = tf.summary.create_file_writer(str(workdir / "train"))
     batches = dataset.training_batches(batch_size, config.seed, int(step), config.epochs)
     sums, progress = _new_epoch_sums(), None
-    last_save = time.time()
+    last_save = last_log = time.time()
+    # A progress bar only where someone watches; logs and CI get one line per epoch, at most every few seconds.
+    interactive = sys.stdout.isatty()
     for batch in strategy.experimental_distribute_dataset(batches):
         epoch, offset = divmod(int(step), steps_per_epoch)
-        if progress is None:
+        if progress is None and interactive:
             progress = tf_keras.utils.Progbar(steps_per_epoch, stateful_metrics=["nll", "kl", "elbo"],
                                               unit_name="step")
             progress.update(offset)
@@ -233,7 +237,9 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
             sums[k] += out[k]
         sums["count"] += 1
         t = int(step)
-        progress.update(offset + 1, [("nll", out["nll"]), ("kl", out["kl"]), ("elbo", -(out["nll"] + out["kl"]))])
+        if progress is not None:
+            progress.update(offset + 1, [("nll", out["nll"]), ("kl", out["kl"]),
+                                         ("elbo", -(out["nll"] + out["kl"]))])
         if config.log_every_steps and t % config.log_every_steps == 0:
             _write_train_summaries(writer, out, t)
         if config.checkpoint_every_steps and t % config.checkpoint_every_steps == 0:
@@ -241,13 +247,17 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
         if t % steps_per_epoch == 0:  # The epoch is complete.
             if t == total_steps or time.time() - last_save >= MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS:
                 manager.save(checkpoint_number=t)
-                last_save = time.time()
+                last_save = last_log = time.time()
+    # A progress bar only where someone watches; logs and CI get one line per epoch, at most every few seconds.
+    interactive = sys.stdout.isatty()
             means = {k: v / sums["count"] for k, v in sums.items() if k != "count"}
             if not config.log_every_steps:
                 _write_train_summaries(writer, means, t)
-            logging.info("epoch %d/%d: elbo %.4f nats (%.4f bits) per example, nll %.4f, kl %.4f",
-                         epoch + 1, config.epochs, -(means["nll"] + means["kl"]),
-                         objective.to_bits(-(means["nll"] + means["kl"])), means["nll"], means["kl"])
+            if t == total_steps or time.time() - last_log >= SECONDS_BETWEEN_EPOCH_LOGS:
+                last_log = time.time()
+                logging.info("epoch %d/%d: elbo %.4f nats (%.4f bits) per example, nll %.4f, kl %.4f",
+                             epoch + 1, config.epochs, -(means["nll"] + means["kl"]),
+                             objective.to_bits(-(means["nll"] + means["kl"])), means["nll"], means["kl"])
             sums, progress = _new_epoch_sums(), None
     writer.flush()
 
