@@ -120,6 +120,10 @@ flags.DEFINE_integer("max_concurrent_requests", 64,
                      "[vizoo] Requests processed at once (gRPC and REST together); more answer "
                      "RESOURCE_EXHAUSTED instead of queueing without bound.")
 
+flags.DEFINE_string("bind_host", "0.0.0.0",
+                    "[vizoo] Address the gRPC and REST ports listen on (tensorflow_model_server "
+                    "always uses 0.0.0.0); 127.0.0.1 keeps a test or benchmark server private.")
+
 # Flags of tensorflow_model_server that this server accepts but does not implement.
 _IGNORED_FLAGS = (
     "grpc_socket_path", "rest_api_num_threads", "enable_per_model_batching_parameters",
