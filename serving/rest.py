@@ -113,7 +113,8 @@ class RestApi:
                 return self._regress(name, version, label, body)
         if not name:
             raise errors.InvalidArgument("Missing model name in request.")
-        with self._plane.admit(name, "GetModelStatus", "REST"):
+        api = "GetModelMetadata" if match.group(4) else "GetModelStatus"
+        with self._plane.admit(name, api, "REST"):
             if match.group(4):
                 request = get_model_metadata_pb2.GetModelMetadataRequest()
                 request.metadata_field.append("signature_def")

@@ -60,6 +60,9 @@ def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_serve
                            "--grpc_channel_arguments=grpc.max_connection_age_ms=60000"])
     response = requests.get(f"{server.rest}/v1/models/{MC_MODEL}", timeout=30)
     assert response.status_code == 200
+    # No --monitoring_config_file: no metrics page.
+    metrics = requests.get(f"{server.rest}/monitoring/prometheus/metrics", timeout=30)
+    assert metrics.status_code == 404
     log = server.log()
     assert "unknown argument: --no_such_flag=1" in log
     assert "--num_load_threads is a tensorflow_model_server flag this server does not implement" in log
