@@ -336,6 +336,17 @@ class ModelManager:
             for name in listed:
                 self._poll_model(name, initial=name in new_names)
             if wait_for_new_models:
+                # As TF Serving, wait for a new model whose base path holds no version yet:
+                # the first export may still be on its way.
+                interval = max(self._options.file_system_poll_wait_seconds, 1)
+                while not self._stop.is_set():
+                    empty = [n for n in new_names if not self._models[n].versions]
+                    if not empty:
+                        break
+                    logging.info("Waiting for a first version of %s", ", ".join(empty))
+                    self._stop.wait(interval)
+                    for name in empty:
+                        self._poll_model(name)
                 failed = [f"{{name: {n} version: latest}}" for n in new_names
                           if not self._available_versions(n)]
                 if failed:

@@ -185,3 +185,17 @@ def test_warmup_replays_the_requests_file_when_enabled(start_server, mc_base_pat
     # One record in the warmup file, replayed 3 times, before any client request.
     assert warm.metrics().get(runs, 0) == 3
     assert cold.metrics().get(runs, 0) == 0
+
+
+def test_start_up_waits_for_the_first_version(start_server, tmp_path, mc_versions):
+    base = tmp_path / "model"
+    base.mkdir()
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={base}",
+                           "--file_system_poll_wait_seconds=1"], wait=False)
+    wait_until(lambda: "No versions of servable mc found" in server.log(),
+               what="the server to look at the empty base path")
+    assert server.proc.poll() is None  # still waiting, not failed
+    install_version(base, mc_versions[1], 1)
+    server.wait_ready()
+    stub, _ = _stubs(server)
+    assert _predict(stub).model_spec.version.value == 1
