@@ -415,7 +415,9 @@ class ModelManager:
             except OSError:
                 message = f"Could not find base path {base_path} for servable {name}"
                 if initial:
-                    raise errors.NotFound(message) from None
+                    # TF Serving logs this on every poll and never finishes starting; failing
+                    # fast (with its code and message) is kinder to whoever mistyped the path.
+                    raise errors.InvalidArgument(message) from None
                 logging.error("%s", message)
                 return
             aspired = aspired_versions(model.config, children)
