@@ -84,7 +84,10 @@ class Config:
         if self.surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}")
         for name in ("alpha_prior", "beta_prior"):
-            value = tuple(float(v) for v in getattr(self, name))
+            try:
+                value = tuple(float(v) for v in getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be two numbers (concentration, rate), got {getattr(self, name)}")
             if len(value) != 2 or min(value) <= 0:
                 raise ValueError(f"{name} must be two positive numbers (concentration, rate), got {value}")
             setattr(self, name, value)

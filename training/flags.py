@@ -60,6 +60,18 @@ def train_config_from_flags() -> config_lib.TrainConfig:
     return config_lib.TrainConfig(**fields).validate()
 
 
+def model_config(cls, **values):
+    """Builds a family's config dataclass; a bad value becomes a `ConfigError` naming its flag."""
+    try:
+        return cls(**values)
+    except ValueError as e:
+        message = str(e)
+        flag = next((name for name in values if message.startswith(name)), None)
+        raise config_lib.ConfigError(f"--{flag}: {message}" if flag else message) from e
+    except TypeError as e:
+        raise config_lib.ConfigError(str(e)) from e
+
+
 def run_binary(main: Callable[[], object]) -> None:
     """Runs `main` under absl; bad flags and missing data end the process with a one-line error, exit code 2."""
     from training.data import DatasetError

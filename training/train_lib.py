@@ -247,9 +247,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
         if t % steps_per_epoch == 0:  # The epoch is complete.
             if t == total_steps or time.time() - last_save >= MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS:
                 manager.save(checkpoint_number=t)
-                last_save = last_log = time.time()
-    # A progress bar only where someone watches; logs and CI get one line per epoch, at most every few seconds.
-    interactive = sys.stdout.isatty()
+                last_save = time.time()
             means = {k: v / sums["count"] for k, v in sums.items() if k != "count"}
             if not config.log_every_steps:
                 _write_train_summaries(writer, means, t)

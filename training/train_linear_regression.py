@@ -22,12 +22,9 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    try:
-        model_config = linear_regression.Config(
-            inference=FLAGS.inference, surrogate=FLAGS.surrogate, mc_samples=FLAGS.mc_samples,
-            alpha_prior=[float(v) for v in FLAGS.alpha_prior], beta_prior=[float(v) for v in FLAGS.beta_prior])
-    except ValueError as e:
-        raise flags_lib.config_lib.ConfigError(f"--alpha_prior/--beta_prior: {e}") from e
+    model_config = flags_lib.model_config(
+        linear_regression.Config, inference=FLAGS.inference, surrogate=FLAGS.surrogate,
+        mc_samples=FLAGS.mc_samples, alpha_prior=FLAGS.alpha_prior, beta_prior=FLAGS.beta_prior)
     train_lib.train_and_evaluate(flags_lib.train_config_from_flags(), model_config, linear_regression.build_model)
 
 
