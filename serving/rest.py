@@ -161,7 +161,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self, method: str):
         api: RestApi = self.server.api
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError(length)
+        except ValueError:
+            self.close_connection = True
+            self._reply(400, "application/json",
+                        codec.error_to_json("Malformed request: bad Content-Length"))
+            return
         if length > self.server.max_body_bytes:
             error = errors.ResourceExhausted(
                 f"Request body of {length} bytes is larger than this server's limit "

@@ -194,3 +194,13 @@ def test_prometheus_metrics_count_requests(fixture_server):
 def test_unknown_path_is_404(fixture_server):
     response = requests.get(fixture_server.rest + "/healthz", timeout=30)
     assert response.status_code == 404
+
+
+def test_a_malformed_http_request_gets_an_answer_and_the_server_lives(fixture_server):
+    import socket
+    with socket.create_connection(("localhost", fixture_server.rest_port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: banana\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict", {"instances": [1.0]})
+    assert response.json() == {"predictions": [2.5]}
