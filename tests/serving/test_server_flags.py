@@ -66,3 +66,47 @@ def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_serve
     log = server.log()
     assert "unknown argument: --no_such_flag=1" in log
     assert "--num_load_threads is a tensorflow_model_server flag this server does not implement" in log
+
+
+def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_path):
+    import shutil
+    import grpc
+    import pytest
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+    from tests.serving.conftest import wait_until
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    key, cert = (tmp_path / "key.pem").read_text(), (tmp_path / "cert.pem").read_text()
+
+    def quoted(text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    config = tmp_path / "ssl.config"
+    config.write_text(f"server_key: {quoted(key)}\nserver_cert: {quoted(cert)}\n")
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
+                           f"--ssl_config_file={config}"], rest=False, wait=False)
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.encode())
+    channel = grpc.secure_channel(server.address, credentials)
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MC_MODEL
+
+    def status():
+        try:
+            return stub.GetModelStatus(request, timeout=5)
+        except grpc.RpcError:
+            assert server.proc.poll() is None, server.log()
+            return None
+
+    response = wait_until(status, what="the TLS server")
+    assert response.model_version_status[0].state == 30
+    channel.close()
+    insecure = grpc.insecure_channel(server.address)
+    with pytest.raises(grpc.RpcError):
+        model_service_pb2_grpc.ModelServiceStub(insecure).GetModelStatus(request, timeout=5)
+    insecure.close()
