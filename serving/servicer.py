@@ -21,6 +21,7 @@ from absl import logging
 import grpc
 import numpy as np
 
+from serving import batching
 from serving import codec
 from serving import errors
 from serving.model_manager import ModelManager
@@ -156,7 +157,7 @@ class DataPlane:
         """Runs one signature: input alias -> array in, fetched tensors out (batched if on)."""
         self._check_limits(arrays)
         feeds = {signature_def.inputs[alias].name: array for alias, array in arrays.items()}
-        if self._batcher is not None and codec_batchable(signature_def, arrays):
+        if self._batcher is not None and batching.is_batchable(signature_def, arrays):
             key = (id(loaded), loaded.version, signature_name, tuple(sorted(feeds)),
                    tuple(fetch_names),
                    tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items())))
@@ -177,9 +178,9 @@ class DataPlane:
 
     def predict_on(self, loaded, request, timeout: Optional[float] = None):
         signature_name = _signature_name(request.model_spec)
-        signature = loaded.signature_defs.get(signature_name)
-        if signature is None or signature_name not in loaded.signature_defs:
+        if signature_name not in loaded.signature_defs:
             raise errors.FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
+        signature = loaded.signature_defs[signature_name]
         response = predict_pb2.PredictResponse()
         _set_model_spec(response.model_spec, request.model_spec.name or loaded.name,
                         signature_name, loaded.version)
@@ -551,11 +552,6 @@ class DataPlane:
             self.multi_inference_on(loaded, log.multi_inference_log.request)
         else:
             raise errors.Unimplemented(f"Unsupported log_type for warmup: {kind}")
-
-
-def codec_batchable(signature_def, arrays) -> bool:
-    from serving import batching  # pylint: disable=import-outside-toplevel
-    return batching.is_batchable(signature_def, arrays)
 
 
 def _alias_of(signature, tensor_name: str) -> str:

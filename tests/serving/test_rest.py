@@ -2,6 +2,8 @@
 
 import base64
 
+import hypothesis
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import requests
@@ -204,3 +206,12 @@ def test_a_malformed_http_request_gets_an_answer_and_the_server_lives(fixture_se
         assert sock.recv(4096).startswith(b"HTTP/1.1 400")
     response = _post(fixture_server, "/v1/models/half_plus_two:predict", {"instances": [1.0]})
     assert response.json() == {"predictions": [2.5]}
+
+
+@hypothesis.settings(max_examples=25, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(values=st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=8))
+def test_half_plus_two_is_exact_over_rest(fixture_server, values):
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict", {"instances": values})
+    expected = (np.float32(0.5) * np.asarray(values, np.float32) + np.float32(2)).tolist()
+    assert response.json()["predictions"] == pytest.approx(expected, rel=1e-6)
