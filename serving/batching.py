@@ -34,11 +34,11 @@ from serving import errors
 
 @dataclasses.dataclass
 class BatchingOptions:
-    """`BatchingParameters`, with TF Serving's defaults (`batching_session.h`)."""
+    """`BatchingParameters`, with TF Serving's defaults (`BasicBatchScheduler::Options`)."""
 
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 100
+    max_enqueued_batches: int = 10
     num_batch_threads: int = os.cpu_count() or 1
     allowed_batch_sizes: Sequence[int] = ()
 
