@@ -20,16 +20,15 @@ import urllib.parse
 from typing import Optional
 
 from absl import logging
-
-from serving import codec
-from serving import errors
-from serving.servicer import DataPlane
-
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import regression_pb2
+
+from serving import codec
+from serving import errors
+from serving.servicer import DataPlane
 
 _PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _PREDICTION = re.compile(

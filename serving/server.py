@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 from concurrent import futures
-from typing import List, Optional
+from typing import List
 
 from absl import app
 from absl import flags

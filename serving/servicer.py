@@ -18,14 +18,7 @@ import time
 from typing import Dict, List, Optional
 
 from absl import logging
-import grpc
 import numpy as np
-
-from serving import batching
-from serving import codec
-from serving import errors
-from serving.model_manager import ModelManager
-
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
@@ -35,6 +28,11 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
+
+from serving import batching
+from serving import codec
+from serving import errors
+from serving.model_manager import ModelManager
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"

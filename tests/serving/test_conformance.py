@@ -4,7 +4,6 @@ import base64
 import json
 
 import grpc
-import numpy as np
 import pytest
 import requests
 
