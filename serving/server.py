@@ -402,14 +402,18 @@ class Server:
                                  options=grpc_options)
         servicer.add_servicers(self._grpc, self.plane)
         address = f"{opts.bind_host}:{opts.port}"
-        if ssl is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(ssl.server_key.encode(), ssl.server_cert.encode())],
-                root_certificates=ssl.custom_ca.encode() or None,
-                require_client_auth=ssl.client_verify)
-            bound = self._grpc.add_secure_port(address, credentials)
-        else:
-            bound = self._grpc.add_insecure_port(address)
+        try:
+            if ssl is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(ssl.server_key.encode(), ssl.server_cert.encode())],
+                    root_certificates=ssl.custom_ca.encode() or None,
+                    require_client_auth=ssl.client_verify)
+                bound = self._grpc.add_secure_port(address, credentials)
+            else:
+                bound = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:  # e.g. the port is taken
+            logging.error("Cannot listen on %s: %s", address, exc)
+            bound = 0
         if not bound:
             raise errors.InvalidArgument("Failed to BuildAndStart gRPC server")
         self._grpc.start()
@@ -431,8 +435,14 @@ class Server:
             path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
         timeout = opts.rest_api_timeout_in_ms / 1000 if opts.rest_api_timeout_in_ms > 0 else None
         api = rest.RestApi(self.plane, timeout, metrics, path)
-        self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
-                                     opts.rest_api_enable_cors_support, opts.bind_host)
+        try:
+            self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
+                                         opts.rest_api_enable_cors_support, opts.bind_host)
+        except OSError as exc:
+            # As TF Serving: the gRPC API keeps serving without REST.
+            logging.error("Failed to start HTTP Server at localhost:%d: %s", opts.rest_api_port,
+                          exc)
+            return
         self._rest.start()
         logging.info("Exporting HTTP/REST API at:localhost:%d ...", opts.rest_api_port)
 

@@ -110,3 +110,15 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
     with pytest.raises(grpc.RpcError):
         model_service_pb2_grpc.ModelServiceStub(insecure).GetModelStatus(request, timeout=5)
     insecure.close()
+
+
+def test_a_taken_grpc_port_is_a_clear_startup_error(mc_base_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(f"--port={port}", f"--model_base_path={mc_base_path}",
+                      "--file_system_poll_wait_seconds=0")
+    assert result.returncode != 0
+    assert "Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC server" in result.stderr
