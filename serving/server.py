@@ -110,6 +110,10 @@ flags.DEFINE_integer("max_num_samples", 10000,
 flags.DEFINE_integer("max_batch_rows", 10000,
                      "[vizoo] Largest 0th dimension of any input tensor (rows, or tf.Examples for "
                      "Classify/Regress) in one request; larger requests answer INVALID_ARGUMENT.")
+flags.DEFINE_integer("max_sample_rows", 1_000_000,
+                     "[vizoo] Largest num_samples times rows in one request: a Monte Carlo "
+                     "signature holds [num_samples, rows, units] activations, so this bounds its "
+                     "memory; larger requests answer INVALID_ARGUMENT.")
 flags.DEFINE_integer("max_tensor_bytes", 64 * 1024 * 1024,
                      "[vizoo] Largest decoded size of one input tensor; larger answers "
                      "RESOURCE_EXHAUSTED (a TensorProto can declare a huge shape in a few bytes).")
@@ -246,6 +250,7 @@ class ServerOptions:
     enable_signature_method_name_check: bool = False
     max_num_samples: int = 10000
     max_batch_rows: int = 10000
+    max_sample_rows: int = 1_000_000
     max_tensor_bytes: int = 64 * 1024 * 1024
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_requests: int = 64
@@ -360,7 +365,7 @@ class Server:
             intra_op_parallelism=intra, inter_op_parallelism=inter)
         limits = servicer.Limits(
             max_num_samples=opts.max_num_samples, max_batch_rows=opts.max_batch_rows,
-            max_tensor_bytes=opts.max_tensor_bytes,
+            max_sample_rows=opts.max_sample_rows, max_tensor_bytes=opts.max_tensor_bytes,
             max_concurrent_requests=opts.max_concurrent_requests)
         if batching is not None:
             from serving import batching as batching_lib  # pylint: disable=import-outside-toplevel

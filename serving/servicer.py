@@ -50,12 +50,14 @@ class Limits:
     Attributes:
       max_num_samples: largest value of a scalar integer input named `num_samples`.
       max_batch_rows: largest 0th dimension of any input (examples, for Classify/Regress).
+      max_sample_rows: largest `num_samples` times rows in one request.
       max_tensor_bytes: largest decoded size of one input tensor.
       max_concurrent_requests: requests processed at once, gRPC and REST together.
     """
 
     max_num_samples: int = 10000
     max_batch_rows: int = 10000
+    max_sample_rows: int = 1_000_000
     max_tensor_bytes: int = 64 * 1024 * 1024
     max_concurrent_requests: int = 64
 
@@ -139,16 +141,26 @@ class DataPlane:
     # ------------------------------------------------------------ running signatures
 
     def _check_limits(self, arrays: Dict[str, np.ndarray]):
+        num_samples, rows = None, 1
         for alias, array in arrays.items():
-            if (alias == NUM_SAMPLES_INPUT and array.size == 1 and array.dtype.kind in "iu"
-                    and int(array.reshape(-1)[0]) > self.limits.max_num_samples):
-                raise errors.InvalidArgument(
-                    f"num_samples={int(array.reshape(-1)[0])} is larger than this server's limit "
-                    f"--max_num_samples={self.limits.max_num_samples}")
-            if array.ndim and array.shape[0] > self.limits.max_batch_rows:
-                raise errors.InvalidArgument(
-                    f"Input {alias} has {array.shape[0]} rows, more than this server's limit "
-                    f"--max_batch_rows={self.limits.max_batch_rows}")
+            if alias == NUM_SAMPLES_INPUT and array.size == 1 and array.dtype.kind in "iu":
+                num_samples = int(array.reshape(-1)[0])
+                if num_samples > self.limits.max_num_samples:
+                    raise errors.InvalidArgument(
+                        f"num_samples={num_samples} is larger than this server's limit "
+                        f"--max_num_samples={self.limits.max_num_samples}")
+            if array.ndim:
+                if array.shape[0] > self.limits.max_batch_rows:
+                    raise errors.InvalidArgument(
+                        f"Input {alias} has {array.shape[0]} rows, more than this server's limit "
+                        f"--max_batch_rows={self.limits.max_batch_rows}")
+                rows = max(rows, array.shape[0])
+        # Monte Carlo signatures hold [num_samples, rows, units] activations: bound the product,
+        # which the two limits above alone would let reach 10^8 and exhaust memory.
+        if num_samples is not None and num_samples * rows > self.limits.max_sample_rows:
+            raise errors.InvalidArgument(
+                f"num_samples * rows = {num_samples} * {rows} is larger than this server's limit "
+                f"--max_sample_rows={self.limits.max_sample_rows}")
 
     def _run(self, loaded, signature_name: str, signature_def, arrays: Dict[str, np.ndarray],
              fetch_names: List[str], timeout: Optional[float]) -> List[np.ndarray]:

@@ -156,6 +156,17 @@ def test_too_many_rows_is_invalid_argument(mc_stub):
                                "--max_batch_rows=64")
 
 
+def test_samples_times_rows_over_the_limit_is_invalid_argument(mc_stub):
+    request = _request(MC_MODEL, "predict_mc", x=_x(20), num_samples=tensor(401, np.int32),
+                       seed=tensor([0, 0], np.int32))
+    error = rpc_error(mc_stub.Predict, request, timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == ("num_samples * rows = 401 * 20 is larger than this server's limit "
+                               "--max_sample_rows=8000")
+    request.inputs["num_samples"].CopyFrom(tensor(400, np.int32))
+    assert mc_stub.Predict(request, timeout=30).outputs["mean"]
+
+
 def test_message_over_the_limit_is_resource_exhausted(mc_stub):
     big = tensor(np.ones([40, 4096], np.float32))  # ~640 KB > --grpc_max_message_bytes
     error = rpc_error(mc_stub.Predict, _request(MC_MODEL, x=big), timeout=30)

@@ -23,7 +23,7 @@ def test_version_flag_prints_and_exits():
 
 def test_help_documents_our_limits():
     result = _run("--helpfull")
-    for flag in ("--max_num_samples", "--max_batch_rows", "--grpc_max_message_bytes",
+    for flag in ("--max_num_samples", "--max_batch_rows", "--max_sample_rows", "--grpc_max_message_bytes",
                  "--max_concurrent_requests", "--max_tensor_bytes"):
         assert flag in result.stdout
 
