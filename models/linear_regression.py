@@ -146,7 +146,8 @@ class BayesianLinearRegression(tf.Module):
                 0.1 * tf.ones([dim], DTYPE), bijector=tfb.Softplus(), name="scale_diag")
         elif gradient:
             self._scale_tril = tfp.util.TransformedVariable(
-                0.1 * tf.eye(dim, dtype=DTYPE), bijector=tfb.FillScaleTriL(diag_shift=tf.constant(1e-12, DTYPE)), name="scale_tril")
+                0.1 * tf.eye(dim, dtype=DTYPE), bijector=tfb.FillScaleTriL(diag_shift=tf.constant(1e-12, DTYPE)),
+                name="scale_tril")
         else:
             self._scale_tril = tf.Variable(tf.eye(dim, dtype=DTYPE), name="scale_tril")
         # Gamma parameters live on a log scale for gradient VI: q(beta)'s concentration is about N/2, which

@@ -14,7 +14,14 @@ Regression signatures (every regression family exports the same ones; a client c
     `x` of length `features` -> `outputs` [batch, 1], the predictive mean, for TF Serving's Regress API.
   Outputs, all float32 [batch, outputs] in the target's original units: `mean`, `stddev`, `aleatoric_stddev`,
   `epistemic_stddev`, `lower`, `upper` (central 95% interval), computed by `models.predictive`.
-Inputs are standardized inside the graph with the training statistics. Only core TensorFlow ops end up in the
+Classification signatures (every classifier family exports the same ones):
+  * `serving_default`: `x` float32 [batch, ...input shape] -> `probabilities` [batch, classes] (the posterior
+    predictive), `predicted_class` int64 [batch], `predictive_entropy`, `expected_entropy` (aleatoric) and
+    `mutual_information` (epistemic) [batch], in nats; S and the seed fixed at export.
+  * `predict_mc`: `x`, `num_samples`, `seed` -> the same outputs.
+  * `classify`: serialized `tf.Example`s with a float feature `x` (the flattened input) -> `classes` string
+    [batch, classes] and `scores` [batch, classes], for TF Serving's Classify API.
+Regression inputs are standardized inside the graph with the training statistics. Only core TensorFlow ops end up in the
 graph (TFP's distributions are traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
 """
 
@@ -26,53 +33,49 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from models import predictive
 
 REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
+CLASSIFICATION_OUTPUTS = ("probabilities", "predicted_class", "predictive_entropy", "expected_entropy",
+                          "mutual_information")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 EXAMPLE_FEATURE = "x"
 _VERSION = re.compile(r"^\d+$")
 
 
-class RegressionServable(tf.Module):
-    """The exported object of a regression family: the model's variables plus signature functions.
+class PredictiveServable(tf.Module):
+    """What every exported family shares: the model's variables, `serving_default` with S and the seed fixed at
+    export, `predict_mc` with both as inputs, a tf.Example signature, and warmup requests.
+
+    Subclasses define `_summary(x, num_samples, seed) -> dict of [batch, ...] tensors` and `_example_signature`.
 
     Args:
-      model: has `predictive(x, num_samples, seed)` returning a per-sample location-scale distribution
-        [S, batch, outputs] for standardized x.
-      dataset: the `training.data.Dataset` the model was fitted on (for its standardization statistics).
+      model: has `predictive(x, num_samples, seed)` returning per-sample distributions [S, batch, ...] for
+        inputs x as the model saw them in training.
+      dataset: the `training.data.Dataset` the model was fitted on (input shape, standardization statistics).
       num_samples: S of `serving_default`.
       seed: the seed of `serving_default`.
     """
 
-    def __init__(self, model, dataset, num_samples: int, seed: int):
-        super().__init__(name="regression_servable")
+    def __init__(self, model, dataset, num_samples: int, seed: int, name: str):
+        super().__init__(name=name)
         self.model = model
-        num_features = dataset.input_shape[-1]
-        self.num_outputs = dataset.output_dim
-        self._x_mean = tf.constant(dataset.x_scaler.mean, tf.float32)
-        self._x_std = tf.constant(dataset.x_scaler.std, tf.float32)
-        self._y_mean = tf.constant(dataset.y_scaler.mean, tf.float32)
-        self._y_std = tf.constant(dataset.y_scaler.std, tf.float32)
+        self._example_shape = list(dataset.input_shape)
         self._num_samples = tf.constant(num_samples, tf.int32)
         self._seed = tf.constant([seed, 0x5EED], tf.int32)
-        x_spec = tf.TensorSpec([None, num_features], tf.float32, name="x")
+        x_spec = tf.TensorSpec([None] + self._example_shape, tf.float32, name="x")
         self.serving_default = tf.function(self._serving_default, input_signature=[x_spec])
         self.predict_mc = tf.function(self._predict_mc, input_signature=[
             x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")])
-        self.regress = tf.function(self._regress, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        self._num_features = num_features
+        self.from_examples = tf.function(
+            self._from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
-    def _summary(self, x, num_samples, seed) -> dict:
+    def _checked(self, x, num_samples):
         tf.debugging.assert_all_finite(x, "x must be finite")
         tf.debugging.assert_positive(num_samples, "num_samples must be positive")
-        per_sample = self.model.predictive((x - self._x_mean) / self._x_std, num_samples, seed)
-        dtype = per_sample.dtype
-        per_sample = predictive.affine(per_sample, tf.cast(self._y_mean, dtype), tf.cast(self._y_std, dtype))
-        summary = predictive.regression_summary(per_sample)
-        return {k: tf.cast(summary[k], tf.float32) for k in REGRESSION_OUTPUTS}
 
     def _serving_default(self, x):
         return self._summary(x, self._num_samples, self._seed)
@@ -80,22 +83,23 @@ class RegressionServable(tf.Module):
     def _predict_mc(self, x, num_samples, seed):
         return self._summary(x, num_samples, seed)
 
-    def _regress(self, inputs):
-        parsed = tf.io.parse_example(
-            inputs, {EXAMPLE_FEATURE: tf.io.FixedLenFeature([self._num_features], tf.float32)})
-        return {"outputs": self._summary(parsed[EXAMPLE_FEATURE], self._num_samples, self._seed)["mean"]}
+    def _parse_examples(self, inputs):
+        """Serialized tf.Examples with a float feature `x` of prod(example shape) values -> x [batch, ...]."""
+        size = 1
+        for d in self._example_shape:
+            size *= d
+        parsed = tf.io.parse_example(inputs, {EXAMPLE_FEATURE: tf.io.FixedLenFeature([size], tf.float32)})
+        return tf.reshape(parsed[EXAMPLE_FEATURE], [-1] + self._example_shape)
 
     def signatures(self) -> dict:
-        sigs = {"serving_default": self.serving_default, "predict_mc": self.predict_mc}
-        if self.num_outputs == 1:
-            sigs["regress"] = self.regress
-        return sigs
+        return {"serving_default": self.serving_default, "predict_mc": self.predict_mc,
+                self.example_signature_name: self.from_examples}
 
     def warmup_requests(self, model_name: str = "model"):
         """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per predict signature."""
         from tensorflow_serving.apis import predict_pb2
 
-        x = tf.make_tensor_proto(self._x_mean.numpy()[None, :], tf.float32)
+        x = tf.make_tensor_proto(self._warmup_input(), tf.float32)
         requests = []
         for name, extra in (("serving_default", {}),
                             ("predict_mc", {"num_samples": tf.make_tensor_proto(8, tf.int32),
@@ -109,6 +113,65 @@ class RegressionServable(tf.Module):
             requests.append(request)
         return requests
 
+    def _warmup_input(self):
+        return np.zeros([1] + self._example_shape, np.float32)
+
+
+class RegressionServable(PredictiveServable):
+    """Regression signatures; inputs are standardized in the graph and outputs come in original units."""
+
+    example_signature_name = "regress"
+
+    def __init__(self, model, dataset, num_samples: int, seed: int):
+        self._x_mean = tf.constant(dataset.x_scaler.mean, tf.float32)
+        self._x_std = tf.constant(dataset.x_scaler.std, tf.float32)
+        self._y_mean = tf.constant(dataset.y_scaler.mean, tf.float32)
+        self._y_std = tf.constant(dataset.y_scaler.std, tf.float32)
+        self.num_outputs = dataset.output_dim
+        super().__init__(model, dataset, num_samples, seed, name="regression_servable")
+
+    def _summary(self, x, num_samples, seed) -> dict:
+        self._checked(x, num_samples)
+        per_sample = self.model.predictive((x - self._x_mean) / self._x_std, num_samples, seed)
+        dtype = per_sample.dtype
+        per_sample = predictive.affine(per_sample, tf.cast(self._y_mean, dtype), tf.cast(self._y_std, dtype))
+        summary = predictive.regression_summary(per_sample)
+        return {k: tf.cast(summary[k], tf.float32) for k in REGRESSION_OUTPUTS}
+
+    def _from_examples(self, inputs):
+        """TF Serving's Regress API: one value per example, the predictive mean."""
+        return {"outputs": self._serving_default(self._parse_examples(inputs))["mean"]}
+
+    def signatures(self) -> dict:
+        sigs = super().signatures()
+        if self.num_outputs != 1:  # Regress answers one number per example.
+            del sigs[self.example_signature_name]
+        return sigs
+
+    def _warmup_input(self):
+        return self._x_mean.numpy()[None, :]
+
+
+class ClassificationServable(PredictiveServable):
+    """Classification signatures: mean class probabilities and the entropy decomposition of their uncertainty."""
+
+    example_signature_name = "classify"
+
+    def __init__(self, model, dataset, num_samples: int, seed: int):
+        self.num_classes = dataset.output_dim
+        super().__init__(model, dataset, num_samples, seed, name="classification_servable")
+
+    def _summary(self, x, num_samples, seed) -> dict:
+        self._checked(x, num_samples)
+        summary = predictive.classification_summary(self.model.predictive(x, num_samples, seed))
+        return {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
+
+    def _from_examples(self, inputs):
+        """TF Serving's Classify API: `classes` (class indices as strings) and `scores` [batch, classes]."""
+        scores = self._serving_default(self._parse_examples(inputs))["probabilities"]
+        classes = tf.strings.as_string(tf.range(self.num_classes))
+        return {"classes": tf.tile(classes[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
+
 
 def build_servable(model, dataset, num_samples: int, seed: int) -> tf.Module:
     """The servable for a fitted model: its own (`model.servable(...)`) or the shared one of its task."""
@@ -116,6 +179,8 @@ def build_servable(model, dataset, num_samples: int, seed: int) -> tf.Module:
         return model.servable(dataset, num_samples=num_samples, seed=seed)
     if dataset.task == "regression":
         return RegressionServable(model, dataset, num_samples, seed)
+    if dataset.task == "classification":
+        return ClassificationServable(model, dataset, num_samples, seed)
     raise ValueError(f"no export for task {dataset.task!r}")
 
 

@@ -17,8 +17,9 @@ STRATEGIES = ("default", "mirrored")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
-RESUMABLE_CHANGES = frozenset({"epochs", "export_base", "num_samples", "data_dir", "workdir", "log_every_steps",
-                               "checkpoint_every_steps", "eval_batch_size"})
+RESUMABLE_CHANGES = frozenset({"epochs", "train_steps", "export_base", "num_samples", "data_dir", "workdir",
+                               "log_every_steps", "checkpoint_every_steps", "eval_batch_size",
+                               "ood_dataset"})
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,7 @@ class TrainConfig:
     data_dir: str = "data"
     split: str = "0"
     epochs: int = 40
+    train_steps: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-2
     lr_schedule: str = "cosine"
@@ -46,6 +48,13 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     log_every_steps: int = 0
     eval_batch_size: int = 1024
+    ood_dataset: str = "auto"
+
+    def ood_name(self) -> str:
+        """The out-of-distribution set for classifiers: `auto` pairs MNIST with Fashion-MNIST both ways."""
+        if self.ood_dataset == "auto":
+            return {"mnist": "fashion_mnist", "fashion_mnist": "mnist"}.get(self.dataset, "")
+        return "" if self.ood_dataset == "none" else self.ood_dataset
 
     @property
     def split_index(self) -> Optional[int]:
@@ -61,7 +70,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
-        for name in ("kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps"):
+        for name in ("train_steps", "kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
         if not 0.0 <= self.validation_fraction < 1.0:

@@ -37,7 +37,8 @@ UCI_DATASETS = (
     "protein-tertiary-structure", "wine-quality-red", "yacht",
 )
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
-LOCAL_DATASETS = tuple(f"uci/{n}" for n in UCI_DATASETS) + IMAGE_DATASETS
+TOY_DATASETS = ("toy/gap",)
+LOCAL_DATASETS = tuple(f"uci/{n}" for n in UCI_DATASETS) + IMAGE_DATASETS + TOY_DATASETS
 
 REGRESSION = "regression"
 CLASSIFICATION = "classification"
@@ -201,6 +202,27 @@ class Dataset:
             x_valid=self.x_train[valid_idx], y_valid=take(self.y_train, valid_idx))
 
 
+def load_toy_gap(seed: int = 0, num_train: int = 1000) -> Dataset:
+    """A 1-D regression set with a gap, to see epistemic uncertainty grow away from the data.
+
+    Training inputs come from two clusters, U(-4, -1.5) and U(1.5, 4); the target is y = sin(1.5 x) + 0.3 x plus
+    N(0, 0.15^2) noise. Test inputs are a grid over [-6, 6], so they cover the gap (-1.5, 1.5) and both outer
+    regions the model never saw. Standardized like the UCI sets.
+    """
+    rng = np.random.default_rng(seed)
+    half = num_train // 2
+    x_train = np.concatenate([rng.uniform(-4.0, -1.5, half), rng.uniform(1.5, 4.0, num_train - half)])[:, None]
+    x_test = np.linspace(-6.0, 6.0, 241)[:, None]
+    f = lambda x: np.sin(1.5 * x) + 0.3 * x  # noqa: E731
+    y_train = f(x_train) + 0.15 * rng.standard_normal(x_train.shape)
+    y_test = f(x_test) + 0.15 * rng.standard_normal(x_test.shape)
+    x_scaler, y_scaler = Standardizer.fit(x_train), Standardizer.fit(y_train)
+    return Dataset(name="toy/gap", task=REGRESSION, split=seed,
+                   x_train=x_scaler.apply(x_train), y_train=y_scaler.apply(y_train),
+                   x_test=x_scaler.apply(x_test), y_test=y_scaler.apply(y_test),
+                   x_scaler=x_scaler, y_scaler=y_scaler)
+
+
 def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0) -> Dataset:
     """Loads `name` (`uci/<dataset>`, `mnist`, `fashion_mnist`, `binarized_mnist`, or a TFDS name).
 
@@ -219,6 +241,8 @@ def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0) -> D
         return load_idx_images(name, data_dir)
     if name == "binarized_mnist":
         return load_binarized_mnist(data_dir)
+    if name == "toy/gap":
+        return load_toy_gap(0 if split is None else split)
     return load_tfds(name, data_dir)
 
 

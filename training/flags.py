@@ -29,6 +29,8 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_string("split", d["split"], "UCI standard train/test split index, or 'all' to run every split "
                         "and report mean and standard error.")
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training data.", lower_bound=1)
+    flags.DEFINE_integer("train_steps", d["train_steps"], "If positive, train for this many gradient steps "
+                         "instead of --epochs (one budget that fits data sets of any size).", lower_bound=0)
     flags.DEFINE_integer("batch_size", d["batch_size"], "Global mini-batch size (split across replicas).",
                          lower_bound=1)
     flags.DEFINE_float("learning_rate", d["learning_rate"], "Adam's (initial) learning rate.", lower_bound=0.0)
@@ -51,6 +53,8 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_integer("log_every_steps", d["log_every_steps"], "TensorBoard summaries every this many steps "
                          "(0: once per epoch).", lower_bound=0)
     flags.DEFINE_integer("eval_batch_size", d["eval_batch_size"], "Examples per evaluation batch.", lower_bound=1)
+    flags.DEFINE_string("ood_dataset", d["ood_dataset"], "Classifiers: the unseen data set of the "
+                        "out-of-distribution AUROC (auto: Fashion-MNIST for MNIST and back; none: skip).")
     flags.mark_flag_as_required("workdir")
 
 

@@ -74,15 +74,20 @@ def regression_metrics(model, dataset, split: str, num_samples: int, seed: int, 
     }
 
 
-def elbo_metrics(model, dataset, split: str, seed: int, batch_size: int) -> dict:
-    """The per-example ELBO, expected NLL and KL of a split, Monte Carlo estimated with the model's sampler."""
+def elbo_metrics(model, dataset, split: str, seed: int, batch_size: int, num_train: int | None = None) -> dict:
+    """The per-example ELBO, expected NLL and KL of a split, Monte Carlo estimated with the model's sampler.
+
+    `num_train` is N of the global KL's 1/N share (default: the dataset's training-set size); pass the full N
+    when `dataset` is a subset view.
+    """
+    num_train = num_train or dataset.num_train
     x, y = dataset.arrays(split)
     seeds = batch_seeds(seed, 2)
     nll = kl = 0.0
     for b, (xb, yb) in enumerate(_batches(x, y, batch_size)):
         terms = model.elbo_terms(xb if yb is None else (xb, yb), seeds(b), training=False)
         nll += float(tf.reduce_sum(terms.nll))
-        kl += float(tf.reduce_sum(terms.kl_per_example(dataset.num_train)))
+        kl += float(tf.reduce_sum(terms.kl_per_example(num_train)))
     count = float(len(x))
     # A density of standardized targets is std_y times the density in original units.
     shift = math.log(dataset.target_scale) if dataset.task == "regression" else 0.0
@@ -100,3 +105,72 @@ def aggregate(per_split: list) -> dict:
         out[f"{k}_stderr"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
     out["num_splits"] = len(per_split)
     return out
+
+
+ECE_BINS = 15
+
+
+def classification_outputs(model, x, num_samples: int, seed: int, batch_size: int, y=None) -> dict:
+    """Posterior predictive summaries of a classifier over inputs x [N, ...], as numpy arrays.
+
+    Returns:
+      `probabilities` [N, classes], `predictive_entropy`, `expected_entropy`, `mutual_information` [N], and, when
+      labels y [N] are given, `log_likelihood` [N] = log (1/S) sum_s p(y_n | x_n, H_s).
+    """
+    seeds = batch_seeds(seed, 3)
+    parts = {}
+    for b, (xb, yb) in enumerate(_batches(x, y, batch_size)):
+        per_sample = model.predictive(xb, num_samples, seeds(b))
+        summary = predictive.classification_summary(per_sample)
+        if yb is not None:
+            summary["log_likelihood"] = predictive.log_predictive_density(per_sample, yb)
+        for k, v in summary.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE = sum_b (n_b / N) |accuracy_b - confidence_b| over equal-width confidence bins (Guo et al. 2017)."""
+    confidence = probabilities.max(-1)
+    correct = probabilities.argmax(-1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def auroc(negative: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting one half."""
+    negative = np.sort(np.asarray(negative, np.float64))
+    positive = np.asarray(positive, np.float64)
+    below = np.searchsorted(negative, positive, side="left")
+    not_above = np.searchsorted(negative, positive, side="right")
+    return float((below + 0.5 * (not_above - below)).sum() / (len(negative) * len(positive)))
+
+
+def classification_metrics(outputs: dict, labels: np.ndarray, split: str) -> dict:
+    """Accuracy, NLL, Brier score (sum over classes) and 15-bin ECE of `classification_outputs`."""
+    probabilities = outputs["probabilities"]
+    one_hot = np.eye(probabilities.shape[-1])[labels]
+    return {
+        f"{split}/accuracy": float((probabilities.argmax(-1) == labels).mean()),
+        f"{split}/nll": float(-outputs["log_likelihood"].mean()),
+        f"{split}/brier": float(((probabilities - one_hot) ** 2).sum(-1).mean()),
+        f"{split}/ece": expected_calibration_error(probabilities, labels),
+        f"{split}/predictive_entropy": float(outputs["predictive_entropy"].mean()),
+        f"{split}/mutual_information": float(outputs["mutual_information"].mean()),
+    }
+
+
+def ood_metrics(in_distribution: dict, out_of_distribution: dict, split: str = "test") -> dict:
+    """AUROC of telling out-of-distribution inputs (positives) from test inputs by two uncertainty scores."""
+    return {
+        f"{split}/ood_auroc_entropy": auroc(in_distribution["predictive_entropy"],
+                                            out_of_distribution["predictive_entropy"]),
+        f"{split}/ood_auroc_mutual_information": auroc(in_distribution["mutual_information"],
+                                                       out_of_distribution["mutual_information"]),
+    }

@@ -34,6 +34,7 @@ import time
 from typing import Callable
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -89,6 +90,8 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
 def _train_and_evaluate_split(config, model_config, build_model) -> dict:
     workdir = pathlib.Path(config.workdir).expanduser()
     dataset = data_lib.load(config.dataset, config.data_dir, config.split_index)
+    if dataset.task == data_lib.CLASSIFICATION and config.ood_name():
+        data_lib.check_available(config.ood_name(), config.data_dir)  # before training, not after
     if config.validation_fraction > 0:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
     _prepare_workdir(workdir, config, model_config)
@@ -101,7 +104,7 @@ def _train_and_evaluate_split(config, model_config, build_model) -> dict:
     else:
         fit(model, dataset, config, strategy, workdir)
     train_seconds = time.time() - start
-    metrics = evaluate(model, dataset, config)
+    metrics = evaluate(model, dataset, config, workdir)
     metrics["train/seconds"] = train_seconds
     _write_json(workdir / METRICS_FILE, metrics)
     with tf.summary.create_file_writer(str(workdir / "eval")).as_default():
@@ -180,7 +183,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
         logging.warning("--batch_size=%d exceeds the %d training examples; using %d", config.batch_size,
                         num_train, batch_size)
     steps_per_epoch = num_train // batch_size
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = config.train_steps or config.epochs * steps_per_epoch
+    num_epochs = -(-total_steps // steps_per_epoch)
     with strategy.scope():
         optimizer = tf_keras.optimizers.Adam(_learning_rate(config, total_steps))
     # Outside the strategy scope: one host-side counter, not one copy per replica.
@@ -217,7 +221,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
         return out
 
     writer = tf.summary.create_file_writer(str(workdir / "train"))
-    batches = dataset.training_batches(batch_size, config.seed, int(step), config.epochs)
+    batches = dataset.training_batches(batch_size, config.seed, int(step), num_epochs).take(
+        max(0, total_steps - int(step)))
     sums, progress = _new_epoch_sums(), None
     last_save = last_log = time.time()
     # A progress bar only where someone watches; logs and CI get one line per epoch, at most every few seconds.
@@ -244,7 +249,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
             _write_train_summaries(writer, out, t)
         if config.checkpoint_every_steps and t % config.checkpoint_every_steps == 0:
             manager.save(checkpoint_number=t)
-        if t % steps_per_epoch == 0:  # The epoch is complete.
+        if t % steps_per_epoch == 0 or t == total_steps:  # The epoch (or the run) is complete.
             if t == total_steps or time.time() - last_save >= MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS:
                 manager.save(checkpoint_number=t)
                 last_save = time.time()
@@ -254,7 +259,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
             if t == total_steps or time.time() - last_log >= SECONDS_BETWEEN_EPOCH_LOGS:
                 last_log = time.time()
                 logging.info("epoch %d/%d: elbo %.4f nats (%.4f bits) per example, nll %.4f, kl %.4f",
-                             epoch + 1, config.epochs, -(means["nll"] + means["kl"]),
+                             epoch + 1, num_epochs, -(means["nll"] + means["kl"]),
                              objective.to_bits(-(means["nll"] + means["kl"])), means["nll"], means["kl"])
             sums, progress = _new_epoch_sums(), None
     writer.flush()
@@ -274,16 +279,70 @@ def _write_train_summaries(writer, values: dict, step: int) -> None:
         tf.summary.scalar("train/loss", values["loss"], step=step)
 
 
-def evaluate(model, dataset, config) -> dict:
-    """All metrics of every split the dataset has labels for (`train`, `valid`, `test`)."""
+# Predictive metrics of the training split use at most this many examples (a fixed prefix): on MNIST the full
+# 60,000 at S samples each would cost more than training.
+MAX_TRAIN_EVAL_EXAMPLES = 10000
+
+
+def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dict:
+    """All metrics of every split the dataset has (`train`, `valid`, `test`), plus figures in the workdir.
+
+    Regression: `models.predictive` summaries in original units (`training/metrics.py`); with 1-D inputs also the
+    predictive band, `<workdir>/predictive_band.png`. Classification: accuracy, NLL, Brier, ECE, and on the test
+    split the out-of-distribution AUROC against `config.ood_dataset`; `<workdir>/reliability_diagram.png`.
+    Every model with `elbo_terms` also gets `split/elbo`, `split/expected_nll`, `split/kl`.
+    """
     metrics = {}
     splits = ["train"] + (["valid"] if dataset.x_valid is not None else []) + ["test"]
     for split in splits:
+        view = dataset
+        if split == "train" and dataset.num_train > MAX_TRAIN_EVAL_EXAMPLES:
+            view = dataclasses.replace(dataset, x_train=dataset.x_train[:MAX_TRAIN_EVAL_EXAMPLES],
+                                       y_train=None if dataset.y_train is None
+                                       else dataset.y_train[:MAX_TRAIN_EVAL_EXAMPLES])
         if dataset.task == data_lib.REGRESSION:
             metrics.update(metrics_lib.regression_metrics(
-                model, dataset, split, config.num_samples, config.seed, config.eval_batch_size))
+                model, view, split, config.num_samples, config.seed, config.eval_batch_size))
+        elif dataset.task == data_lib.CLASSIFICATION:
+            metrics.update(_evaluate_classifier(model, view, split, config, workdir))
         if hasattr(model, "elbo_terms") and getattr(model, "supports_elbo", True):
-            metrics.update(metrics_lib.elbo_metrics(model, dataset, split, config.seed, config.eval_batch_size))
+            metrics.update(metrics_lib.elbo_metrics(model, view, split, config.seed, config.eval_batch_size,
+                                                    num_train=dataset.num_train))
+    if dataset.task == data_lib.REGRESSION and dataset.input_shape == (1,) and workdir is not None:
+        _plot_predictive_band(model, dataset, config, workdir)
     if hasattr(model, "extra_metrics"):
         metrics.update(model.extra_metrics(dataset))
     return metrics
+
+
+def _evaluate_classifier(model, dataset, split, config, workdir) -> dict:
+    x, y = dataset.arrays(split)
+    outputs = metrics_lib.classification_outputs(model, x, config.num_samples, config.seed, config.eval_batch_size,
+                                                 y=y)
+    metrics = metrics_lib.classification_metrics(outputs, y, split)
+    if split != "test":
+        return metrics
+    ood_name = config.ood_name()
+    if ood_name:
+        ood = data_lib.load(ood_name, config.data_dir)
+        ood_outputs = metrics_lib.classification_outputs(model, ood.x_test, config.num_samples, config.seed + 1,
+                                                         config.eval_batch_size)
+        metrics.update(metrics_lib.ood_metrics(outputs, ood_outputs))
+    if workdir is not None:
+        from training import plots
+        plots.reliability_diagram(outputs["probabilities"], y, workdir / "reliability_diagram.png",
+                                  title=f"{dataset.name} test: ECE {metrics['test/ece']:.4f}, "
+                                        f"accuracy {metrics['test/accuracy']:.4f}")
+    return metrics
+
+
+def _plot_predictive_band(model, dataset, config, workdir: pathlib.Path) -> None:
+    from training import plots
+
+    grid = np.linspace(dataset.x_test.min() - 0.5, dataset.x_test.max() + 0.5, 400, dtype=np.float32)[:, None]
+    summary = metrics_lib.regression_predictive(model, dataset, grid, config.num_samples,
+                                                metrics_lib.batch_seeds(config.seed, 4)(0))
+    plots.predictive_band(dataset.x_scaler.invert(dataset.x_train), dataset.y_scaler.invert(dataset.y_train),
+                          dataset.x_scaler.invert(grid), {k: np.asarray(v) for k, v in summary.items()
+                                                          if k != "per_sample"},
+                          workdir / "predictive_band.png", title=f"{dataset.name}: posterior predictive")

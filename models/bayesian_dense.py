@@ -1,0 +1,196 @@
+"""Bayesian neural networks with mean-field Gaussian weights: regression and classification.
+
+Model: a network f_W with weights W (every layer a `models.bayesian_layers` mean-field layer) and a likelihood
+head, with the variational posterior q(W) = prod N(mu, sigma^2) and prior p(W) = prod N(0, s^2):
+
+    regression, heteroscedastic:  y | x, W ~ N(f_W(x)_1, softplus(f_W(x)_2)^2)        (network predicts the noise)
+    regression, homoscedastic:    y | x, W ~ N(f_W(x), sigma_noise^2), sigma_noise a learned point estimate
+    classification:               y | x, W ~ Categorical(logits = f_W(x))
+
+Objective (Blundell et al. 2015, "Weight Uncertainty in Neural Networks"): the ELBO per training example,
+
+    ELBO / N = (1/N) sum_n E_q[log p(y_n | x_n, W)] - KL(q(W) || p(W)) / N,
+
+with the expectation estimated by `mc_samples` draws through the chosen estimator (flipout by default; see
+`models/bayesian_layers.py`) and the KL in closed form. The KL is divided by N, the training-set size (see
+`models/objective.py`), optionally warmed up by the shared loop.
+
+Posterior predictive: S draws of the per-example output distribution, sampled by local reparameterization (exact
+per example for mean-field Gaussian layers, whatever estimator trained the network), averaged by
+`models.predictive`.
+
+Architectures (`Config.arch`): `mlp` (dense layers of `hidden_units`, ReLU) and `lenet5` (two 5x5 Bayesian
+convolutions with 2x2 max pooling, then the dense layers), for image inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from models import bayesian_layers
+from models.objective import ElboTerms
+
+tfd = tfp.distributions
+
+HEADS = ("heteroscedastic", "homoscedastic")
+ARCHS = ("mlp", "lenet5")
+PRIORS = ("normal", "learned")
+# Floor of the predicted noise scale (standardized units): keeps the likelihood bounded on near-duplicate rows.
+MIN_SCALE = 1e-3
+
+
+@dataclasses.dataclass
+class Config:
+    """Hyperparameters of a Bayesian dense (or LeNet-5) network.
+
+    Attributes:
+      estimator: `flipout`, `reparameterization` or `local_reparameterization` (training gradients).
+      hidden_units: widths of the hidden dense layers.
+      arch: `mlp` or `lenet5`.
+      head: regression likelihood, `heteroscedastic` or `homoscedastic`.
+      prior: `normal` (scale `prior_scale`) or `learned` (empirical Bayes, starting at `prior_scale`).
+      prior_scale: s of the N(0, s^2) weight prior.
+      init_rho: initial softplus^-1 of the posterior scales.
+      mc_samples: weight samples per training step.
+    """
+
+    estimator: str = "flipout"
+    hidden_units: Sequence[int] = (50,)
+    arch: str = "mlp"
+    head: str = "heteroscedastic"
+    prior: str = "normal"
+    prior_scale: float = 1.0
+    init_rho: float = -5.0
+    mc_samples: int = 1
+
+    def __post_init__(self):
+        checks = (("estimator", bayesian_layers.ESTIMATORS), ("head", HEADS), ("arch", ARCHS), ("prior", PRIORS))
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        if any(u < 1 for u in self.hidden_units):
+            raise ValueError(f"hidden_units must be positive, got {self.hidden_units}")
+        if not self.prior_scale > 0:
+            raise ValueError(f"prior_scale must be positive, got {self.prior_scale}")
+        if self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
+
+
+class BayesianNetwork(tf_keras.Model):
+    """A mean-field Bayesian network whose `predictive` returns per-sample distributions.
+
+    Args:
+      config: a `Config`.
+      input_shape: shape of one example, e.g. (features,) or (28, 28, 1).
+      task: `regression` or `classification`.
+      output_dim: regression outputs or number of classes.
+    """
+
+    def __init__(self, config: Config, input_shape, task: str, output_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.task = task
+        self.output_dim = int(output_dim)
+        self.example_shape = tuple(int(d) for d in input_shape)
+        layer_args = dict(prior_scale=config.prior_scale, learn_prior_scale=config.prior == "learned",
+                          init_rho=config.init_rho)
+        self.conv_layers = []
+        if config.arch == "lenet5":
+            if len(self.example_shape) != 3:
+                raise ValueError(f"lenet5 needs image inputs [height, width, channels], got {self.example_shape}")
+            self.conv_layers = [bayesian_layers.Conv2DMeanField(6, 5, **layer_args),
+                                bayesian_layers.Conv2DMeanField(16, 5, **layer_args)]
+        self.hidden_layers = [bayesian_layers.DenseMeanField(u, **layer_args) for u in config.hidden_units]
+        head_units = 2 * self.output_dim if task == "regression" and config.head == "heteroscedastic" \
+            else self.output_dim
+        self.output_layer = bayesian_layers.DenseMeanField(head_units, **layer_args)
+        if task == "regression" and config.head == "homoscedastic":
+            # softplus^-1(0.5): a noise scale of half a target standard deviation to start from.
+            self.noise_rho = tf.Variable(math.log(math.expm1(0.5)), dtype=tf.float32, name="noise_rho")
+        # Build every variable now, so checkpoints restore into an existing model and export can trace it.
+        self.forward(tf.zeros((1,) + self.example_shape), 1, tf.constant([0, 0], tf.int32),
+                     "local_reparameterization")
+
+    @property
+    def layers_with_posterior(self) -> list:
+        return self.conv_layers + self.hidden_layers + [self.output_layer]
+
+    def forward(self, x, num_samples, seed, estimator: str) -> tf.Tensor:
+        """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape]."""
+        seeds = tfp.random.split_seed(seed, n=len(self.layers_with_posterior))
+        h = tf.convert_to_tensor(x, tf.float32)
+        i = 0
+        for conv in self.conv_layers:
+            h = tf.nn.relu(conv(h, seeds[i], estimator, num_samples))
+            shape = tf.shape(h)  # [S, B, H, W, C]: pool over the merged sample and batch axes
+            pooled = tf.nn.max_pool2d(tf.reshape(h, tf.concat([[-1], shape[2:]], 0)), 2, 2, "SAME")
+            h = tf.reshape(pooled, tf.concat([shape[:2], tf.shape(pooled)[1:]], 0))
+            i += 1
+        if self.conv_layers:
+            h = tf.reshape(h, tf.concat([tf.shape(h)[:2], [-1]], 0))
+        else:
+            h = tf.reshape(h, [tf.shape(h)[0], -1])  # [B, features]: shared by all samples
+        for layer in self.hidden_layers:
+            h = tf.nn.relu(layer(h, seeds[i], estimator, num_samples))
+            i += 1
+        return self.output_layer(h, seeds[i], estimator, num_samples)
+
+    def _likelihood(self, outputs):
+        """The per-sample output distribution for network outputs [S, batch, head_units]."""
+        if self.task == "classification":
+            return tfd.Categorical(logits=outputs)
+        if self.config.head == "heteroscedastic":
+            loc, raw_scale = tf.split(outputs, 2, axis=-1)
+            return tfd.Normal(loc, MIN_SCALE + tf.nn.softplus(raw_scale))
+        return tfd.Normal(outputs, MIN_SCALE + tf.nn.softplus(self.noise_rho) * tf.ones_like(outputs))
+
+    def predictive(self, x, num_samples, seed):
+        """p(y | x, W_s) for S posterior draws: Normal [S, batch, outputs] or Categorical [S, batch]."""
+        return self._likelihood(self.forward(x, num_samples, seed, "local_reparameterization"))
+
+    def kl(self) -> tf.Tensor:
+        """KL(q(W) || p(W)) summed over layers, nats."""
+        return tf.add_n([layer.kl() for layer in self.layers_with_posterior])
+
+    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
+        """nll [batch]: -E_q log p(y | x, W) over `mc_samples` draws; global KL(q || p)."""
+        del training
+        x, y = batch
+        likelihood = self._likelihood(self.forward(x, self.config.mc_samples, seed, self.config.estimator))
+        log_lik = likelihood.log_prob(y)
+        if self.task == "regression":
+            log_lik = tf.reduce_sum(log_lik, axis=-1)  # independent outputs
+        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0), global_kl=self.kl())
+
+    def num_variational_parameters(self) -> int:
+        return sum(layer.num_variational_parameters() for layer in self.layers_with_posterior)
+
+
+def default_hidden_units(dataset: str) -> tuple:
+    """The UCI protocol's one hidden layer of 50 units (100 for protein); two layers of 400 for images.
+
+    The 1-D toy set gets two layers of 50: a mean-field network with ONE hidden layer cannot grow its uncertainty
+    between two clusters of data (Foong et al. 2019, "'In-Between' Uncertainty in Bayesian Neural Networks"),
+    which is the point of that data set.
+    """
+    if dataset == "uci/protein-tertiary-structure":
+        return (100,)
+    if dataset.startswith("uci/"):
+        return (50,)
+    if dataset.startswith("toy/"):
+        return (50, 50)
+    return (400, 400)
+
+
+def build_model(config: Config, dataset) -> BayesianNetwork:
+    """A network for a `training.data.Dataset` (regression or classification)."""
+    if dataset.task not in ("regression", "classification"):
+        raise ValueError(f"a Bayesian network needs labels; {dataset.name} is {dataset.task} data")
+    return BayesianNetwork(config, dataset.input_shape, dataset.task, dataset.output_dim)

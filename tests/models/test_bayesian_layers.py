@@ -1,0 +1,117 @@
+"""Mean-field layers: the stochastic contract, the estimators' distributions, KL and the learned prior."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from models import bayesian_layers
+
+tfd = tfp.distributions
+SEED_A, SEED_B = tf.constant([1, 2]), tf.constant([3, 4])
+
+
+def _dense(units=3, inputs=4, rho=-1.0):
+    layer = bayesian_layers.DenseMeanField(units, init_rho=rho)
+    layer(tf.zeros([1, inputs]), SEED_A)
+    return layer
+
+
+def _conv(rho=-1.0):
+    layer = bayesian_layers.Conv2DMeanField(2, kernel_size=3, init_rho=rho)
+    layer(tf.zeros([1, 6, 6, 1]), SEED_A)
+    return layer
+
+
+@pytest.mark.parametrize("estimator", bayesian_layers.ESTIMATORS)
+@pytest.mark.parametrize("make, shape", [(_dense, [5, 4]), (_conv, [5, 6, 6, 1])])
+def test_passes_differ_when_scale_positive_and_agree_when_zero(estimator, make, shape):
+    x = tf.random.stateless_normal(shape, [0, 0])
+    layer = make(rho=-1.0)
+    a, b = layer(x, SEED_A, estimator, 2), layer(x, SEED_B, estimator, 2)
+    assert a.shape[:2] == (2, 5)
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a, layer(x, SEED_A, estimator, 2))  # same seed, same draw
+    layer.kernel_rho.assign(tf.fill(layer.kernel_rho.shape, -1e4))  # softplus(-1e4) == 0 in float32
+    layer.bias_rho.assign(tf.fill(layer.bias_rho.shape, -1e4))
+    a, b = layer(x, SEED_A, estimator, 2), layer(x, SEED_B, estimator, 2)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a[0], a[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", bayesian_layers.ESTIMATORS)
+def test_each_estimator_has_the_exact_marginal_of_a_preactivation(estimator):
+    layer = _dense(units=2, inputs=3, rho=-0.5)
+    x = tf.constant([[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]])
+    s = 20000
+    y = layer(x, SEED_A, estimator, s).numpy()  # [S, 2, 2]
+    mu, sigma = layer.kernel_loc.numpy(), layer.kernel_scale.numpy()
+    mean = x.numpy() @ mu + layer.bias_loc.numpy()
+    var = (x.numpy() ** 2) @ sigma ** 2 + layer.bias_scale.numpy() ** 2
+    np.testing.assert_allclose(y.mean(0), mean, atol=5 * np.sqrt(var.max() / s))
+    np.testing.assert_allclose(y.var(0), var, rtol=0.05)
+
+
+def test_local_reparameterization_matches_weight_sampling_for_one_example_through_two_layers():
+    first, second = _dense(units=4, inputs=2, rho=-0.7), _dense(units=1, inputs=4, rho=-0.7)
+    x = tf.constant([[0.7, -1.3]])
+    s = 40000
+
+    def net(estimator, seed):
+        seeds = tfp.random.split_seed(seed, 2)
+        return second(tf.nn.relu(first(x, seeds[0], estimator, s)), seeds[1], estimator, s).numpy()[:, 0, 0]
+
+    local, weights = net("local_reparameterization", SEED_A), net("reparameterization", SEED_B)
+    # The output is non-Gaussian (ReLU in between); compare mean, variance and a few quantiles.
+    assert abs(local.mean() - weights.mean()) < 5 * weights.std() / math.sqrt(s)
+    assert local.var() == pytest.approx(weights.var(), rel=0.04)
+    np.testing.assert_allclose(np.quantile(local, [0.1, 0.5, 0.9]), np.quantile(weights, [0.1, 0.5, 0.9]),
+                               atol=0.03 * weights.std() + 0.01)
+
+
+def test_flipout_decorrelates_examples_that_reparameterization_couples():
+    layer = _dense(units=1, inputs=1, rho=0.5)
+    x = tf.ones([2, 1])  # two identical examples
+    for estimator, correlated in (("reparameterization", True), ("flipout", False)):
+        y = layer(x, SEED_A, estimator, 20000).numpy()[:, :, 0]
+        r = np.corrcoef(y[:, 0] - y[:, 0].mean(), y[:, 1] - y[:, 1].mean())[0, 1]
+        # Reparameterization gives both examples the same weight and bias draw: r = 1. Flipout shares the
+        # perturbation but flips its sign per example, so only the shared bias correlates them: r = tau^2 / var(y).
+        if correlated:
+            assert r > 0.999
+        else:
+            bias_share = layer.bias_scale.numpy()[0] ** 2 / (layer.kernel_scale.numpy()[0, 0] ** 2
+                                                             + layer.bias_scale.numpy()[0] ** 2)
+            assert r == pytest.approx(bias_share, abs=0.03)
+
+
+def test_kl_matches_the_gaussian_formula():
+    layer = _dense(units=3, inputs=2, rho=-2.0)
+    mu, sigma = layer.kernel_loc.numpy(), layer.kernel_scale.numpy()
+    b, tau = layer.bias_loc.numpy(), layer.bias_scale.numpy()
+    s = 1.0
+    kl = lambda m, v: np.sum(np.log(s / v) + (v ** 2 + m ** 2) / (2 * s ** 2) - 0.5)  # noqa: E731
+    assert float(layer.kl()) == pytest.approx(kl(mu, sigma) + kl(b, tau), rel=1e-5)
+
+
+def test_learned_prior_scale_converges_to_its_closed_form_optimum():
+    layer = bayesian_layers.DenseMeanField(5, init_rho=-1.0, learn_prior_scale=True, prior_scale=3.0)
+    layer(tf.zeros([1, 4]), SEED_A)
+    optimizer = tf_keras.optimizers.Adam(0.05)
+    for _ in range(500):
+        with tf.GradientTape() as tape:
+            loss = layer.kl()
+        optimizer.apply_gradients([(tape.gradient(loss, layer.log_prior_scale), layer.log_prior_scale)])
+    # d KL / d s = 0  <=>  s^2 = mean over weights of (mu^2 + sigma^2)
+    second_moments = np.concatenate([
+        (layer.kernel_loc.numpy() ** 2 + layer.kernel_scale.numpy() ** 2).ravel(),
+        (layer.bias_loc.numpy() ** 2 + layer.bias_scale.numpy() ** 2).ravel()])
+    assert float(tf.exp(layer.log_prior_scale)) == pytest.approx(math.sqrt(second_moments.mean()), rel=1e-3)
+
+
+def test_unknown_estimator_is_rejected():
+    with pytest.raises(ValueError, match="estimator"):
+        _dense()(tf.zeros([1, 4]), SEED_A, "dropout")
