@@ -11,7 +11,7 @@ from models import bayesian_dense, bayesian_layers
 from training import flags as flags_lib
 from training import train_lib
 
-flags_lib.define_shared_flags(dataset="uci/concrete", epochs=40, batch_size=32, learning_rate=1e-2)
+flags_lib.define_shared_flags(dataset="uci/concrete", train_steps=10000, batch_size=32, learning_rate=1e-2)
 flags.DEFINE_enum("estimator", "flipout", list(bayesian_layers.ESTIMATORS), "Gradient estimator of the ELBO.")
 flags.DEFINE_list("hidden_units", [], "Hidden layer widths (default: the UCI protocol's 50, 100 for protein; "
                   "400,400 for images).")
