@@ -1,0 +1,145 @@
+"""UCI regression benchmark: our families on the standard splits against the published rows.
+
+Runs each family's training binary with its defaults (one configuration for every dataset) on every standard
+split, then prints test RMSE and test NLL (negative log predictive density per point, original units), mean +-
+standard error over splits, next to the published numbers:
+
+  * PBP, MC dropout, deep ensembles: Lakshminarayanan, Pritzel and Blundell 2017, Table 1 (PBP from
+    Hernandez-Lobato and Adams 2015, MC dropout from Gal and Ghahramani 2016, as quoted there);
+  * VI: Graves 2011 as quoted by Hernandez-Lobato and Adams 2015 (their test log-likelihood, negated here).
+
+    python benchmarks/uci.py --data_dir=../shared/datasets --workdir=/tmp/uci_bench --families=linear,bnn
+
+Splits run as separate processes, `--jobs` at a time; a finished split is not run again (its metrics.json is
+reused), so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATASETS = ("concrete", "energy", "kin8nm", "power-plant", "yacht")
+
+# (RMSE, its standard error, NLL, its standard error) per dataset.
+PUBLISHED = {
+    "PBP": {"bostonHousing": (3.01, 0.18, 2.57, 0.09), "concrete": (5.67, 0.09, 3.16, 0.02),
+            "energy": (1.80, 0.05, 2.04, 0.02), "kin8nm": (0.10, 0.00, -0.90, 0.01),
+            "naval-propulsion-plant": (0.01, 0.00, -3.73, 0.01), "power-plant": (4.12, 0.03, 2.84, 0.01),
+            "protein-tertiary-structure": (4.73, 0.01, 2.97, 0.00), "wine-quality-red": (0.64, 0.01, 0.97, 0.01),
+            "yacht": (1.02, 0.05, 1.63, 0.02)},
+    "MC dropout": {"bostonHousing": (2.97, 0.85, 2.46, 0.25), "concrete": (5.23, 0.53, 3.04, 0.09),
+                   "energy": (1.66, 0.19, 1.99, 0.09), "kin8nm": (0.10, 0.00, -0.95, 0.03),
+                   "naval-propulsion-plant": (0.01, 0.00, -3.80, 0.05), "power-plant": (4.02, 0.18, 2.80, 0.05),
+                   "protein-tertiary-structure": (4.36, 0.04, 2.89, 0.01),
+                   "wine-quality-red": (0.62, 0.04, 0.93, 0.06), "yacht": (1.11, 0.38, 1.55, 0.12)},
+    "Deep ensembles": {"bostonHousing": (3.28, 1.00, 2.41, 0.25), "concrete": (6.03, 0.58, 3.06, 0.18),
+                       "energy": (2.09, 0.29, 1.38, 0.22), "kin8nm": (0.09, 0.00, -1.20, 0.02),
+                       "naval-propulsion-plant": (0.00, 0.00, -5.63, 0.05),
+                       "power-plant": (4.11, 0.17, 2.79, 0.04),
+                       "protein-tertiary-structure": (4.71, 0.06, 2.83, 0.02),
+                       "wine-quality-red": (0.64, 0.04, 0.94, 0.12), "yacht": (1.58, 0.48, 1.18, 0.21)},
+    "VI (Graves 2011)": {"bostonHousing": (4.32, 0.29, 2.90, 0.07), "concrete": (7.19, 0.12, 3.39, 0.02),
+                         "energy": (2.65, 0.08, 2.39, 0.03), "kin8nm": (0.10, 0.00, -0.90, 0.01),
+                         "naval-propulsion-plant": (0.01, 0.00, -3.73, 0.12),
+                         "power-plant": (4.33, 0.04, 2.89, 0.01),
+                         "protein-tertiary-structure": (4.84, 0.03, 2.99, 0.01),
+                         "wine-quality-red": (0.65, 0.01, 0.98, 0.01), "yacht": (6.89, 0.67, 3.43, 0.16)},
+}
+
+# family -> (binary module, extra flags). Each binary's own defaults are the configuration under test.
+FAMILIES = {
+    "linear": ("training.train_linear_regression", ["--inference=exact"]),
+    "bnn": ("training.train_bnn", ["--estimator=flipout"]),
+    "bnn_local": ("training.train_bnn", ["--estimator=local_reparameterization"]),
+    "bnn_reparam": ("training.train_bnn", ["--estimator=reparameterization"]),
+    "hypernet": ("training.train_hypernetwork", []),
+}
+
+
+def run_split(family: str, dataset: str, split: int, args) -> dict:
+    """Trains one split in a subprocess (or reuses its metrics.json); returns its metrics."""
+    module, extra = FAMILIES[family]
+    workdir = pathlib.Path(args.workdir) / family / dataset / f"split_{split}"
+    metrics_path = workdir / "metrics.json"
+    if not metrics_path.exists():
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", PYTHONPATH=str(REPO))
+        command = [sys.executable, "-m", module, f"--dataset=uci/{dataset}", f"--data_dir={args.data_dir}",
+                   f"--split={split}", f"--workdir={workdir}", *extra, *args.extra_flags]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{family} {dataset} split {split} failed:\n{result.stderr[-3000:]}")
+    return json.loads(metrics_path.read_text())
+
+
+def _cell(mean, stderr, digits=2):
+    return f"{mean:.{digits}f} ± {stderr:.{digits}f}"
+
+
+def table(results: dict, families, datasets, metric: str, column: int) -> str:
+    """A markdown table of `metric` (rmse or nll): ours (per family) against the published columns."""
+    header = ["dataset"] + [f"ours: {f}" for f in families] + list(PUBLISHED)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in datasets:
+        digits = 3 if d in ("kin8nm", "naval-propulsion-plant") and metric == "rmse" else 2
+        row = [d]
+        for f in families:
+            s = results[f][d]
+            row.append(_cell(s[f"test/{metric}"], s[f"test/{metric}_stderr"], digits))
+        for source in PUBLISHED.values():
+            mean, stderr = source[d][column], source[d][column + 1]
+            row.append(_cell(mean, stderr, digits))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "datasets"))
+    parser.add_argument("--workdir", default="/tmp/vizoo_uci_benchmark")
+    parser.add_argument("--families", default="linear,bnn")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--splits", type=int, default=0, help="first N splits only (0: all)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("extra_flags", nargs="*", help="more flags for every binary, after --")
+    args = parser.parse_args()
+
+    from training import data as data_lib
+    from training import metrics as metrics_lib
+
+    families, datasets = args.families.split(","), args.datasets.split(",")
+    jobs = []
+    for d in datasets:
+        n = data_lib.num_uci_splits(d, args.data_dir)
+        jobs += [(f, d, k) for f in families for k in range(min(n, args.splits or n))]
+    start = time.time()
+    per_split = {}
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_split, f, d, k, args): (f, d, k) for f, d, k in jobs}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            f, d, k = futures[future]
+            per_split.setdefault(f, {}).setdefault(d, []).append(future.result())
+            print(f"[{done}/{len(jobs)}] {f} {d} split {k} ({time.time() - start:.0f}s)", file=sys.stderr)
+    results = {f: {d: metrics_lib.aggregate(per_split[f][d]) for d in datasets} for f in families}
+    (pathlib.Path(args.workdir) / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    seconds = {f: sum(r["train/seconds"] for d in datasets for r in per_split[f][d]) /
+               sum(len(per_split[f][d]) for d in datasets) for f in families}
+    print(f"Test RMSE (original units), mean ± standard error over splits:\n")
+    print(table(results, families, datasets, "rmse", 0))
+    print(f"\nTest NLL (nats per point, lower is better), mean ± standard error over splits:\n")
+    print(table(results, families, datasets, "nll", 2))
+    print("\nmean training seconds per split: " + ", ".join(f"{f} {s:.1f}" for f, s in seconds.items()))
+    print("splits per dataset: " + ", ".join(f"{d} {results[families[0]][d]['num_splits']}" for d in datasets))
+
+
+if __name__ == "__main__":
+    main()
