@@ -31,7 +31,6 @@ from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-import tf_keras
 
 from models import bayesian_layers
 from models.objective import ElboTerms
@@ -83,8 +82,8 @@ class Config:
             raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
 
 
-class BayesianNetwork(tf_keras.Model):
-    """A mean-field Bayesian network whose `predictive` returns per-sample distributions.
+class BayesianNetwork(tf.Module):
+    """A mean-field Bayesian network (a module of `tf_keras` layers) whose `predictive` returns distributions.
 
     Args:
       config: a `Config`.
@@ -93,8 +92,8 @@ class BayesianNetwork(tf_keras.Model):
       output_dim: regression outputs or number of classes.
     """
 
-    def __init__(self, config: Config, input_shape, task: str, output_dim: int, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, config: Config, input_shape, task: str, output_dim: int, name: str = "bayesian_network"):
+        super().__init__(name=name)
         self.config = config
         self.task = task
         self.output_dim = int(output_dim)

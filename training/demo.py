@@ -2,14 +2,16 @@
 
 Steps (no network, a couple of minutes on 2 cores):
   1. Bayesian linear regression on UCI concrete (split 0, from `data/`), fitted three ways: exact (type-II ML),
-     mean-field CAVI and full-covariance gradient VI through the shared training loop; their test metrics side by
-     side.
-  2. The gradient-VI model is exported as a new version under `<workdir>/models/<name>/`.
-  3. `python -m serving.server` (our drop-in for `tensorflow_model_server`) serves every model listed in
-     `<workdir>/models.config` on a free port; the demo waits until they are available.
-  4. `serving.client.PredictiveClient` sends held-out rows over gRPC; the table shows each row's posterior
-     predictive mean, standard deviation (total, and its epistemic part) and 95% interval next to the truth.
-  5. The server is stopped.
+     mean-field CAVI and full-covariance gradient VI through the shared training loop.
+  2. A Bayesian neural network (one hidden layer of 50 units, mean-field Gaussian weights, flipout) on the same
+     split. Test metrics of all four side by side.
+  3. The gradient-VI linear model and the network are exported as new versions under `<workdir>/models/<name>/`.
+  4. `python -m serving.server` (our drop-in for `tensorflow_model_server`) serves both models from one model
+     config file, `<workdir>/models.config`, on a free port; the demo waits until they are available.
+  5. `serving.client.PredictiveClient` sends held-out rows to both over gRPC; the table shows each model's
+     posterior predictive mean, standard deviation (total, and its epistemic part) and 95% interval next to the
+     truth.
+  6. The server is stopped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
+from models import bayesian_dense
 from models import linear_regression
 from training import config as config_lib
 from training import data as data_lib
@@ -35,22 +38,36 @@ flags.DEFINE_integer("rows", 10, "Held-out rows to query.")
 FLAGS = flags.FLAGS
 
 MODEL_NAME = "concrete_blr"
+BNN_NAME = "concrete_bnn"
+BNN_STEPS = 5000
 SERVER_START_TIMEOUT_SECONDS = 120.0
 NUM_SAMPLES = 200
 
 
+def _base_config(data_dir: str) -> config_lib.TrainConfig:
+    return config_lib.TrainConfig(dataset="uci/concrete", data_dir=data_dir, split="0", epochs=1000,
+                                  batch_size=256, learning_rate=0.05, num_samples=NUM_SAMPLES, seed=0)
+
+
 def train_linear_regression(workdir: pathlib.Path, data_dir: str) -> dict:
     """Fits the three inference methods; returns inference -> metrics (the gradient one is exported)."""
-    base = config_lib.TrainConfig(dataset="uci/concrete", data_dir=data_dir, split="0", epochs=1000,
-                                  batch_size=256, learning_rate=0.05, num_samples=NUM_SAMPLES, seed=0)
     results = {}
     for inference in linear_regression.INFERENCE_METHODS:
         config = dataclasses.replace(
-            base, workdir=str(workdir / "train" / f"blr_{inference}"),
+            _base_config(data_dir), workdir=str(workdir / "train" / f"blr_{inference}"),
             export_base=str(workdir / "models" / MODEL_NAME) if inference == "gradient" else "")
-        results[inference] = train_lib.train_and_evaluate(
+        results[f"linear, {inference}"] = train_lib.train_and_evaluate(
             config, linear_regression.Config(inference=inference, surrogate="full"), linear_regression.build_model)
     return results
+
+
+def train_network(workdir: pathlib.Path, data_dir: str) -> dict:
+    """A Bayesian network with the UCI protocol's shape, exported next to the linear model."""
+    config = dataclasses.replace(_base_config(data_dir), workdir=str(workdir / "train" / "bnn"),
+                                 export_base=str(workdir / "models" / BNN_NAME), train_steps=BNN_STEPS,
+                                 batch_size=32, learning_rate=1e-2)
+    return train_lib.train_and_evaluate(config, bayesian_dense.Config(estimator="flipout", hidden_units=(50,)),
+                                        bayesian_dense.build_model)
 
 
 def write_model_config(path: pathlib.Path, models: dict) -> None:
@@ -107,21 +124,29 @@ def stop_server(server: subprocess.Popen) -> None:
 def metrics_table(results: dict) -> str:
     names = [("test/rmse", "RMSE (MPa)"), ("test/nll", "NLL (nats)"), ("test/coverage_95", "95% coverage"),
              ("train/elbo", "ELBO / example")]
-    lines = [f"{'inference':<10}" + "".join(f"{label:>16}" for _, label in names)]
-    for inference, metrics in results.items():
+    lines = [f"{'model':<18}" + "".join(f"{label:>16}" for _, label in names)]
+    for model, metrics in results.items():
         cells = "".join(f"{metrics[k]:>16.3f}" if k in metrics else f"{'-':>16}" for k, _ in names)
-        lines.append(f"{inference:<10}{cells}")
+        lines.append(f"{model:<18}{cells}")
     return "\n".join(lines)
 
 
 def predictive_table(outputs: dict, truth: np.ndarray) -> str:
-    lines = [f"{'row':>4} {'strength':>9} {'mean':>8} {'± std':>7} {'epistemic':>10} {'95% interval':>18}  inside"]
+    """One line per row: the truth, then each model's mean ± std (epistemic std) [95% interval]."""
+    names = list(outputs)
+    header = f"{'row':>4} {'strength':>9}" + "".join(f"  {name + ': mean ± std (epistemic) [95%]':<44}"
+                                                      for name in names)
+    lines = [header]
     for i, y in enumerate(truth):
-        mean, std = outputs["mean"][i, 0], outputs["stddev"][i, 0]
-        lo, hi = outputs["lower"][i, 0], outputs["upper"][i, 0]
-        inside = "yes" if lo <= y <= hi else "no"
-        lines.append(f"{i:>4} {y:>9.2f} {mean:>8.2f} {std:>7.2f} {outputs['epistemic_stddev'][i, 0]:>10.2f} "
-                     f"[{lo:>7.2f}, {hi:>7.2f}]  {inside}")
+        cells = ""
+        for name in names:
+            o = outputs[name]
+            inside = "*" if o["lower"][i, 0] <= y <= o["upper"][i, 0] else " "
+            cell = (f"{o['mean'][i, 0]:6.2f} ± {o['stddev'][i, 0]:5.2f} ({o['epistemic_stddev'][i, 0]:4.2f}) "
+                    f"[{o['lower'][i, 0]:6.2f}, {o['upper'][i, 0]:6.2f}]{inside}")
+            cells += f"  {cell:<44}"
+        lines.append(f"{i:>4} {y:>9.2f}{cells}")
+    lines.append("(* the truth lies inside the 95% interval)")
     return "\n".join(lines)
 
 
@@ -130,24 +155,28 @@ def run_demo(workdir: pathlib.Path, data_dir: str, rows: int) -> None:
 
     workdir.mkdir(parents=True, exist_ok=True)
     results = train_linear_regression(workdir, data_dir)
-    print("\nBayesian linear regression on UCI concrete, split 0 (test metrics in original units):")
+    results["neural network"] = train_network(workdir, data_dir)
+    print("\nUCI concrete, split 0: test metrics in original units (MPa)")
     print(metrics_table(results))
 
     model_config = workdir / "models.config"
-    write_model_config(model_config, {MODEL_NAME: workdir / "models" / MODEL_NAME})
+    served = {MODEL_NAME: results["linear, gradient"], BNN_NAME: results["neural network"]}
+    write_model_config(model_config, {name: workdir / "models" / name for name in served})
     port, log_path = free_port(), workdir / "server.log"
     server = start_server(model_config, port, log_path)
     try:
         address = f"localhost:{port}"
-        wait_until_available(server, address, [MODEL_NAME], log_path)
+        wait_until_available(server, address, list(served), log_path)
         dataset = data_lib.load("uci/concrete", data_dir, split=0)
         x = dataset.x_scaler.invert(dataset.x_test[:rows])
         truth = dataset.y_scaler.invert(dataset.y_test[:rows])[:, 0]
-        with client_lib.PredictiveClient(address, MODEL_NAME, timeout=30.0) as c:
-            outputs = c.predict(x)
-        version = pathlib.Path(results["gradient"]["export_path"]).name
-        print(f"\nPosterior predictive over gRPC from {address} (model {MODEL_NAME} version {version}, signature "
-              f"serving_default, S={NUM_SAMPLES} samples), held-out test rows:")
+        outputs = {}
+        for name in served:
+            with client_lib.PredictiveClient(address, name, timeout=30.0) as c:
+                outputs[name] = c.predict(x)
+        versions = ", ".join(f"{n} v{pathlib.Path(m['export_path']).name}" for n, m in served.items())
+        print(f"\nPosterior predictive over gRPC from {address} ({versions}; serving_default, "
+              f"S={NUM_SAMPLES} samples), held-out test rows:")
         print(predictive_table(outputs, truth))
     finally:
         stop_server(server)
