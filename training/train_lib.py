@@ -19,7 +19,10 @@ Model contract (duck-typed):
   * `elbo_terms(batch, seed, training) -> models.objective.ElboTerms` for gradient training;
   * or `closed_form` True and `fit_closed_form(x, y) -> list of objective values`;
   * `predictive(x, num_samples, seed)`: per-sample predictive distribution, batch shape [S, batch, ...];
-  * optionally `extra_metrics(dataset) -> dict` of additional `split/metric` values.
+  * optionally `extra_metrics(dataset) -> dict` of additional `split/metric` values, and
+    `evaluate_split(dataset, split, config, workdir) -> dict` for a family's own metrics of one split (it may also
+    write figures into the workdir);
+  * optionally `servable(dataset, num_samples, seed)`: the family's own export (see `serving/export.py`).
 """
 
 from __future__ import annotations
@@ -308,6 +311,8 @@ def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dic
         if hasattr(model, "elbo_terms") and getattr(model, "supports_elbo", True):
             metrics.update(metrics_lib.elbo_metrics(model, view, split, config.seed, config.eval_batch_size,
                                                     num_train=dataset.num_train))
+        if hasattr(model, "evaluate_split"):
+            metrics.update(model.evaluate_split(view, split, config, workdir))
     if dataset.task == data_lib.REGRESSION and dataset.input_shape == (1,) and workdir is not None:
         _plot_predictive_band(model, dataset, config, workdir)
     if hasattr(model, "extra_metrics"):
