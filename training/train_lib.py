@@ -296,6 +296,8 @@ def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dic
     Every model with `elbo_terms` also gets `split/elbo`, `split/expected_nll`, `split/kl`.
     """
     metrics = {}
+    # A model may treat labelled data as unlabelled (a VAE on MNIST): its own `task` decides the metrics.
+    task = getattr(model, "task", dataset.task)
     splits = ["train"] + (["valid"] if dataset.x_valid is not None else []) + ["test"]
     for split in splits:
         view = dataset
@@ -303,17 +305,17 @@ def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dic
             view = dataclasses.replace(dataset, x_train=dataset.x_train[:MAX_TRAIN_EVAL_EXAMPLES],
                                        y_train=None if dataset.y_train is None
                                        else dataset.y_train[:MAX_TRAIN_EVAL_EXAMPLES])
-        if dataset.task == data_lib.REGRESSION:
+        if task == data_lib.REGRESSION:
             metrics.update(metrics_lib.regression_metrics(
                 model, view, split, config.num_samples, config.seed, config.eval_batch_size))
-        elif dataset.task == data_lib.CLASSIFICATION:
+        elif task == data_lib.CLASSIFICATION:
             metrics.update(_evaluate_classifier(model, view, split, config, workdir))
         if hasattr(model, "elbo_terms") and getattr(model, "supports_elbo", True):
             metrics.update(metrics_lib.elbo_metrics(model, view, split, config.seed, config.eval_batch_size,
                                                     num_train=dataset.num_train))
         if hasattr(model, "evaluate_split"):
             metrics.update(model.evaluate_split(view, split, config, workdir))
-    if dataset.task == data_lib.REGRESSION and dataset.input_shape == (1,) and workdir is not None:
+    if task == data_lib.REGRESSION and dataset.input_shape == (1,) and workdir is not None:
         _plot_predictive_band(model, dataset, config, workdir)
     if hasattr(model, "extra_metrics"):
         metrics.update(model.extra_metrics(dataset))
