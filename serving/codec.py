@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+import re
 
 import numpy as np
 
@@ -79,6 +80,16 @@ def datatype_of(array: np.ndarray) -> int:
         raise errors.InvalidArgument(f"numpy dtype {array.dtype} has no TensorFlow equivalent") from None
 
 
+# numpy arrays have at most 64 dimensions (TensorFlow allows 254); deeper input is refused.
+MAX_RANK = 64
+
+
+def _check_rank(rank: int, what: str):
+    if rank > MAX_RANK:
+        raise errors.InvalidArgument(
+            f"{what} has {rank} dimensions; this server supports at most {MAX_RANK}")
+
+
 # --------------------------------------------------------------------------------------------
 # TensorProto <-> numpy
 # --------------------------------------------------------------------------------------------
@@ -108,8 +119,13 @@ def tensor_proto_to_ndarray(proto, alias: str = "", max_bytes: int = 0) -> np.nd
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise parse_error
-    num_elements = math.prod(shape)
+    _check_rank(len(shape), f"Input {alias}")
     itemsize = 8 if np_type is object else np.dtype(np_type).itemsize
+    if math.prod(size for size in shape if size) * itemsize >= 2 ** 63:
+        # Empty (a zero dimension) yet nominally larger than memory: TensorFlow's shape
+        # arithmetic overflows on such shapes, and numpy refuses them.
+        raise parse_error
+    num_elements = math.prod(shape)
     if max_bytes and num_elements * itemsize > max_bytes:
         raise errors.ResourceExhausted(
             f"Input {alias} of shape {shape} needs {num_elements * itemsize} bytes, more than the "
@@ -124,7 +140,9 @@ def tensor_proto_to_ndarray(proto, alias: str = "", max_bytes: int = 0) -> np.nd
     if proto.dtype in (DT_COMPLEX64, DT_COMPLEX128):
         if len(values) % 2:
             raise parse_error
-        flat = np.asarray(values[0::2], np.float64) + 1j * np.asarray(values[1::2], np.float64)
+        # The repeated field interleaves real and imaginary parts, which is numpy's layout.
+        part = np.float32 if proto.dtype == DT_COMPLEX64 else np.float64
+        flat = np.asarray(values, part).view(np_type)
     elif proto.dtype == DT_HALF:
         flat = np.asarray(values, np.uint16).view(np.float16)
     elif np_type is object:
@@ -225,6 +243,41 @@ _PARSE_ERRORS = {
 }
 
 
+# A `\uD800`-`\uDFFF` escape: a backslash run of odd length, so not an escaped backslash + text.
+_SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _byte_offset(text: str, index: int) -> int:
+    """rapidjson reports offsets in bytes of the UTF-8 body."""
+    return len(text[:index].encode("utf-8"))
+
+
+def _check_surrogate_escapes(text: str):
+    """Refuses unpaired surrogate escapes, which rapidjson refuses and Python's json accepts.
+
+    Accepted, a lone `"\\ud800"` becomes a string that no UTF-8 codec encodes, and the request
+    fails later as an internal error.
+    """
+    def invalid(index):
+        return errors.InvalidArgument(
+            "JSON Parse error: The surrogate pair in string is invalid. at offset: "
+            f"{_byte_offset(text, index)}")
+
+    if "\\u" not in text:
+        return
+    high = None  # (start, end) of a high-surrogate escape still waiting for its low half.
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        start, code = match.end() - 6, int(match.group(1), 16)
+        if high is not None and code >= 0xDC00 and start == high[1]:
+            high = None
+        elif high is not None or code >= 0xDC00:
+            raise invalid(high[0] if high is not None else start)
+        else:
+            high = (start, match.end())
+    if high is not None:
+        raise invalid(high[0])
+
+
 def parse_json_document(body) -> dict:
     """Parses a REST request body; like TF Serving it must be one JSON object.
 
@@ -242,22 +295,31 @@ def parse_json_document(body) -> dict:
         doc = json.loads(body)
     except json.JSONDecodeError as exc:
         reason = _PARSE_ERRORS.get(exc.msg, "Invalid value.")
-        raise errors.InvalidArgument(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
+        raise errors.InvalidArgument(
+            f"JSON Parse error: {reason} at offset: {_byte_offset(body, exc.pos)}") from None
     except RecursionError:
         raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
+    _check_surrogate_escapes(body)
     if not isinstance(doc, dict):
         raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")
     return doc
 
 
 def json_value_to_string(value) -> str:
-    """Renders a JSON value for an error message (TF Serving pretty-prints it the same way)."""
+    """Renders a JSON value for an error message, pretty-printed as TF Serving does.
+
+    At most `errors.MAX_MESSAGE_CHARS` characters are rendered: no more reach the wire, and
+    rendering a whole request body would take time and memory many times its size.
+    """
     if isinstance(value, float):
         return format_decimal(value, np.float64)
-    try:
-        return json.dumps(value, indent=4)
-    except (TypeError, ValueError):
-        return str(value)
+    chunks, size = [], 0
+    for chunk in json.JSONEncoder(indent=4).iterencode(value):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > errors.MAX_MESSAGE_CHARS:
+            break
+    return "".join(chunks)[:errors.MAX_MESSAGE_CHARS]
 
 
 def _json_type(value) -> str:
@@ -379,6 +441,7 @@ def _fill(value, level, shape, dtype, out):
 def json_to_ndarray(value, dtype: int) -> np.ndarray:
     """A JSON value (scalar, nested list, b64 object) as an array of a TensorFlow dtype."""
     shape = _dense_shape(value)
+    _check_rank(len(shape), "JSON Value")
     flat = []
     _fill(value, 0, shape, dtype, flat)
     np_type = numpy_dtype(dtype)
@@ -416,6 +479,7 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
             raise errors.InvalidArgument(f"JSON object: does not have named input: {name}")
         try:
             array = json_to_ndarray(item, input_dtypes[name])
+            _check_rank(array.ndim + 1, "Instance")  # Rows stack along a new batch dimension.
             if name not in shapes:
                 shapes[name] = array.shape
             elif array.size != math.prod(shapes[name]):

@@ -133,3 +133,63 @@ def test_errors_map_to_grpc_and_http_in_one_place():
     assert errors.wire_message(long) == "x" * 1024 + "...TRUNCATED"
     assert isinstance(errors.to_serving_error(ValueError("boom")), errors.Internal)
     assert isinstance(errors.to_serving_error(MemoryError()), errors.ResourceExhausted)
+
+
+def test_error_messages_render_only_what_the_wire_can_carry():
+    # A big document in an error message must not be pretty-printed whole: it would cost time
+    # and memory proportional to the body (gigabytes for a 64 MiB body), to be truncated anyway.
+    huge = {"inputs": 1, "instances": [[[[[[0]]]]]] * 200_000}
+    with pytest.raises(errors.InvalidArgument) as info:
+        codec.json_to_predict_inputs(huge, {"x": codec.DT_FLOAT}, "")
+    message = info.value.message
+    assert message.startswith('JSON Value: {\n    "inputs": 1,\n    "instances": [')
+    assert len(message) < 4 * errors.MAX_MESSAGE_CHARS
+    assert errors.wire_message(info.value).endswith(errors.TRUNCATED_SUFFIX)
+
+
+@pytest.mark.parametrize("body, offset", [
+    ('{"instances": ["\\ud800"]}', 16),
+    ('{"instances": ["ab\\udc00"]}', 18),
+    ('{"examples": [{"\\ud83d": 1}]}', 16),
+])
+def test_lone_surrogate_escapes_are_a_parse_error(body, offset):
+    with pytest.raises(errors.InvalidArgument) as info:
+        codec.parse_json_document(body)
+    assert info.value.message == (
+        f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}")
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_fine():
+    doc = codec.parse_json_document('{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}')
+    assert doc == {"a": "\U0001F600", "b": "\\ud800"}
+
+
+@pytest.mark.parametrize("rank", [65, 300])
+def test_json_of_more_than_64_dimensions_is_invalid_argument(rank):
+    value = 1.0
+    for _ in range(rank):
+        value = [value]
+    with pytest.raises(errors.InvalidArgument, match="64"):
+        codec.json_to_ndarray(value, codec.DT_FLOAT)
+    with pytest.raises(errors.InvalidArgument, match="64"):
+        codec.json_to_predict_inputs({"instances": [value[0]]}, {"x": codec.DT_FLOAT}, "")
+
+
+def test_tensor_proto_shapes_numpy_cannot_hold_are_invalid_argument():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    deep = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    for _ in range(70):
+        deep.tensor_shape.dim.add().size = 1
+    with pytest.raises(errors.InvalidArgument):
+        codec.tensor_proto_to_ndarray(deep, "x")
+    empty_but_huge = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for size in (0, 2 ** 62, 2 ** 62):
+        empty_but_huge.tensor_shape.dim.add().size = size
+    with pytest.raises(errors.InvalidArgument, match="tensor parsing error: x"):
+        codec.tensor_proto_to_ndarray(empty_but_huge, "x")
+
+
+def test_complex_infinities_round_trip_through_typed_fields():
+    array = np.array([complex(0, np.inf), complex(-np.inf, 1)], np.complex64)
+    back = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(array))
+    np.testing.assert_array_equal(back, array)  # not nan+infj: 1j * inf is nan in the real part

@@ -183,6 +183,16 @@ def test_huge_declared_shape_is_resource_exhausted_not_an_allocation(mc_stub):
     assert "--max_tensor_bytes=65536" in error.details()
 
 
+def test_more_dimensions_than_numpy_holds_is_invalid_argument(mc_stub):
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    for _ in range(70):
+        proto.tensor_shape.dim.add().size = 1
+    error = rpc_error(mc_stub.Predict, _request(MC_MODEL, x=proto), timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Input x has 70 dimensions; this server supports at most 64"
+
+
 def test_classify_on_a_signature_without_tf_example_input(fixture_stub):
     from tensorflow_serving.apis import classification_pb2
     request = classification_pb2.ClassificationRequest()

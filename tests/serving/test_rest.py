@@ -129,6 +129,14 @@ def test_floats_are_written_as_tf_serving_writes_them(fixture_server):
     ("POST", "/v1/models/half_plus_two:predict", {"instances": [16777217]}, 400,
      "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert "
      "JSON value: 16777217 to float without loss of precision."),
+    # Inputs Python's json accepts but no tensor can hold: a client error, never a 500.
+    ("POST", "/v1/models/half_plus_two:predict",
+     '{"signature_name": "classify_x_to_y", "instances": ["\\ud800"]}', 400,
+     "JSON Parse error: The surrogate pair in string is invalid. at offset: 53"),
+    ("POST", "/v1/models/half_plus_two:predict",
+     '{"instances": ' + "[" * 70 + "1.0" + "]" * 70 + "}", 400,
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value has "
+     "69 dimensions; this server supports at most 64"),
 ])
 def test_rest_errors(fixture_server, method, path, body, status, message):
     if method == "GET":
