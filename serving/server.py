@@ -128,20 +128,28 @@ flags.DEFINE_string("bind_host", "0.0.0.0",
                     "[vizoo] Address the gRPC and REST ports listen on (tensorflow_model_server "
                     "always uses 0.0.0.0); 127.0.0.1 keeps a test or benchmark server private.")
 
-# Flags of tensorflow_model_server that this server accepts but does not implement.
-_IGNORED_FLAGS = (
-    "grpc_socket_path", "rest_api_num_threads", "enable_per_model_batching_parameters",
-    "num_load_threads", "num_unload_threads", "flush_filesystem_caches",
-    "tensorflow_session_config_file", "use_alts_credentials", "platform_config_file",
-    "per_process_gpu_memory_fraction", "remove_unused_fields_from_bundle_metagraph",
-    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
-    "xla_cpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
-    "force_allow_any_version_labels_for_unavailable_models", "mixed_precision",
-    "skip_initialize_tpu", "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
-    "model_warmup_num_threads",
+# Flags of tensorflow_model_server that this server accepts but does not implement. Its boolean
+# flags are booleans here too, so that `--enable_profiler` alone neither takes the next argument
+# as its value nor fails for want of one.
+_IGNORED_BOOL_FLAGS = (
+    "enable_per_model_batching_parameters", "flush_filesystem_caches", "use_alts_credentials",
+    "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
+    "xla_cpu_compilation_enabled", "enable_profiler",
+    "force_allow_any_version_labels_for_unavailable_models", "skip_initialize_tpu",
+    "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
 )
-for _name in _IGNORED_FLAGS:
-    flags.DEFINE_string(_name, None, "[not implemented by this server: accepted and ignored]")
+_IGNORED_VALUE_FLAGS = (
+    "grpc_socket_path", "rest_api_num_threads", "num_load_threads", "num_unload_threads",
+    "tensorflow_session_config_file", "platform_config_file", "per_process_gpu_memory_fraction",
+    "num_tflite_pools", "num_tflite_interpreters_per_pool", "thread_pool_factory_config_file",
+    "mixed_precision", "model_warmup_num_threads",
+)
+_IGNORED_FLAGS = _IGNORED_BOOL_FLAGS + _IGNORED_VALUE_FLAGS
+_NOT_IMPLEMENTED = "[not implemented by this server: accepted and ignored]"
+for _name in _IGNORED_BOOL_FLAGS:
+    flags.DEFINE_bool(_name, None, _NOT_IMPLEMENTED)
+for _name in _IGNORED_VALUE_FLAGS:
+    flags.DEFINE_string(_name, None, _NOT_IMPLEMENTED)
 
 FLAGS = flags.FLAGS
 

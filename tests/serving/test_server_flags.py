@@ -54,10 +54,14 @@ def test_missing_base_path_is_a_startup_error(tmp_path):
 
 def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_server, mc_base_path,
                                                                      tf_serving_testdata):
-    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
+    # Boolean flags of tensorflow_model_server may be given without a value: one must not take
+    # the next argument as its value, nor fail as the last argument.
+    server = start_server(["--enable_profiler", f"--model_name={MC_MODEL}",
+                           f"--model_base_path={mc_base_path}",
                            "--num_load_threads=2", "--no_such_flag=1", "--enable_batching",
                            f"--batching_parameters_file={tf_serving_testdata / 'batching_config.txt'}",
-                           "--grpc_channel_arguments=grpc.max_connection_age_ms=60000"])
+                           "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
+                           "--flush_filesystem_caches"])
     response = requests.get(f"{server.rest}/v1/models/{MC_MODEL}", timeout=30)
     assert response.status_code == 200
     # No --monitoring_config_file: no metrics page.
@@ -66,6 +70,8 @@ def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_serve
     log = server.log()
     assert "unknown argument: --no_such_flag=1" in log
     assert "--num_load_threads is a tensorflow_model_server flag this server does not implement" in log
+    assert "--enable_profiler is a tensorflow_model_server flag" in log
+    assert "--flush_filesystem_caches is a tensorflow_model_server flag" in log
 
 
 def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_path):
