@@ -27,6 +27,8 @@ graph (TFP's distributions are traced away), so stock TensorFlow Serving, which 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -42,6 +44,7 @@ REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", 
 CLASSIFICATION_OUTPUTS = ("probabilities", "predicted_class", "predictive_entropy", "expected_entropy",
                           "mutual_information")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MODEL_INFO_FILE = "vizoo_model_info.json"
 EXAMPLE_FEATURE = "x"
 _VERSION = re.compile(r"^\d+$")
 
@@ -205,7 +208,7 @@ def write_warmup(path: pathlib.Path, requests) -> None:
 
 
 def save_versioned(servable: tf.Module, export_base: str | os.PathLike, signatures: dict,
-                   warmup_requests=()) -> pathlib.Path:
+                   warmup_requests=(), extra_files=None) -> pathlib.Path:
     """Saves `servable` as a new version under `export_base`, atomically; returns the version directory."""
     base = pathlib.Path(export_base).expanduser()
     base.mkdir(parents=True, exist_ok=True)
@@ -214,6 +217,9 @@ def save_versioned(servable: tf.Module, export_base: str | os.PathLike, signatur
         tf.saved_model.save(servable, str(tmp), signatures=signatures)
         if warmup_requests:
             write_warmup(tmp, warmup_requests)
+        for name, text in (extra_files or {}).items():
+            (tmp / "assets.extra").mkdir(exist_ok=True)
+            (tmp / "assets.extra" / name).write_text(text)
         while True:
             taken = [int(p.name) for p in base.iterdir() if _VERSION.match(p.name)]
             target = base / str(max(taken, default=0) + 1)
@@ -230,7 +236,32 @@ def save_versioned(servable: tf.Module, export_base: str | os.PathLike, signatur
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def model_info(model, dataset, num_samples: int, seed: int) -> dict:
+    """The model card: what a client can learn about an export besides its signatures."""
+    config = getattr(model, "config", None)
+    return {
+        "family": type(model).__module__.rsplit(".", 1)[-1],
+        "model": type(model).__name__,
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "dataset": dataset.name,
+        "task": getattr(model, "task", dataset.task),
+        "input_shape": list(dataset.input_shape),
+        "serving_default_num_samples": int(num_samples),
+        "serving_default_seed": int(seed),
+        "variational_parameters": int(model.num_variational_parameters())
+        if hasattr(model, "num_variational_parameters") else None,
+    }
+
+
 def export(model, dataset, export_base: str | os.PathLike, num_samples: int = 100, seed: int = 0) -> pathlib.Path:
-    """Exports a fitted model as a new SavedModel version under `export_base`; returns its directory."""
+    """Exports a fitted model as a new SavedModel version under `export_base`; returns its directory.
+
+    Besides the family's signatures, every export carries `model_info` (no inputs -> `info`, a JSON string: family,
+    configuration, data set, S and seed of `serving_default`) and the same JSON in `assets.extra/` (MODEL_INFO_FILE).
+    """
     servable = build_servable(model, dataset, num_samples, seed)
-    return save_versioned(servable, export_base, servable.signatures(), servable.warmup_requests())
+    info = json.dumps(model_info(model, dataset, num_samples, seed), sort_keys=True)
+    servable.model_info = tf.function(lambda: {"info": tf.constant(info)}, input_signature=[])
+    signatures = dict(servable.signatures(), model_info=servable.model_info)
+    return save_versioned(servable, export_base, signatures, servable.warmup_requests(),
+                          extra_files={MODEL_INFO_FILE: info})

@@ -204,3 +204,13 @@ def test_export_loads_and_runs_without_tensorflow_probability(exported, tmp_path
     in_process = tf.saved_model.load(str(path)).signatures["serving_default"](
         x=tf.constant(_raw_inputs(dataset)))["mean"].numpy()[0, 0]
     assert float(out.stdout.split()[1]) == pytest.approx(float(in_process), rel=1e-6)
+
+
+def test_model_info_names_the_family_in_the_signature_and_in_assets(exported):
+    import json
+
+    path, dataset = exported
+    info = json.loads(tf.saved_model.load(str(path)).signatures["model_info"]()["info"].numpy().decode())
+    assert info["family"] == "linear_regression" and info["config"]["inference"] == "cavi"
+    assert info["dataset"] == "uci/yacht" and info["serving_default_num_samples"] == 64
+    assert json.loads((path / "assets.extra" / export.MODEL_INFO_FILE).read_text()) == info

@@ -164,3 +164,16 @@ def test_bad_num_samples_is_invalid_argument_and_the_server_keeps_serving(export
         with pytest.raises(client_lib.InvalidRequestError):
             c.predict(np.full_like(x, np.nan))
         assert np.isfinite(c.predict(x)["mean"]).all()
+
+
+def test_model_info_over_grpc_tells_the_families_apart(stub):
+    import json
+
+    families = {}
+    for name in (REGRESSION, CLASSIFIER):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = "model_info"
+        response = stub.Predict(request, timeout=30)
+        families[name] = json.loads(to_array(response.outputs["info"]).item().decode())["family"]
+    assert families == {REGRESSION: "linear_regression", CLASSIFIER: "bayesian_dense"}

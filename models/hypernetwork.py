@@ -1,0 +1,326 @@
+"""Bayesian meta-networks: a posterior over small codes or scales, and networks that generate the weights.
+
+Both variants put the uncertainty one level above the weights of a target MLP with layer widths
+n_0 (inputs), n_1, ..., n_L (outputs; two per output for a heteroscedastic regression head), and return, like every
+family, a per-sample predictive distribution [S, batch, ...] for `models.predictive`.
+
+`meta_representation` (Karaletsos, Dayan and Ghahramani 2018, "Probabilistic Meta-Representations of Neural
+Networks"). Every unit u of the target network -- inputs, hidden units, outputs, and one bias unit per layer --
+carries a code z_u in R^D with prior N(0, I) and mean-field posterior q(z_u) = N(m_u, diag(s_u^2)). A small MLP g
+shared by the whole network (trunk shared, one head per layer) turns the codes of the two units a weight joins
+into that weight's distribution,
+
+    w_ij | z_i, z_j ~ N(mu_ij, sigma_ij^2),   (mu_ij, rho_ij) = g_l([z_i, z_j]),   sigma_ij = softplus(rho_ij),
+
+scaled by sqrt(2 / fan_in). g_l is a tanh layer on [z_i, z_j] with a linear head, plus a bilinear term
+z_i^T M_l z_j in the mean: the bilinear part alone can express any rank-D weight matrix, the tanh part bends it,
+and with M_l = I / sqrt(D) and codes from the prior every generated layer starts at He initialization. The ELBO
+
+    E_q(z) E_p(w|z)[log p(y | x, w)] - KL(q(z) || p(z))
+
+is maximized over q (the codes' means and scales) and g together. Its KL is over U * D numbers instead of the
+mean-field network's 2 * (number of weights). Sampling is vectorized: codes [S, units, D] -> all pairs of a layer
+[S, n_in + 1, n_out, 2D] -> weight means and scales in one pass of g. Given z_s the weights are independent
+Gaussians, so the pre-activations are sampled by local reparameterization (exact per example, see
+`models/bayesian_layers.py`).
+
+`bayesian_hypernetwork` (Krueger, Huang, Islam, Turner, Lacoste and Courville 2017, "Bayesian Hypernetworks").
+The target network is weight-normalized, W_l[:, j] = c_lj v_lj / ||v_lj||, with directions v and biases as point
+estimates, and the posterior is over the G = sum_l n_l per-unit scales c. Noise eps ~ N(0, I_G) passes through an
+invertible flow f (RealNVP affine couplings with alternating masks, then an elementwise affine map, all TFP
+bijectors), c = f(eps), so q(c) has the exact density
+
+    log q(c) = log N(eps; 0, I) - log |det df/deps|,   eps = f^{-1}(c),
+
+and the KL(q(c) || p(c)) = E_q[log q(c) - log p(c)], p(c) = N(0, s^2 I), is estimated with the same samples that
+enter the likelihood. A layer's pre-activation is (h V_l^hat) * c_l + b_l, so S samples cost one product with the
+normalized directions plus S elementwise scalings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from models.objective import ElboTerms
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+VARIANTS = ("meta_representation", "bayesian_hypernetwork")
+HEADS = ("heteroscedastic", "homoscedastic")
+MIN_SCALE = 1e-3
+INIT_WEIGHT_RHO = -5.0
+
+
+@dataclasses.dataclass
+class Config:
+    """Hyperparameters of a Bayesian meta-network.
+
+    Attributes:
+      variant: `meta_representation` or `bayesian_hypernetwork`.
+      hidden_units: hidden widths of the target network.
+      head: regression likelihood, `heteroscedastic` or `homoscedastic`.
+      code_dim: D, the size of a unit's code (meta_representation).
+      hyper_units: width of the hidden layer of g (meta_representation) or of each coupling's network.
+      flow_layers: RealNVP couplings of the flow (bayesian_hypernetwork).
+      prior_scale: s of the N(0, s^2) prior on the per-unit scales (bayesian_hypernetwork).
+      init_code_scale: initial posterior standard deviation of the codes.
+      mc_samples: posterior samples per training step.
+    """
+
+    variant: str = "meta_representation"
+    hidden_units: Sequence[int] = (50,)
+    head: str = "heteroscedastic"
+    code_dim: int = 8
+    hyper_units: int = 32
+    flow_layers: int = 4
+    prior_scale: float = 1.0
+    init_code_scale: float = 0.05
+    mc_samples: int = 1
+
+    def __post_init__(self):
+        for name, allowed in (("variant", VARIANTS), ("head", HEADS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        for name in ("code_dim", "hyper_units", "flow_layers", "mc_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if any(u < 1 for u in self.hidden_units):
+            raise ValueError(f"hidden_units must be positive, got {self.hidden_units}")
+        for name in ("prior_scale", "init_code_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def _softplus_inverse(x: float) -> float:
+    return math.log(math.expm1(x))
+
+
+class _MetaNetwork(tf.Module):
+    """What both variants share: the target network's shape, its heads, and the ELBO and predictive."""
+
+    def __init__(self, config: Config, input_shape, task: str, output_dim: int, name: str):
+        super().__init__(name=name)
+        self.config = config
+        self.task = task
+        self.output_dim = int(output_dim)
+        self.example_shape = tuple(int(d) for d in input_shape)
+        head_units = 2 * self.output_dim if task == "regression" and config.head == "heteroscedastic" \
+            else self.output_dim
+        self.widths = [math.prod(self.example_shape)] + list(config.hidden_units) + [head_units]
+        if task == "regression" and config.head == "homoscedastic":
+            self.noise_rho = tf.Variable(_softplus_inverse(0.5), dtype=tf.float32, name="noise_rho")
+
+    def _flat_inputs(self, x):
+        return tf.reshape(tf.convert_to_tensor(x, tf.float32), [tf.shape(x)[0], -1])
+
+    def forward(self, x, num_samples, seed) -> tf.Tensor:
+        """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape]."""
+        raise NotImplementedError
+
+    def kl(self, seed=None, num_samples=None) -> tf.Tensor:
+        raise NotImplementedError
+
+    def _likelihood(self, outputs):
+        if self.task == "classification":
+            return tfd.Categorical(logits=outputs)
+        if self.config.head == "heteroscedastic":
+            loc, raw_scale = tf.split(outputs, 2, axis=-1)
+            return tfd.Normal(loc, MIN_SCALE + tf.nn.softplus(raw_scale))
+        return tfd.Normal(outputs, MIN_SCALE + tf.nn.softplus(self.noise_rho) * tf.ones_like(outputs))
+
+    def predictive(self, x, num_samples, seed):
+        """p(y | x, H_s) for S posterior draws: Normal [S, batch, outputs] or Categorical [S, batch]."""
+        return self._likelihood(self.forward(x, num_samples, seed))
+
+    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
+        """nll [batch] over `mc_samples` draws, and the global KL of the posterior."""
+        del training
+        x, y = batch
+        forward_seed, kl_seed = tfp.random.split_seed(seed, 2)
+        log_lik = self._likelihood(self.forward(x, self.config.mc_samples, forward_seed)).log_prob(y)
+        if self.task == "regression":
+            log_lik = tf.reduce_sum(log_lik, axis=-1)
+        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0),
+                         global_kl=self.kl(kl_seed, self.config.mc_samples))
+
+
+class MetaRepresentationNetwork(_MetaNetwork):
+    """Unit codes z with a mean-field Gaussian posterior; a shared hypernetwork g makes the weights from them."""
+
+    def __init__(self, config: Config, input_shape, task: str, output_dim: int):
+        super().__init__(config, input_shape, task, output_dim, name="meta_representation")
+        d = config.code_dim
+        self.code_loc, self.code_rho = [], []
+        init = tf.random.stateless_normal
+        for l, width in enumerate(self.widths):
+            units = width + (1 if l < len(self.widths) - 1 else 0)  # a bias unit feeds every next layer
+            # Codes start at distinct prior draws, so different units generate different weights from the start.
+            self.code_loc.append(tf.Variable(init([units, d], [l, 7]), name=f"code_loc_{l}"))
+            self.code_rho.append(tf.Variable(tf.fill([units, d], _softplus_inverse(config.init_code_scale)),
+                                             name=f"code_rho_{l}"))
+        # g's first layer on [z_i, z_j] is z_i A + z_j B + a: computed per unit, then added per pair, which saves
+        # the pairs-by-2D product (n_in * n_out * 2D * H flops) of a dense layer on concatenated pairs.
+        glorot = tf_keras.initializers.GlorotUniform(seed=5)
+        self.trunk_in = tf.Variable(glorot([d, config.hyper_units]), name="g_trunk_in")
+        self.trunk_out = tf.Variable(glorot([d, config.hyper_units]), name="g_trunk_out")
+        self.trunk_bias = tf.Variable(tf.zeros([config.hyper_units]), name="g_trunk_bias")
+        # The head's second output starts at softplus^-1 of a small scale: w | z starts nearly deterministic,
+        # as the mean-field layers' posteriors do, and the data decide how much noise the weights keep.
+        head_bias = tf_keras.initializers.Constant([0.0, INIT_WEIGHT_RHO])
+        self.heads = [tf_keras.layers.Dense(2, bias_initializer=head_bias, name=f"g_head_{l}")
+                      for l in range(len(self.widths) - 1)]
+        for head in self.heads:
+            head.build([None, config.hyper_units])
+        # A bilinear term per layer, z_i^T M_l z_j, gives g a rank-D skeleton of every weight matrix at n_in * n_out
+        # * D flops; with M_l = I / sqrt(D) and codes drawn from the prior the initial weights are He-initialized.
+        self.bilinear = [tf.Variable(tf.eye(d) / math.sqrt(d), name=f"g_bilinear_{l}")
+                         for l in range(len(self.widths) - 1)]
+
+    def posterior(self) -> list:
+        """q(z_l) for every layer of units: `tfd.Independent` Normals [units_l, D]."""
+        return [tfd.Independent(tfd.Normal(loc, tf.nn.softplus(rho)), 2)
+                for loc, rho in zip(self.code_loc, self.code_rho)]
+
+    def prior(self) -> list:
+        return [tfd.Independent(tfd.Normal(tf.zeros_like(loc), 1.0), 2) for loc in self.code_loc]
+
+    def kl(self, seed=None, num_samples=None) -> tf.Tensor:
+        """KL(q(z) || N(0, I)) over every code, in closed form."""
+        del seed, num_samples
+        return tf.add_n([tfd.kl_divergence(q, p) for q, p in zip(self.posterior(), self.prior())])
+
+    def num_variational_parameters(self) -> int:
+        return 2 * sum(int(tf.size(v)) for v in self.code_loc)
+
+    def generate_weights(self, codes: list) -> list:
+        """The weight distribution of every layer given codes.
+
+        Args:
+          codes: per layer l, codes [S, units_l, D] (units_l counts the bias unit of layers below the output).
+
+        Returns:
+          Per layer, (loc, scale) of w | z, each [S, n_in + 1, n_out] (the last input row is the bias).
+        """
+        weights = []
+        for l, head in enumerate(self.heads):
+            z_in, z_out = codes[l], codes[l + 1][:, :self.widths[l + 1]]
+            hidden = tf.tanh(tf.matmul(z_in, self.trunk_in)[:, :, None, :]
+                             + tf.matmul(z_out, self.trunk_out)[:, None, :, :] + self.trunk_bias)
+            loc, rho = tf.unstack(head(hidden), axis=-1)  # [S, n_in + 1, n_out] each
+            loc += tf.einsum("sid,sjd->sij", tf.matmul(z_in, self.bilinear[l]), z_out)
+            fan_in_scale = math.sqrt(2.0 / (self.widths[l] + 1))
+            weights.append((fan_in_scale * loc, fan_in_scale * (MIN_SCALE + tf.nn.softplus(rho))))
+        return weights
+
+    def sample_codes(self, num_samples, seed) -> list:
+        seeds = tfp.random.split_seed(seed, len(self.code_loc))
+        return [q.sample(num_samples, seed=s) for q, s in zip(self.posterior(), tf.unstack(seeds))]
+
+    def forward(self, x, num_samples, seed) -> tf.Tensor:
+        code_seed, noise_seed = tfp.random.split_seed(seed, 2)
+        weights = self.generate_weights(self.sample_codes(num_samples, code_seed))
+        noise_seeds = tf.unstack(tfp.random.split_seed(noise_seed, len(weights)))
+        h = self._flat_inputs(x)
+        h = tf.broadcast_to(h[None], tf.concat([[num_samples], tf.shape(h)], 0))
+        for l, ((loc, scale), s) in enumerate(zip(weights, noise_seeds)):
+            h = tf.concat([h, tf.ones_like(h[..., :1])], axis=-1)  # the bias unit
+            mean = tf.einsum("sbi,sio->sbo", h, loc)
+            var = tf.einsum("sbi,sio->sbo", tf.square(h), tf.square(scale))
+            h = mean + tf.sqrt(var) * tf.random.stateless_normal(tf.shape(mean), s)
+            if l < len(weights) - 1:
+                h = tf.nn.relu(h)
+        return h
+
+
+class _Coupling(tf.Module):
+    """The shift and log-scale network of one RealNVP coupling: [..., masked] -> two [..., rest] tensors."""
+
+    def __init__(self, masked: int, rest: int, hidden: int, name: str):
+        super().__init__(name=name)
+        glorot = tf_keras.initializers.GlorotUniform(seed=len(name))
+        self.w_hidden = tf.Variable(glorot([masked, hidden]), name="w_hidden")
+        self.b_hidden = tf.Variable(tf.zeros([hidden]), name="b_hidden")
+        # Zero-initialized output: every coupling starts as the identity, so q starts as the base Gaussian.
+        self.w_out = tf.Variable(tf.zeros([hidden, 2 * rest]), name="w_out")
+        self.b_out = tf.Variable(tf.zeros([2 * rest]), name="b_out")
+
+    def __call__(self, x, output_units, **kwargs):
+        hidden = tf.tanh(tf.einsum("...i,ih->...h", x, self.w_hidden) + self.b_hidden)
+        shift, log_scale = tf.split(tf.einsum("...h,ho->...o", hidden, self.w_out) + self.b_out, 2, axis=-1)
+        return shift, tf.tanh(log_scale)  # bounded log-scales keep the flow well conditioned
+
+
+class BayesianHypernetwork(_MetaNetwork):
+    """A weight-normalized network whose per-unit scales have a normalizing-flow posterior."""
+
+    def __init__(self, config: Config, input_shape, task: str, output_dim: int):
+        super().__init__(config, input_shape, task, output_dim, name="bayesian_hypernetwork")
+        self.directions, self.biases = [], []
+        for l in range(len(self.widths) - 1):
+            self.directions.append(tf.Variable(
+                tf.random.stateless_normal([self.widths[l], self.widths[l + 1]], [l, 11]), name=f"v_{l}"))
+            self.biases.append(tf.Variable(tf.zeros([self.widths[l + 1]]), name=f"b_{l}"))
+        self.num_scales = sum(self.widths[1:])
+        g = self.num_scales
+        self.couplings = [_Coupling(g // 2, g - g // 2, config.hyper_units, f"coupling_{k}")
+                          for k in range(config.flow_layers)]
+        # Scales start near sqrt(2) (He initialization of unit-norm directions) with a small spread.
+        self.scale_shift = tf.Variable(tf.fill([g], math.sqrt(2.0)), name="scale_shift")
+        self.scale_rho = tf.Variable(tf.fill([g], _softplus_inverse(config.init_code_scale)), name="scale_rho")
+
+    def flow(self) -> tfb.Bijector:
+        """eps -> c: RealNVP couplings with a reversal between them, then c = shift + softplus(rho) * u."""
+        g = self.num_scales
+        parts = [tfb.Shift(self.scale_shift), tfb.Scale(tf.nn.softplus(self.scale_rho))]
+        for k, coupling in enumerate(self.couplings):
+            parts.append(tfb.RealNVP(num_masked=g // 2, shift_and_log_scale_fn=coupling))
+            if k < len(self.couplings) - 1:
+                parts.append(tfb.Permute(list(reversed(range(g)))))
+        return tfb.Chain(parts)  # Chain applies the last part first
+
+    def posterior(self) -> tfd.Distribution:
+        """q(c): the base N(0, I_G) pushed through `flow()`; `log_prob` is exact by change of variables."""
+        base = tfd.MultivariateNormalDiag(tf.zeros([self.num_scales]), tf.ones([self.num_scales]))
+        return tfd.TransformedDistribution(base, self.flow())
+
+    def prior(self) -> tfd.Distribution:
+        return tfd.MultivariateNormalDiag(tf.zeros([self.num_scales]),
+                                          tf.fill([self.num_scales], float(self.config.prior_scale)))
+
+    def kl(self, seed=None, num_samples=None) -> tf.Tensor:
+        """Monte Carlo KL(q || p) = E_q[log q(c) - log p(c)] from `num_samples` draws."""
+        scales, log_q = self.posterior().experimental_sample_and_log_prob(num_samples or 1, seed=seed)
+        return tf.reduce_mean(log_q - self.prior().log_prob(scales))
+
+    def num_variational_parameters(self) -> int:
+        return sum(int(tf.size(v)) for c in self.couplings for v in c.trainable_variables) + 2 * self.num_scales
+
+    def forward(self, x, num_samples, seed) -> tf.Tensor:
+        scales = self.posterior().sample(num_samples, seed=seed)  # [S, G]
+        h = self._flat_inputs(x)  # [B, n_0], shared by all samples until the first scaling
+        start = 0
+        for l, (v, b) in enumerate(zip(self.directions, self.biases)):
+            width = self.widths[l + 1]
+            c = scales[:, start:start + width]
+            start += width
+            direction = v / tf.norm(v, axis=0, keepdims=True)
+            h = tf.matmul(h, direction) * c[:, None, :] + b  # [B or S x B, n] -> [S, B, width]
+            if l < len(self.directions) - 1:
+                h = tf.nn.relu(h)
+        return h
+
+
+def build_model(config: Config, dataset):
+    """The chosen variant for a `training.data.Dataset` (regression or classification)."""
+    if dataset.task not in ("regression", "classification"):
+        raise ValueError(f"a Bayesian meta-network needs labels; {dataset.name} is {dataset.task} data")
+    cls = MetaRepresentationNetwork if config.variant == "meta_representation" else BayesianHypernetwork
+    return cls(config, dataset.input_shape, dataset.task, dataset.output_dim)
