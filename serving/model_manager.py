@@ -336,23 +336,31 @@ class ModelManager:
             for name in listed:
                 self._poll_model(name, initial=name in new_names)
             if wait_for_new_models:
-                # As TF Serving, wait for a new model whose base path holds no version yet:
-                # the first export may still be on its way.
-                interval = max(self._options.file_system_poll_wait_seconds, 1)
-                while not self._stop.is_set():
-                    empty = [n for n in new_names if not self._models[n].versions]
-                    if not empty:
-                        break
-                    logging.info("Waiting for a first version of %s", ", ".join(empty))
-                    self._stop.wait(interval)
-                    for name in empty:
-                        self._poll_model(name)
+                self._wait_for_first_versions(new_names)
                 failed = [f"{{name: {n} version: latest}}" for n in new_names
                           if not self._available_versions(n)]
                 if failed:
                     raise errors.Unknown(
                         "Some models did not become available: {" + ", ".join(failed) + "}")
             logging.info("Finished reloading config")
+
+    def _wait_for_first_versions(self, names: List[str]):
+        """As TF Serving, waits for new models whose base path holds no version yet.
+
+        The first export may still be on its way. This runs under the config lock, which the
+        file-system poller needs too, so it polls every model itself: the others keep picking up
+        new versions meanwhile, as they do in TF Serving.
+        """
+        interval = max(self._options.file_system_poll_wait_seconds, 1)
+        while not self._stop.is_set():
+            empty = [n for n in names if not self._models[n].versions]
+            if not empty:
+                return
+            logging.info("Waiting for a first version of %s", ", ".join(empty))
+            self._stop.wait(interval)
+            polled = list(self._models) if self._options.file_system_poll_wait_seconds > 0 else empty
+            for name in polled:
+                self._poll_model(name)
 
     def _validate(self, new_config):
         names = set()
@@ -625,17 +633,22 @@ class ModelManager:
                 logging.exception("File system poll failed")
 
     def stop(self):
-        """Stops polling and unloads everything (waiting for in-flight requests)."""
+        """Stops polling and reloads, then unloads everything (waiting for in-flight requests).
+
+        A reload still running -- one waiting for a new model's first version, say -- returns
+        as soon as the stop is signalled; taking the config lock waits for it.
+        """
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=30)
-        with self._state_lock:
-            models = list(self._models.values())
-        for model in models:
-            for entry in list(model.versions.values()):
-                if entry.model is not None:
-                    entry.model.close(timeout_seconds=10)
-                    entry.model = None
+        with self._config_lock:
+            with self._state_lock:
+                models = list(self._models.values())
+            for model in models:
+                for entry in list(model.versions.values()):
+                    if entry.model is not None:
+                        entry.model.close(timeout_seconds=10)
+                        entry.model = None
 
 
 class ConfigFilePoller:

@@ -470,12 +470,14 @@ class Server:
             self._rest.stop()
         if self._grpc is not None:
             self._grpc.stop(grace_seconds).wait()
-        if self._config_poller is not None:
-            self._config_poller.stop()
         if self._batcher is not None:
             self._batcher.stop()
         if self.manager is not None:
+            # Before the config poller: its thread may be inside a reload that only the
+            # manager's stop ends.
             self.manager.stop()
+        if self._config_poller is not None:
+            self._config_poller.stop()
         self._stopped.set()
 
 

@@ -199,3 +199,26 @@ def test_start_up_waits_for_the_first_version(start_server, tmp_path, mc_version
     server.wait_ready()
     stub, _ = _stubs(server)
     assert _predict(stub).model_spec.version.value == 1
+
+
+def test_a_reload_waiting_for_a_new_model_stalls_neither_polling_nor_shutdown(
+        start_server, tmp_path, mc_versions):
+    base, late = tmp_path / "model", tmp_path / "late"
+    install_version(base, mc_versions[1], 1)
+    late.mkdir()
+    config = write_config(tmp_path / "models.config", [{"name": MC_MODEL, "base_path": base}])
+    server = start_server([f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+                           "--file_system_poll_wait_seconds=1"])
+    _, model_stub = _stubs(server)
+    staging = tmp_path / "models.config.new"
+    write_config(staging, [{"name": MC_MODEL, "base_path": base}, {"name": "late", "base_path": late}])
+    staging.rename(config)
+    wait_until(lambda: "Waiting for a first version of late" in server.log(),
+               what="the config poll to wait for model late")
+    # TF Serving keeps loading versions of the other models while a reload waits.
+    install_version(base, mc_versions[2], 2)
+    wait_until(lambda: _status(model_stub).get(2, (0,))[0] == AVAILABLE,
+               what="version 2 of mc to load while the reload waits")
+    # SIGTERM ends the waiting reload too: a clean exit, not the harness's SIGKILL after 20 s.
+    server.proc.terminate()
+    assert server.wait_exit(timeout=20) == 0
