@@ -152,35 +152,75 @@ class RestApi:
         return codec.regression_result_to_json(response.result)
 
 
+def _check_body_size(size: int, limit: int):
+    if size > limit:
+        raise errors.ResourceExhausted(
+            f"Request body of {size} bytes is larger than this server's limit "
+            f"--grpc_max_message_bytes={limit}")
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Reads the request, asks `RestApi`, writes the answer. Keep-alive (HTTP/1.1)."""
 
     protocol_version = "HTTP/1.1"
     server_version = "vizoo-model-server"
 
+    @property
+    def timeout(self):
+        # Read by `setup()` as the socket timeout: a client that stops sending (in the headers,
+        # the body, or idle between keep-alive requests) cannot hold a thread forever.
+        return self.server.idle_timeout
+
     def _serve(self, method: str):
         api: RestApi = self.server.api
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length < 0:
-                raise ValueError(length)
-        except ValueError:
-            self.close_connection = True
-            self._reply(400, "application/json",
-                        codec.error_to_json("Malformed request: bad Content-Length"))
+            body = self._read_body()
+        except ValueError as exc:
+            self._refuse(400, f"Malformed request: {exc}")
             return
-        if length > self.server.max_body_bytes:
-            error = errors.ResourceExhausted(
-                f"Request body of {length} bytes is larger than this server's limit "
-                f"--grpc_max_message_bytes={self.server.max_body_bytes}")
-            # The body is not read, so the connection cannot be reused.
-            self.close_connection = True
-            self._reply(errors.http_status(error.code), "application/json",
-                        codec.error_to_json(error.message))
+        except errors.ResourceExhausted as error:
+            self._refuse(errors.http_status(error.code), error.message)
             return
-        body = self.rfile.read(length) if length else b""
         status, content_type, text = api.handle(method, self.path, body)
         self._reply(status, content_type, text)
+
+    def _read_body(self) -> bytes:
+        """The body, framed by Content-Length or by chunks (Transfer-Encoding: chunked).
+
+        Raises:
+          ValueError: the framing is malformed.
+          ResourceExhausted: the body is larger than the server's limit.
+        """
+        limit = self.server.max_body_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                if size < 0:
+                    raise ValueError("bad chunk size")
+                if size == 0:
+                    break
+                _check_body_size(len(body) + size, limit)
+                chunk = self.rfile.read(size)
+                if len(chunk) != size or self.rfile.readline(3).strip():
+                    raise ValueError("bad chunk")
+                body += chunk
+            while self.rfile.readline(65537).strip():
+                pass  # trailer fields, unused
+            return bytes(body)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ValueError("bad Content-Length") from None
+        if length < 0:
+            raise ValueError("bad Content-Length")
+        _check_body_size(length, limit)
+        return self.rfile.read(length) if length else b""
+
+    def _refuse(self, status: int, message: str):
+        # The body was not read to its end, so the connection cannot be reused.
+        self.close_connection = True
+        self._reply(status, "application/json", codec.error_to_json(message))
 
     def _reply(self, status: int, content_type: str, text: str):
         data = text.encode("utf-8")
@@ -213,14 +253,24 @@ class _HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class RestServer:
-    """The HTTP server, on its own thread."""
+    """The HTTP server, on its own thread.
+
+    Args:
+      api: the `RestApi`.
+      port: where to listen.
+      max_body_bytes: largest request body (RESOURCE_EXHAUSTED, HTTP 429, beyond).
+      cors: answer with CORS headers.
+      host: address to listen on.
+      idle_timeout: seconds a connection may stay silent before it is closed (None: forever).
+    """
 
     def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,
-                 host: str = "0.0.0.0"):
+                 host: str = "0.0.0.0", idle_timeout: Optional[float] = None):
         self._httpd = _HttpServer((host, port), _Handler)
         self._httpd.api = api
         self._httpd.max_body_bytes = max_body_bytes
         self._httpd.cors = cors
+        self._httpd.idle_timeout = idle_timeout
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest_api",
                                         daemon=True)
 

@@ -450,7 +450,8 @@ class Server:
         api = rest.RestApi(self.plane, timeout, metrics, path)
         try:
             self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
-                                         opts.rest_api_enable_cors_support, opts.bind_host)
+                                         opts.rest_api_enable_cors_support, opts.bind_host,
+                                         idle_timeout=timeout)
         except OSError as exc:
             # As TF Serving: the gRPC API keeps serving without REST.
             logging.error("Failed to start HTTP Server at localhost:%d: %s", opts.rest_api_port,

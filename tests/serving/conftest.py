@@ -262,6 +262,7 @@ def mc_server(mc_base_path, tmp_path_factory, tf_serving_testdata):
         "--max_num_samples=500", "--max_batch_rows=64", "--max_sample_rows=8000",
         "--grpc_max_message_bytes=262144",
         "--max_tensor_bytes=65536", "--file_system_poll_wait_seconds=0",
+        "--rest_api_timeout_in_ms=3000",
         f"--monitoring_config_file={tf_serving_testdata / 'monitoring_config.txt'}",
     ], log)
     yield server

@@ -12,7 +12,7 @@ from tests.serving.conftest import FEATURES, MC_MODEL
 
 
 def _post(server, path, body, **kwargs):
-    data = body if isinstance(body, (str, bytes)) else None
+    data = None if isinstance(body, (dict, list)) else body
     json_body = None if data is not None else body
     return requests.post(server.rest + path, data=data, json=json_body, timeout=30, **kwargs)
 
@@ -173,6 +173,33 @@ def test_body_over_the_limit_is_429(mc_server):
     response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict", body)
     assert response.status_code == 429
     assert "larger than this server's limit" in response.json()["error"]
+
+
+def _chunks(*parts):
+    yield from parts  # requests sends a generator body with Transfer-Encoding: chunked
+
+
+def test_chunked_request_body_is_read(fixture_server):
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict",
+                     _chunks(b'{"instances": ', b"[1.0, 2.0]}"))
+    assert response.json() == {"predictions": [2.5, 3.0]}
+
+
+def test_chunked_body_over_the_limit_is_429(mc_server):
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict",
+                     _chunks(b'{"instances": [', *[b"1.0," * 10000] * 10, b"1.0]}"))
+    assert response.status_code == 429
+    assert "larger than this server's limit" in response.json()["error"]
+
+
+def test_a_connection_that_stops_sending_is_closed(mc_server):
+    import socket
+    with socket.create_connection(("localhost", mc_server.rest_port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/models/mc:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100\r\n\r\n{")
+        # The server gives up on the body after --rest_api_timeout_in_ms, freeing its thread;
+        # the bound here is the test's patience, not the server's timeout.
+        assert sock.recv(4096) == b""
 
 
 def test_b64_output_for_bytes_outputs_and_b64_input(fixture_server):
