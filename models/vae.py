@@ -1,0 +1,783 @@
+"""Variational autoencoders: amortized inference with Gaussian, full-covariance and Gumbel-softmax latents.
+
+Model (Kingma and Welling 2014; Rezende, Mohamed and Wierstra 2014). Each example x has its own latent z,
+
+    p(z) = N(0, I)  (or a uniform categorical, below),     p(x | z) = decoder_theta(z),
+
+and one encoder network outputs the variational distribution of every example at once (amortized inference):
+q_phi(z | x) is a whole family of distributions indexed by x, learned jointly with the decoder by maximizing
+
+    ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z))  <=  log p(x),
+
+i.e. minimizing `ElboTerms(nll=E_q[-log p(x|z)], local_kl=KL(q(z|x) || p(z)))` per example: the KL is LOCAL (one per
+example, averaged like the likelihood; see `models/objective.py`). Information-theoretic reading (Alemi et al.
+2018, "Fixing a Broken ELBO"): the KL is the RATE, the nats the encoder spends describing x in z, and the expected
+reconstruction NLL is the DISTORTION; -ELBO = rate + distortion. The beta-VAE objective (Higgins et al. 2017)
+distortion + beta * rate moves along the rate-distortion curve: `Config.beta` scales `local_kl` in training only
+(the shared loop's KL warm-up multiplies it further), while evaluation reports the true rate and ELBO.
+
+Latents (`Config.latent`), each sampled by reparameterization so gradients flow through z:
+  * `normal`: q(z | x) = N(mu, diag(sigma^2)), z = mu + sigma * eps, eps ~ N(0, I); KL in closed form,
+        KL = (1/2) sum_d (mu_d^2 + sigma_d^2 - 1 - log sigma_d^2).
+  * `full_covariance`: q(z | x) = N(mu, L L^T) with L lower triangular (positive diagonal), z = mu + L eps; KL in
+    closed form, KL = (1/2) (tr(L L^T) + mu^T mu - D - 2 sum_d log L_dd).
+  * `gumbel_softmax`: M independent categorical variables of K categories, z in {one-hot}^M,
+        q(z | x) = prod_m Cat(z_m | softmax(l_m(x))),    p(z) = prod_m Cat(z_m | 1/K).
+    Training replaces a one-hot draw by the Concrete / Gumbel-softmax relaxation (Jang, Gu and Poole 2017; Maddison,
+    Mnih and Teh 2017): z_mk = softmax_k((l_mk + g_mk) / tau), g ~ Gumbel(0, 1), a point of the simplex that
+    becomes one-hot as the temperature tau -> 0 (`tfd.RelaxedOneHotCategorical`). The rate is the categorical KL
+    of the logits in closed form, KL = sum_m sum_k q_mk log(K q_mk) (Jang et al.'s choice): it is the exact rate of
+    the discrete code, it has no variance, and its gradient is exact, whereas a Monte Carlo KL at a relaxed sample
+    needs a relaxed prior and then bounds the likelihood of a different (continuous) model. Evaluation uses hard
+    one-hot draws from q, so every reported ELBO and importance-weighted bound is a bound on the discrete model.
+    Temperature schedule (Jang et al.): tau_t = max(tau_min, tau_0 exp(-r t)), t the number of training steps the
+    model has taken. The model counts them itself in a non-trainable variable `step` (incremented by
+    `elbo_terms(..., training=True)`, read before the increment), which is checkpointed with the model's weights,
+    so a run resumed from a checkpoint continues the schedule exactly where it stopped.
+
+Likelihoods (`Config.likelihood`): `bernoulli` over binary pixels, logits from the decoder; `continuous_bernoulli`
+(Loaiza-Ganem and Cunningham 2019), the normalized density on [0, 1] for grey levels,
+    p(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x),   C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda).
+Binarization: Bernoulli models of grey-level data (`--dataset=mnist`) binarize dynamically, x_bin ~ Bernoulli(x),
+a new draw every training step from the step's stateless seed (Salakhutdinov and Murray 2008; Burda et al.
+2015), so resumed runs are exact. Evaluation and serving use ONE fixed binarization, `fixed_binarization`: pixel j
+of image x is 1[u_j < x_j] with u drawn from a stateless seed that is a hash of the image itself, so an image's
+binarization does not depend on its batch, its position or the process. Already-binary data (`binarized_mnist`,
+Larochelle's fixed binarization) is used as it is.
+
+Networks (encoder and decoder are `tf_keras` layers ending in TFP distribution layers: `tfp.layers`
+IndependentNormal, MultivariateNormalTriL, IndependentBernoulli, DistributionLambda): `mlp`, dense layers of
+`hidden_units` (784-200-200-50 with tanh as in Burda et al. 2015 by default, the decoder mirrored), or `conv`, two
+3x3 stride-2 convolutions (32, 64 filters) and their transposes.
+
+Evaluation: the importance-weighted bound (Burda, Grosse and Salakhutdinov 2016),
+
+    log p(x) >= L_K(x) = E[log (1/K) sum_k w_k],   w_k = p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x),
+
+with L_1 = ELBO <= L_K <= L_{K+1} -> log p(x) as K grows; -L_K is the test NLL of the published tables. It is
+computed by `importance_weighted` in chunks of samples under a fixed activation budget, combining chunks with a
+running log-sum-exp, so memory stays bounded for any K (5000 in the benchmark).
+
+Figures (test split, `evaluate_split`): `reconstructions.png` (test images and decoded means of z ~ q(z|x)),
+`prior_samples.png` (decoded means of z ~ p(z)), `latent_map.png`: the test latent means (class probabilities for
+the categorical latent) projected on their first two principal components (the coordinates themselves when the
+latent is 2-D), coloured by label when the data has labels; a 2-D Gaussian latent also gets `latent_manifold.png`,
+decoded means over a grid of prior quantiles.
+
+References: Kingma and Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Burda, Grosse and Salakhutdinov,
+"Importance Weighted Autoencoders", ICLR 2016; Jang, Gu and Poole, "Categorical Reparameterization with
+Gumbel-Softmax", ICLR 2017; Maddison, Mnih and Teh, "The Concrete Distribution", ICLR 2017; Alemi et al., "Fixing
+a Broken ELBO", ICML 2018; Loaiza-Ganem and Cunningham, "The continuous Bernoulli", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from models.objective import ElboTerms
+
+tfd = tfp.distributions
+tfpl = tfp.layers
+
+LATENTS = ("normal", "full_covariance", "gumbel_softmax")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
+ARCHS = ("mlp", "conv")
+ACTIVATIONS = ("tanh", "relu", "softplus", "elu")
+
+# Seed of the one evaluation binarization (see `fixed_binarization`); part of what the test numbers mean.
+EVAL_BINARIZATION_SEED = 20151130
+# Activations (float32 numbers) one chunk of the importance-weighted bound may hold: samples x batch x the decoder's
+# activations per row. 2^23 floats is 32 MB; the peak with TFP's temporaries is a few times that.
+IW_ACTIVATION_BUDGET = 2 ** 23
+# Evaluation streams of `training.metrics.batch_seeds` (train_lib uses 1-4).
+_IW_STREAM, _FIGURE_STREAM = 5, 6
+
+
+@dataclasses.dataclass
+class Config:
+    """Hyperparameters of a variational autoencoder.
+
+    Attributes:
+      latent: `normal`, `full_covariance` or `gumbel_softmax`.
+      latent_dim: D, size of a Gaussian latent.
+      categories: K, categories of each variable of the Gumbel-softmax latent.
+      latent_variables: M, categorical variables of the Gumbel-softmax latent.
+      hidden_units: widths of the encoder's hidden layers (the decoder mirrors them); `mlp` only.
+      activation: hidden-layer nonlinearity.
+      arch: `mlp` or `conv`.
+      likelihood: `bernoulli` (binary pixels) or `continuous_bernoulli` (grey levels in [0, 1]).
+      beta: weight of the rate in training (1: the ELBO).
+      eval_importance_samples: K of the importance-weighted test NLL.
+      eval_examples: compute the test NLL on the first N test examples only (0: all of them).
+      temperature_init, temperature_min, temperature_decay: tau_t = max(min, init * exp(-decay * t)).
+      seed: seeds the weight initialization (the training binary passes `--seed`).
+    """
+
+    latent: str = "normal"
+    latent_dim: int = 50
+    categories: int = 10
+    latent_variables: int = 20
+    hidden_units: Sequence[int] = (200, 200)
+    activation: str = "tanh"
+    arch: str = "mlp"
+    likelihood: str = "bernoulli"
+    beta: float = 1.0
+    eval_importance_samples: int = 50
+    eval_examples: int = 0
+    temperature_init: float = 1.0
+    temperature_min: float = 0.5
+    temperature_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("latent", LATENTS), ("likelihood", LIKELIHOODS), ("arch", ARCHS),
+                              ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        if any(u < 1 for u in self.hidden_units):
+            raise ValueError(f"hidden_units must be positive, got {self.hidden_units}")
+        if self.arch == "mlp" and not self.hidden_units:
+            raise ValueError("hidden_units must name at least one layer for arch=mlp")
+        for name in ("latent_dim", "latent_variables", "eval_importance_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.categories) < 2:
+            raise ValueError(f"categories must be at least 2, got {self.categories}")
+        if int(self.eval_examples) < 0:
+            raise ValueError(f"eval_examples must not be negative, got {self.eval_examples}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be non-negative, got {self.beta}")
+        if not 0 < self.temperature_min <= self.temperature_init:
+            raise ValueError(f"temperature_min must be in (0, temperature_init], got {self.temperature_min} "
+                             f"(temperature_init {self.temperature_init})")
+        if not self.temperature_decay >= 0:
+            raise ValueError(f"temperature_decay must be non-negative, got {self.temperature_decay}")
+
+    @property
+    def latent_shape(self) -> tuple:
+        """Shape of one z: [D] for Gaussian latents, [M, K] for the categorical one."""
+        if self.latent == "gumbel_softmax":
+            return (int(self.latent_variables), int(self.categories))
+        return (int(self.latent_dim),)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Binarization.
+# ---------------------------------------------------------------------------------------------------------------
+
+def dynamic_binarization(x, seed) -> tf.Tensor:
+    """x_bin ~ Bernoulli(x), a fresh draw for every stateless `seed`; x [batch, ...] in [0, 1]."""
+    return tf.cast(tf.random.stateless_uniform(tf.shape(x), seed, dtype=x.dtype) < x, x.dtype)
+
+
+@tf.function(reduce_retracing=True)
+def fixed_binarization(x, seed: int = EVAL_BINARIZATION_SEED) -> tf.Tensor:
+    """One Bernoulli(x) draw per image that is a pure function of (seed, the image).
+
+    Pixel j becomes 1[u_j < x_j] with u ~ U[0, 1) from the stateless seed (seed, h(x)), h a hash of the image's
+    grey levels. The same image is binarized the same way in any batch, at any position, in any process (and in
+    an exported graph), which is what lets evaluation, figures and serving share one test binarization. Binary
+    images are returned unchanged (u < 1 always, u < 0 never).
+
+    Args:
+      x: float [batch, ...] in [0, 1].
+
+    Returns:
+      float 0/1 [batch, ...].
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    batch = tf.shape(x)[0]
+    levels = tf.reshape(tf.cast(tf.round(x * 255.0), tf.int64), [batch, -1])
+    # Per-pixel multipliers < 2^20: the weighted sum stays below 2^63 for any image up to 2^35 pixels.
+    multipliers = tf.random.stateless_uniform(tf.shape(levels)[1:], [seed, 1], minval=1, maxval=2 ** 20,
+                                              dtype=tf.int64)
+    digest = tf.math.floormod(tf.reduce_sum(levels * multipliers, axis=1), 2 ** 31 - 1)
+    seeds = tf.stack([tf.fill([batch], tf.constant(seed, tf.int32)), tf.cast(digest, tf.int32)], axis=1)
+    # One stateless draw per image (stateless ops take one seed each): a map over the batch.
+    noise = tf.map_fn(lambda s: tf.random.stateless_uniform(tf.shape(x)[1:], s), seeds,
+                      fn_output_signature=tf.TensorSpec(x.shape[1:], tf.float32))
+    return tf.cast(noise < x, x.dtype)
+
+
+def temperature_schedule(step, init: float, minimum: float, decay: float) -> tf.Tensor:
+    """tau_t = max(minimum, init * exp(-decay * t)) (Jang et al. 2017), a float32 scalar."""
+    t = tf.cast(step, tf.float32)
+    return tf.maximum(tf.constant(minimum, tf.float32), init * tf.exp(-decay * t))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Networks: tf_keras layers ending in TFP distribution layers.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _independent_one_hot(params, latent_shape):
+    """q(z | x): M independent categoricals of K classes from logits [..., M * K]."""
+    logits = tf.reshape(params, tf.concat([tf.shape(params)[:-1], latent_shape], axis=0))
+    return tfd.Independent(tfd.OneHotCategorical(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1)
+
+
+def _independent_continuous_bernoulli(params, event_shape):
+    logits = tf.reshape(params, tf.concat([tf.shape(params)[:-1], event_shape], axis=0))
+    return tfd.Independent(tfd.ContinuousBernoulli(logits=logits), reinterpreted_batch_ndims=len(event_shape))
+
+
+class _Initializers:
+    """Seeded initializers, a distinct seed per layer (a seeded Keras initializer repeats its values)."""
+
+    def __init__(self, seed: int):
+        self._seed = int(seed) * 1000
+        self._count = 0
+
+    def kernel(self):
+        self._count += 1
+        return tf_keras.initializers.GlorotUniform(seed=self._seed + self._count)
+
+
+class Encoder(tf.Module):
+    """q(z | x): a network and a TFP distribution layer; `__call__(x [batch, ...]) -> distribution [batch]`."""
+
+    def __init__(self, config: Config, example_shape: tuple, init: _Initializers):
+        super().__init__(name="encoder")
+        act, dense = config.activation, functools.partial(tf_keras.layers.Dense, activation=config.activation)
+        self.body = [tf_keras.layers.Flatten()] if config.arch == "mlp" else [
+            tf_keras.layers.Conv2D(32, 3, strides=2, padding="same", activation=act, kernel_initializer=init.kernel()),
+            tf_keras.layers.Conv2D(64, 3, strides=2, padding="same", activation=act, kernel_initializer=init.kernel()),
+            tf_keras.layers.Flatten()]
+        if config.arch == "mlp":
+            self.body += [dense(u, kernel_initializer=init.kernel()) for u in config.hidden_units]
+        d = config.latent_dim
+        if config.latent == "normal":
+            self.head = tfpl.IndependentNormal(d, convert_to_tensor_fn=tfd.Distribution.mean)
+            size = tfpl.IndependentNormal.params_size(d)
+        elif config.latent == "full_covariance":
+            self.head = tfpl.MultivariateNormalTriL(d, convert_to_tensor_fn=tfd.Distribution.mean)
+            size = tfpl.MultivariateNormalTriL.params_size(d)
+        else:
+            latent_shape = list(config.latent_shape)
+            self.head = tfpl.DistributionLambda(
+                functools.partial(_independent_one_hot, latent_shape=latent_shape),
+                convert_to_tensor_fn=tfd.Distribution.mean)
+            size = math.prod(latent_shape)
+        # A small initial output keeps q near N(mu, softplus(0)^2) and the initial KL moderate.
+        self.params = tf_keras.layers.Dense(size, kernel_initializer=init.kernel())
+        self.example_shape = example_shape
+
+    def __call__(self, x) -> tfd.Distribution:
+        h = x
+        for layer in self.body:
+            h = layer(h)
+        return self.head(self.params(h))
+
+
+class Decoder(tf.Module):
+    """p(x | z): a network and a TFP distribution layer over images.
+
+    `__call__(z [..., *latent_shape]) -> distribution` with batch shape [...] and event shape `example_shape`; any
+    number of leading axes (e.g. [samples, batch]) is folded into one for the network and restored after.
+    """
+
+    def __init__(self, config: Config, example_shape: tuple, init: _Initializers, pixel_mean=None):
+        super().__init__(name="decoder")
+        self.latent_shape = config.latent_shape
+        self.example_shape = tuple(example_shape)
+        pixels = math.prod(self.example_shape)
+        act = config.activation
+        if config.arch == "mlp":
+            self.body = [tf_keras.layers.Dense(u, activation=act, kernel_initializer=init.kernel())
+                         for u in reversed(config.hidden_units)]
+            # Output bias at the logit of the mean training image: the untrained decoder already predicts the
+            # average pixel, so early gradients shape the latent code instead of learning a constant image.
+            bias = "zeros" if pixel_mean is None else tf_keras.initializers.Constant(
+                np.log(pixel_mean / (1.0 - pixel_mean)).reshape(-1))
+            self.body.append(tf_keras.layers.Dense(pixels, kernel_initializer=init.kernel(),
+                                                   bias_initializer=bias))
+            self.activations_per_row = 2 * sum(config.hidden_units) + 4 * pixels
+        else:
+            height, width, channels = self.example_shape
+            self.body = [
+                tf_keras.layers.Dense(height // 4 * width // 4 * 64, activation=act, kernel_initializer=init.kernel()),
+                tf_keras.layers.Reshape((height // 4, width // 4, 64)),
+                tf_keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation=act,
+                                                kernel_initializer=init.kernel()),
+                tf_keras.layers.Conv2DTranspose(channels, 3, strides=2, padding="same",
+                                                kernel_initializer=init.kernel()),
+                tf_keras.layers.Reshape((pixels,))]
+            self.activations_per_row = 2 * (height * width // 16 * 64 + height * width // 4 * 32) + 4 * pixels
+        if config.likelihood == "bernoulli":
+            self.head = tfpl.IndependentBernoulli(self.example_shape, convert_to_tensor_fn=tfd.Distribution.mean,
+                                                  sample_dtype=tf.float32)
+        else:
+            self.head = tfpl.DistributionLambda(
+                functools.partial(_independent_continuous_bernoulli, event_shape=list(self.example_shape)),
+                convert_to_tensor_fn=tfd.Distribution.mean)
+
+    def __call__(self, z) -> tfd.Distribution:
+        z = tf.convert_to_tensor(z, tf.float32)
+        leading = tf.shape(z)[:tf.rank(z) - len(self.latent_shape)]
+        h = tf.reshape(z, [-1, math.prod(self.latent_shape)])
+        for layer in self.body:
+            h = layer(h)
+        return self.head(tf.reshape(h, tf.concat([leading, [-1]], axis=0)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------------------------------------------
+
+class VariationalAutoencoder(tf.Module):
+    """Encoder, decoder and prior; the ELBO's terms, the importance-weighted bound, evaluation and export.
+
+    Args:
+      config: a `Config`.
+      example_shape: shape of one image, [height, width, channels] (height and width divisible by 4 for `conv`).
+      binarize: whether inputs are grey levels to binarize (Bernoulli likelihood of non-binary data).
+      pixel_mean: the mean training image [height, width, channels] in (0, 1), to initialize the decoder's output
+        bias (`mlp`), or None.
+    """
+
+    task = "density"  # train_lib: no classifier metrics, even on labelled MNIST
+
+    def __init__(self, config: Config, example_shape, binarize: bool = False, pixel_mean=None,
+                 name: str = "variational_autoencoder"):
+        super().__init__(name=name)
+        self.config = config
+        self.example_shape = tuple(int(d) for d in example_shape)
+        if config.arch == "conv" and (len(self.example_shape) != 3 or self.example_shape[0] % 4
+                                      or self.example_shape[1] % 4):
+            raise ValueError(f"arch=conv needs images [height, width, channels] with height and width divisible by "
+                             f"4, got {self.example_shape}")
+        self.binarize = bool(binarize) and config.likelihood == "bernoulli"
+        self.latent_shape = config.latent_shape
+        init = _Initializers(config.seed)
+        self.encoder = Encoder(config, self.example_shape, init)
+        self.decoder = Decoder(config, self.example_shape, init, pixel_mean)
+        # Training steps taken, for the temperature schedule. Checkpointed with the weights, so a resumed run
+        # continues the schedule exactly. ON_READ + ONLY_FIRST_REPLICA: under a MirroredStrategy each replica
+        # increments its own copy once per step, and every copy (and the one saved) holds the step count.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                                synchronization=tf.VariableSynchronization.ON_READ,
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # Build every variable now, so checkpoints restore into an existing model and export can trace it.
+        self.decoder(self.encoder(tf.zeros((1,) + self.example_shape)).mean())
+
+    # -- distributions ------------------------------------------------------------------------------------------
+
+    @property
+    def prior(self) -> tfd.Distribution:
+        """p(z): N(0, I) over [D] (a diagonal MVN for the full-covariance latent), or uniform one-hot over [M, K]."""
+        if self.config.latent == "gumbel_softmax":
+            return tfd.Independent(tfd.OneHotCategorical(logits=tf.zeros(self.latent_shape), dtype=tf.float32), 1)
+        if self.config.latent == "full_covariance":
+            return tfd.MultivariateNormalDiag(loc=tf.zeros(self.latent_shape))
+        return tfd.Independent(tfd.Normal(tf.zeros(self.latent_shape), 1.0), 1)
+
+    def observe(self, x, seed=None) -> tf.Tensor:
+        """The data as the likelihood sees it: binarized dynamically (`seed` given) or by the fixed binarization
+        (`seed` None) when the model binarizes, else unchanged. x [batch, ...] -> [batch, ...]."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        if not self.binarize:
+            return x
+        return fixed_binarization(x) if seed is None else dynamic_binarization(x, seed)
+
+    def encode(self, x) -> tfd.Distribution:
+        """q(z | x) for observed (already binarized) x [batch, ...]: batch shape [batch], event `latent_shape`."""
+        return self.encoder(tf.convert_to_tensor(x, tf.float32))
+
+    def decode(self, z) -> tfd.Distribution:
+        """p(x | z) for z [..., *latent_shape]: batch shape [...], event shape `example_shape`."""
+        return self.decoder(z)
+
+    def temperature(self) -> tf.Tensor:
+        """The Gumbel-softmax temperature at the model's current training step."""
+        c = self.config
+        return temperature_schedule(self.step, c.temperature_init, c.temperature_min, c.temperature_decay)
+
+    def relaxed(self, q, temperature) -> tfd.Distribution:
+        """The Concrete relaxation of a categorical q(z | x): `tfd.RelaxedOneHotCategorical` over [..., M, K]."""
+        logits = q.distribution.logits_parameter()
+        return tfd.Independent(tfd.RelaxedOneHotCategorical(temperature, logits=logits), 1)
+
+    def rate(self, q) -> tf.Tensor:
+        """KL(q(z | x) || p(z)) [batch] in nats, in closed form for every latent (see the module docstring)."""
+        return tfd.kl_divergence(q, self.prior)
+
+    # -- training -----------------------------------------------------------------------------------------------
+
+    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
+        """The ELBO's terms on a batch, per example.
+
+        Args:
+          batch: x [batch, ...] or (x, labels); labels are ignored.
+          seed: int32 [2] stateless seed: the dynamic binarization and the latent draw.
+          training: draw a fresh binarization, sample the relaxed latent at the scheduled temperature, advance
+            `step`, and weight the KL by beta; otherwise the fixed binarization, hard categorical draws, beta = 1.
+
+        Returns:
+          `ElboTerms` with `nll` [batch] = -log p(x | z), z ~ q(z | x) (one draw: the distortion) and `local_kl`
+          [batch] = beta * KL(q(z | x) || p(z)) in training, KL (the rate) otherwise.
+        """
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        binarization_seed, latent_seed = tfp.random.split_seed(seed, n=2)
+        x = self.observe(x, binarization_seed if training else None)
+        q = self.encode(x)
+        if training and self.config.latent == "gumbel_softmax":
+            z = self.relaxed(q, self.temperature()).sample(seed=latent_seed)
+        else:
+            z = q.sample(seed=latent_seed)
+        if training:
+            self.step.assign_add(1)  # after the temperature was read: step t uses tau_t
+        nll = -self.decode(z).log_prob(x)
+        kl = self.rate(q)
+        return ElboTerms(nll=nll, local_kl=self.config.beta * kl if training else kl)
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+
+    def log_weights(self, x, q, num_samples, seed):
+        """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) and log p(x | z_k), z_k ~ q: each [K, batch]."""
+        z = q.sample(num_samples, seed=seed)
+        log_likelihood = self.decode(z).log_prob(x)
+        return log_likelihood + self.prior.log_prob(z) - q.log_prob(z), log_likelihood
+
+    def importance_weighted(self, x, num_samples, seed, activation_budget: int = IW_ACTIVATION_BUDGET) -> dict:
+        """The importance-weighted bound L_K of observed x, in chunks of samples (bounded memory for any K).
+
+        Chunk c draws its samples with the seed fold_in(seed, c); chunks are combined by a running log-sum-exp,
+        log sum_k w_k = logsumexp_c(logsumexp_{k in c} log w_k).
+
+        Args:
+          x: observed (binarized) data [batch, ...].
+          num_samples: K, int or int32 scalar tensor.
+          seed: int32 [2].
+          activation_budget: largest samples x batch x decoder activations per row held at once.
+
+        Returns:
+          `log_likelihood` [batch]: L_K = log (1/K) sum_k w_k (a lower bound on log p(x), tightening with K);
+          `expected_log_likelihood` [batch]: (1/K) sum_k log p(x | z_k), the Monte Carlo distortion (negated);
+          `rate` [batch]: KL(q(z | x) || p(z)).
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+        q = self.encode(x)
+        rows = tf.maximum(1, tf.shape(x)[0] * self.decoder.activations_per_row)
+        chunk = tf.clip_by_value(activation_budget // rows, 1, num_samples)
+        num_chunks = (num_samples + chunk - 1) // chunk
+        batch_shape = tf.shape(x)[:1]
+
+        def body(c, log_sum, sum_log_likelihood):
+            n = tf.minimum(chunk, num_samples - c * chunk)
+            log_w, log_likelihood = self.log_weights(x, q, n, tf.random.experimental.stateless_fold_in(seed, c))
+            log_sum = tf.reduce_logsumexp(tf.stack([log_sum, tf.reduce_logsumexp(log_w, axis=0)]), axis=0)
+            return c + 1, log_sum, sum_log_likelihood + tf.reduce_sum(log_likelihood, axis=0)
+
+        _, log_sum, sum_log_likelihood = tf.while_loop(
+            lambda c, *_: c < num_chunks, body,
+            (tf.constant(0), tf.fill(batch_shape, -np.inf), tf.zeros(batch_shape)))
+        k = tf.cast(num_samples, tf.float32)
+        return {"log_likelihood": log_sum - tf.math.log(k), "expected_log_likelihood": sum_log_likelihood / k,
+                "rate": self.rate(q)}
+
+    def predictive(self, x, num_samples, seed) -> tfd.Distribution:
+        """Per-sample reconstructions p(x' | z_s), z_s ~ q(z | x): batch shape [S, batch], event `example_shape`.
+
+        For the categorical latent z_s is a hard one-hot draw. x [batch, ...] is observed first (fixed
+        binarization where the model binarizes).
+        """
+        q = self.encode(self.observe(x))
+        return self.decode(q.sample(num_samples, seed=seed))
+
+    def evaluate_split(self, dataset, split: str, config, workdir=None) -> dict:
+        """`split/rate`, `split/distortion` (nats per example; the ELBO is -(rate + distortion)); on the test split
+        also `test/nll` (importance-weighted, K = `eval_importance_samples`) and the figures.
+
+        Rate and distortion come from the same pass and seeds as train_lib's `split/elbo`, so `split/rate` equals
+        `split/kl` and `split/distortion` equals `split/expected_nll`.
+        """
+        from training import metrics as metrics_lib
+
+        elbo = metrics_lib.elbo_metrics(self, dataset, split, config.seed, config.eval_batch_size)
+        metrics = {f"{split}/elbo": elbo[f"{split}/elbo"], f"{split}/rate": elbo[f"{split}/kl"],
+                   f"{split}/distortion": elbo[f"{split}/expected_nll"]}
+        if split == "train" and self.config.latent == "gumbel_softmax":
+            metrics["train/temperature"] = float(self.temperature())
+        if split != "test":
+            return metrics
+        x, y = dataset.arrays(split)
+        if self.config.eval_examples:
+            x, y = x[:self.config.eval_examples], None if y is None else y[:self.config.eval_examples]
+        metrics["test/nll"] = -float(np.mean(self.importance_weighted_log_likelihood(
+            x, self.config.eval_importance_samples, config.seed, config.eval_batch_size)))
+        metrics["test/nll_examples"] = len(x)
+        metrics["test/nll_importance_samples"] = self.config.eval_importance_samples
+        if workdir is not None:
+            self.write_figures(dataset, pathlib.Path(workdir), config.seed)
+        return metrics
+
+    def importance_weighted_log_likelihood(self, x, num_samples: int, seed: int, batch_size: int) -> np.ndarray:
+        """L_K per example [N] for grey-level or binary images x [N, ...] (numpy), batch by batch."""
+        from training import metrics as metrics_lib
+
+        seeds = metrics_lib.batch_seeds(seed, _IW_STREAM)
+        bound = tf.function(lambda xb, s: self.importance_weighted(self.observe(xb), num_samples, s)[
+            "log_likelihood"], reduce_retracing=True)
+        parts, last_log, start = [], time.time(), time.time()
+        for b, begin in enumerate(range(0, len(x), batch_size)):
+            parts.append(bound(tf.constant(x[begin:begin + batch_size]), seeds(b)).numpy())
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                logging.info("importance-weighted bound (K=%d): %d/%d examples, %.0fs", num_samples,
+                             begin + len(parts[-1]), len(x), last_log - start)
+        return np.concatenate(parts)
+
+    # -- figures ------------------------------------------------------------------------------------------------
+
+    def write_figures(self, dataset, workdir: pathlib.Path, seed: int) -> list:
+        """Writes the reconstruction, prior-sample and latent-map PNGs of the test split; returns their paths."""
+        from training import metrics as metrics_lib
+
+        seeds = metrics_lib.batch_seeds(seed, _FIGURE_STREAM)
+        x, y = dataset.arrays("test")
+        # Evenly spaced test images: some test sets (binarized MNIST) are sorted by digit.
+        spread = lambda n: np.linspace(0, len(x) - 1, min(n, len(x))).astype(int)  # noqa: E731
+        observed = self.observe(x[spread(32)]).numpy()
+        reconstructed = self.predictive(observed, 1, seeds(0)).mean()[0].numpy()
+        columns = min(8, len(observed))
+        rows = len(observed) // columns
+        shape = (rows, columns) + observed.shape[1:]
+        pairs = np.stack([observed[:rows * columns].reshape(shape), reconstructed[:rows * columns].reshape(shape)],
+                         axis=1).reshape((-1,) + observed.shape[1:])  # alternate rows: images, reconstructions
+        paths = [_image_grid(pairs, columns, workdir / "reconstructions.png",
+                             "test images (odd rows) and reconstructions, mean of p(x | z), z ~ q(z | x)")]
+        prior_draws = self.decode(self.prior.sample(64, seed=seeds(1))).mean().numpy()
+        paths.append(_image_grid(prior_draws, 8, workdir / "prior_samples.png", "mean of p(x | z), z ~ p(z)"))
+        chosen = spread(5000)
+        means = np.concatenate([self.encode(self.observe(x[chosen[i:i + 1000]])).mean().numpy().reshape(
+            len(chosen[i:i + 1000]), -1) for i in range(0, len(chosen), 1000)])
+        paths.append(_latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
+        if self.config.latent != "gumbel_softmax" and self.latent_shape == (2,):
+            grid = tfd.Normal(0.0, 1.0).quantile(np.linspace(0.05, 0.95, 15).astype(np.float32)).numpy()
+            z = np.stack(np.meshgrid(grid, grid[::-1]), axis=-1).reshape(-1, 2)
+            paths.append(_image_grid(self.decode(z).mean().numpy(), 15, workdir / "latent_manifold.png",
+                                     "mean of p(x | z) over prior quantiles 0.05..0.95 of z"))
+        return paths
+
+    # -- export -------------------------------------------------------------------------------------------------
+
+    def servable(self, dataset, num_samples: int, seed: int) -> "VAEServable":
+        """The family's SavedModel signatures (see `VAEServable`); K of `serving_default` is `num_samples`."""
+        del dataset  # the example shape is the model's own
+        return VAEServable(self, num_samples, seed)
+
+
+def _data_is_binary(x: np.ndarray) -> bool:
+    sample = x[:1000]
+    return bool(np.all((sample == 0) | (sample == 1)))
+
+
+def build_model(config: Config, dataset) -> VariationalAutoencoder:
+    """A VAE for an image `training.data.Dataset` with values in [0, 1]; labels, if any, are ignored.
+
+    A Bernoulli model of grey-level data binarizes dynamically; binary data is modelled as it is.
+    """
+    x = dataset.x_train
+    if x.ndim < 2 or x.min() < 0 or x.max() > 1:
+        raise ValueError(f"a VAE models images with values in [0, 1]; {dataset.name} has shape {x.shape[1:]} and "
+                         f"range [{x.min():.3g}, {x.max():.3g}]")
+    pixel_mean = np.clip(x.mean(axis=0, dtype=np.float64), 1e-3, 1 - 1e-3)
+    return VariationalAutoencoder(config, dataset.input_shape, binarize=not _data_is_binary(x),
+                                  pixel_mean=pixel_mean)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving.
+# ---------------------------------------------------------------------------------------------------------------
+
+SIGNATURE_OUTPUTS = {
+    "serving_default": ("elbo", "log_likelihood", "latent_mean", "latent_stddev"),
+    "encode": ("z", "latent_mean", "latent_stddev"),
+    "decode": ("mean",),
+    "reconstruct": ("mean", "stddev"),
+    "sample": ("images", "z"),
+    "log_likelihood": ("log_likelihood", "elbo"),
+}
+
+
+class VAEServable(tf.Module):
+    """The VAE's SavedModel signatures; every output is batch-first, float32, and only core TF ops are traced.
+
+      * `serving_default`: `x` [batch, *image] -> `elbo`, `log_likelihood` [batch] (the importance-weighted bound
+        L_K with K = `num_samples` fixed at export and a fixed seed: an anomaly score, nats), `latent_mean`,
+        `latent_stddev` [batch, *latent] (the moments of q(z | x); class probabilities for the categorical latent).
+      * `encode`: `x`, `seed` int32 [2] -> `z` [batch, *latent], one draw from q(z | x), with its moments.
+      * `decode`: `z` [batch, *latent] -> `mean` [batch, *image] of p(x | z).
+      * `reconstruct`: `x`, `num_samples` int32 [], `seed` -> `mean`, `stddev` [batch, *image] over the decoded
+        means of `num_samples` draws z_s ~ q(z | x): the model's uncertainty about its reconstruction.
+      * `sample`: `num_samples`, `seed` -> `images` [num_samples, *image], the means of p(x | z), z ~ p(z), and
+        their `z`.
+      * `log_likelihood`: `x`, `num_samples`, `seed` -> `log_likelihood` (L_K, K = `num_samples`), `elbo` [batch].
+    Images are in [0, 1]; a model trained with dynamic binarization binarizes them with the fixed evaluation
+    binarization inside the graph (a pure function of the image, so answers stay deterministic). The ELBO is
+    (1/K) sum_k log p(x | z_k) - KL with the K draws of the bound.
+    """
+
+    def __init__(self, model: VariationalAutoencoder, num_samples: int, seed: int):
+        super().__init__(name="vae_servable")
+        self.model = model
+        self._example_shape = list(model.example_shape)
+        self._latent_shape = list(model.latent_shape)
+        self._num_samples = tf.constant(num_samples, tf.int32)
+        self._seed = tf.constant([seed, 0x5EED], tf.int32)
+        x = tf.TensorSpec([None] + self._example_shape, tf.float32, name="x")
+        z = tf.TensorSpec([None] + self._latent_shape, tf.float32, name="z")
+        n = tf.TensorSpec([], tf.int32, name="num_samples")
+        s = tf.TensorSpec([2], tf.int32, name="seed")
+        self.serving_default = tf.function(self._serving_default, input_signature=[x])
+        self.encode = tf.function(self._encode, input_signature=[x, s])
+        self.decode = tf.function(self._decode, input_signature=[z])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[x, n, s])
+        self.sample = tf.function(self._sample, input_signature=[n, s])
+        self.log_likelihood = tf.function(self._log_likelihood, input_signature=[x, n, s])
+
+    def signatures(self) -> dict:
+        return {name: getattr(self, name) for name in SIGNATURE_OUTPUTS}
+
+    def _observed(self, x):
+        x = tf.debugging.assert_all_finite(x, "x must be finite")
+        with tf.control_dependencies([
+                tf.debugging.assert_greater_equal(x, 0.0, message="x must be in [0, 1]"),
+                tf.debugging.assert_less_equal(x, 1.0, message="x must be in [0, 1]")]):
+            return self.model.observe(tf.identity(x))
+
+    @staticmethod
+    def _positive(num_samples):
+        return tf.debugging.assert_positive(num_samples, "num_samples must be positive")
+
+    def _moments(self, q) -> dict:
+        return {"latent_mean": q.mean(), "latent_stddev": q.stddev()}
+
+    def _bound(self, x, num_samples, seed) -> dict:
+        x = self._observed(x)
+        with tf.control_dependencies([self._positive(num_samples)]):
+            out = self.model.importance_weighted(x, num_samples, seed)
+        return {"log_likelihood": out["log_likelihood"],
+                "elbo": out["expected_log_likelihood"] - out["rate"]}
+
+    def _serving_default(self, x):
+        out = self._bound(x, self._num_samples, self._seed)
+        out.update(self._moments(self.model.encode(self._observed(x))))
+        return out
+
+    def _encode(self, x, seed):
+        q = self.model.encode(self._observed(x))
+        return {"z": q.sample(seed=seed), **self._moments(q)}
+
+    def _decode(self, z):
+        z = tf.debugging.assert_all_finite(z, "z must be finite")
+        return {"mean": self.model.decode(z).mean()}
+
+    def _reconstruct(self, x, num_samples, seed):
+        x = self._observed(x)
+        with tf.control_dependencies([self._positive(num_samples)]):
+            q = self.model.encode(x)
+            means = self.model.decode(q.sample(num_samples, seed=seed)).mean()  # [S, batch, *image]
+        # Spread of the decoded means across z ~ q(z|x) (the epistemic part in models.predictive's terms); the
+        # pixel noise of p(x|z) itself is left out: it says what a sample looks like, not how sure the model is.
+        return {"mean": tf.reduce_mean(means, axis=0), "stddev": tf.math.reduce_std(means, axis=0)}
+
+    def _sample(self, num_samples, seed):
+        with tf.control_dependencies([self._positive(num_samples)]):
+            z = self.model.prior.sample(num_samples, seed=seed)
+        return {"images": self.model.decode(z).mean(), "z": z}
+
+    def _log_likelihood(self, x, num_samples, seed):
+        return self._bound(x, num_samples, seed)
+
+    def warmup_requests(self, model_name: str = "model"):
+        """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per signature."""
+        from tensorflow_serving.apis import predict_pb2
+
+        x = tf.make_tensor_proto(np.zeros([1] + self._example_shape, np.float32))
+        inputs = {"x": x, "num_samples": tf.make_tensor_proto(2, tf.int32),
+                  "seed": tf.make_tensor_proto([0, 0], tf.int32),
+                  "z": tf.make_tensor_proto(np.zeros([1] + self._latent_shape, np.float32))}
+        requests = []
+        for name, function in self.signatures().items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = name
+            for key in function.input_signature:
+                request.inputs[key.name].CopyFrom(inputs[key.name])
+            requests.append(request)
+        return requests
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _image_grid(images: np.ndarray, columns: int, path: pathlib.Path, title: str) -> pathlib.Path:
+    """Images [N, height, width, 1] in [0, 1] tiled `columns` wide, one pixel of white between them."""
+    plt = _pyplot()
+    n, height, width = images.shape[:3]
+    rows = -(-n // columns)
+    canvas = np.ones((rows * (height + 1) + 1, columns * (width + 1) + 1))
+    for i, image in enumerate(images[..., 0]):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] \
+            = image
+    fig, ax = plt.subplots(figsize=(columns * 0.6 + 0.4, rows * 0.6 + 0.6))
+    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _latent_map(means: np.ndarray, labels, path: pathlib.Path) -> pathlib.Path:
+    """Latent means [N, features] on their first two principal components (as they are if 2-D), by label."""
+    plt = _pyplot()
+    if means.shape[1] == 2:
+        points, axes = means, ("z_1", "z_2")
+    else:
+        centred = means - means.mean(axis=0)
+        _, singular, components = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ components[:2].T
+        explained = singular[:2] ** 2 / np.sum(singular ** 2)
+        axes = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    else:
+        colours = plt.get_cmap("tab10")
+        for i, label in enumerate(np.unique(labels)):
+            mask = labels == label
+            ax.scatter(points[mask, 0], points[mask, 1], s=2, alpha=0.7, color=colours(i % 10), label=str(label))
+        ax.legend(title="label", markerscale=4, fontsize="small", loc="best")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(f"mean of q(z | x) of {len(points)} test images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
