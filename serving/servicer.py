@@ -32,6 +32,7 @@ from tensorflow_serving.apis import regression_pb2
 from serving import batching
 from serving import codec
 from serving import errors
+from serving.model_manager import MAX_WARMUP_RECORDS
 from serving.model_manager import ModelManager
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -82,6 +83,15 @@ def _debug_string(message) -> str:
 
 def _sorted_keys(mapping) -> str:
     return ",".join(sorted(mapping))
+
+
+def _input_size_error(sent: set, expected: set) -> errors.InvalidArgument:
+    """`VerifyRequestInputsSize`'s message."""
+    return errors.InvalidArgument(
+        f"input size does not match signature: {len(sent)}!={len(expected)} "
+        f"len({{{_sorted_keys(sent)}}}) != len({{{_sorted_keys(expected)}}}). Sent extra: "
+        f"{{{_sorted_keys(sent - expected)}}}. Missing but required: "
+        f"{{{_sorted_keys(expected - sent)}}}.")
 
 
 class DataPlane:
@@ -202,11 +212,7 @@ class DataPlane:
                 f"{signature.method_name}")
         sent, expected = set(request.inputs), set(signature.inputs)
         if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
-            raise errors.InvalidArgument(
-                f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({{{_sorted_keys(sent)}}}) != len({{{_sorted_keys(expected)}}}). Sent extra: "
-                f"{{{_sorted_keys(sent - expected)}}}. Missing but required: "
-                f"{{{_sorted_keys(expected - sent)}}}.")
+            raise _input_size_error(sent, expected)
         arrays = {}
         for alias in sorted(request.inputs):
             if alias not in signature.inputs:
@@ -217,10 +223,7 @@ class DataPlane:
                 request.inputs[alias], alias, self.limits.max_tensor_bytes)
         for alias in sorted(expected - sent):
             if alias not in signature.defaults:
-                raise errors.InvalidArgument(
-                    f"input size does not match signature: {len(sent)}!={len(expected)} "
-                    f"len({{{_sorted_keys(sent)}}}) != len({{{_sorted_keys(expected)}}}). Sent "
-                    f"extra: {{}}. Missing but required: {{{_sorted_keys(expected - sent)}}}.")
+                raise _input_size_error(sent, expected)
             arrays[alias] = codec.tensor_proto_to_ndarray(
                 signature.defaults[alias], alias, self.limits.max_tensor_bytes)
         aliases = []
@@ -244,16 +247,13 @@ class DataPlane:
 
     # ------------------------------------------------------------ Classify / Regress
 
-    def _signature_for(self, loaded, model_spec, method: str, kind: str):
+    @staticmethod
+    def _signature_for(loaded, model_spec):
+        """Classify's and Regress's signature lookup (its method name is checked later)."""
         signature_name = _signature_name(model_spec)
         if signature_name not in loaded.signature_defs:
             raise errors.InvalidArgument(f"No signature was found with the name: {signature_name}")
-        signature = loaded.signature_defs[signature_name]
-        if self._method_name_check and signature.method_name != method:
-            raise errors.InvalidArgument(
-                f"Expected {kind} signature method_name to be {method}. Was: "
-                f"{signature.method_name}")
-        return signature_name, signature
+        return signature_name, loaded.signature_defs[signature_name]
 
     def _examples(self, input_proto, model_name: str) -> np.ndarray:
         examples = codec.input_to_serialized_examples(input_proto)
@@ -358,8 +358,7 @@ class DataPlane:
             return self.classify_on(loaded, request, timeout)
 
     def classify_on(self, loaded, request, timeout: Optional[float] = None):
-        signature_name, signature = self._signature_for(
-            loaded, request.model_spec, CLASSIFY_METHOD, "classification")
+        signature_name, signature = self._signature_for(loaded, request.model_spec)
         input_name, fetches = self._classification_io(signature)
         examples = self._examples(request.input, loaded.name)
         outputs = self._run(loaded, signature_name, signature,
@@ -377,8 +376,7 @@ class DataPlane:
             return self.regress_on(loaded, request, timeout)
 
     def regress_on(self, loaded, request, timeout: Optional[float] = None):
-        signature_name, signature = self._signature_for(
-            loaded, request.model_spec, REGRESS_METHOD, "regression")
+        signature_name, signature = self._signature_for(loaded, request.model_spec)
         input_name, fetches = self._regression_io(signature)
         examples = self._examples(request.input, loaded.name)
         outputs = self._run(loaded, signature_name, signature,
@@ -538,12 +536,13 @@ class DataPlane:
                 except Exception:  # pylint: disable=broad-except
                     raise errors.InvalidArgument(
                         f"Failed to parse warmup record: {record.numpy()!r} from {path}") from None
+                count += 1
+                if count > MAX_WARMUP_RECORDS:
+                    raise errors.InvalidArgument(
+                        f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at "
+                        f"{path}")
                 for _ in range(max(iterations, 1)):
                     self._replay(loaded, log)
-                count += 1
-                if count > 1000:
-                    raise errors.InvalidArgument(
-                        f"Number of warmup records exceeds the maximum (1000) at {path}")
         except tf.errors.DataLossError as exc:
             raise errors.DataLoss(
                 f"{exc.message}. Please verify your warmup data is in TFRecord format.") from None
