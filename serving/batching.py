@@ -142,6 +142,9 @@ class BatchScheduler:
           timeout: seconds to wait for the result (the request's deadline).
         """
         size = next(iter(feeds.values())).shape[0]
+        if size == 0:
+            # Nothing to merge, and an all-empty batch could not be padded to an allowed size.
+            return run_fn(feeds, 0)
         max_size = self._options.max_batch_size
         if size > max_size:
             raise errors.InvalidArgument(

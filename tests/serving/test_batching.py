@@ -149,3 +149,16 @@ def test_client_deadline_is_deadline_exceeded(one_slot_server):
     # The abandoned request still drains (its batch times out), then the slot is free again.
     wait_until(lambda: one_slot_server.metrics().get(":vizoo:serving:inflight_requests") == 0,
                what="the abandoned request to finish")
+
+
+def test_an_empty_request_is_answered_empty_even_with_allowed_batch_sizes():
+    from serving import batching
+    scheduler = batching.BatchScheduler(batching.BatchingOptions(
+        max_batch_size=4, allowed_batch_sizes=(2, 4), num_batch_threads=1,
+        batch_timeout_micros=1000))
+    try:
+        outputs = scheduler.run(("key",), lambda feeds, size: [feeds["x"] * 2],
+                                {"x": np.zeros([0, FEATURES], np.float32)}, timeout=60)
+    finally:
+        scheduler.stop()
+    assert outputs[0].shape == (0, FEATURES)
