@@ -85,6 +85,12 @@ def _sorted_keys(mapping) -> str:
     return ",".join(sorted(mapping))
 
 
+def _dtype_enum_name(array: np.ndarray) -> str:
+    """`DataType_Name`: DT_DOUBLE for a float64 array."""
+    from tensorflow.core.framework import types_pb2  # pylint: disable=import-outside-toplevel
+    return types_pb2.DataType.Name(codec.datatype_of(array))
+
+
 def _input_size_error(sent: set, expected: set) -> errors.InvalidArgument:
     """`VerifyRequestInputsSize`'s message."""
     return errors.InvalidArgument(
@@ -316,7 +322,8 @@ class DataPlane:
                     f"[{','.join(str(d) for d in tensor.shape)}]")
             ok = tensor.dtype == object if kind == "DT_STRING" else tensor.dtype == np.float32
             if not ok:
-                raise errors.InvalidArgument(f"Expected {what} Tensor of {kind}. Got: {tensor.dtype}")
+                raise errors.InvalidArgument(
+                    f"Expected {what} Tensor of {kind}. Got: {_dtype_enum_name(tensor)}")
             if tensor.shape[0] != num_examples:
                 raise errors.InvalidArgument(
                     f"Expected {what} output batch size of {num_examples}. Got: {tensor.shape[0]}")
@@ -348,7 +355,8 @@ class DataPlane:
                 "Input batch size did not match output batch size: "
                 f"{num_examples} vs. {output.shape[0]}")
         if output.dtype != np.float32:
-            raise errors.InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {output.dtype}")
+            raise errors.InvalidArgument(
+                f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_enum_name(output)}")
         for value in output.reshape(-1):
             result.regressions.add().value = float(value)
 
