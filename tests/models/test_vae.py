@@ -1,0 +1,307 @@
+"""Variational autoencoders: distributions and shapes, binarization, closed-form KLs against Monte Carlo, the
+Gumbel-softmax relaxation and its schedule, the importance-weighted bound on real data, training on MNIST."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import vae
+from training import config as config_lib
+from training import data
+from training import flags as flags_lib
+from training import metrics as metrics_lib
+from training import train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+IMAGE = (28, 28, 1)
+SMALL = dict(hidden_units=(32,), latent_dim=6, latent_variables=4, categories=5)
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    return data.load("mnist", data_dir)
+
+
+@pytest.fixture(scope="module")
+def binarized(data_dir):
+    return data.load("binarized_mnist", data_dir)
+
+
+def _small(latent, binarize=True, **overrides):
+    return vae.VariationalAutoencoder(vae.Config(latent=latent, **{**SMALL, **overrides}), IMAGE, binarize=binarize)
+
+
+def _fit(model, dataset, workdir, steps, **overrides):
+    values = dict(dataset=dataset.name, workdir=str(workdir), train_steps=steps, batch_size=100,
+                  learning_rate=1e-3, seed=0)
+    values.update(overrides)
+    config = config_lib.TrainConfig(**values).validate()
+    train_lib.fit(model, dataset, config, tf.distribute.get_strategy(), pathlib.Path(workdir))
+    return model
+
+
+def _test_elbo(model, dataset, examples=2000) -> float:
+    view = dataclasses.replace(dataset, x_test=dataset.x_test[:examples],
+                               y_test=None if dataset.y_test is None else dataset.y_test[:examples])
+    return metrics_lib.elbo_metrics(model, view, "test", seed=0, batch_size=1000)["test/elbo"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration, shapes, the stochastic contract.
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [("latent", "student_t"), ("likelihood", "gaussian"), ("arch", "resnet"),
+                                          ("latent_dim", 0), ("categories", 1), ("beta", -1.0),
+                                          ("eval_importance_samples", 0), ("temperature_min", 2.0)])
+def test_bad_config_values_fail_naming_their_flag(field, value):
+    with pytest.raises(config_lib.ConfigError, match=f"^--{field}"):
+        flags_lib.model_config(vae.Config, **{field: value})
+
+
+@pytest.mark.parametrize("latent, latent_shape", [("normal", (6,)), ("full_covariance", (6,)),
+                                                  ("gumbel_softmax", (4, 5))])
+def test_distributions_are_batch_first_with_the_latent_as_event(latent, latent_shape):
+    model = _small(latent)
+    x = tf.random.stateless_uniform((3,) + IMAGE, [0, 1])
+    q = model.encode(model.observe(x))
+    assert q.batch_shape == (3,) and q.event_shape == latent_shape and model.latent_shape == latent_shape
+    assert model.prior.event_shape == latent_shape
+    z = q.sample(2, seed=[1, 2])
+    assert z.shape == (2, 3) + latent_shape
+    likelihood = model.decode(z)
+    assert likelihood.batch_shape == (2, 3) and likelihood.event_shape == IMAGE
+    assert model.predictive(x, 7, tf.constant([0, 1])).batch_shape == (7, 3)
+    terms = model.elbo_terms(x, tf.constant([1, 1]), training=False)
+    assert terms.nll.shape == (3,) and terms.local_kl.shape == (3,) and terms.global_kl is None
+
+
+def test_elbo_terms_are_a_function_of_the_seed_and_ignore_labels(mnist):
+    model = _small("normal")
+    x, y = mnist.x_train[:16], mnist.y_train[:16]
+    a = model.elbo_terms((x, y), tf.constant([1, 2]), training=True)
+    b = model.elbo_terms(x, tf.constant([1, 2]), training=True)
+    c = model.elbo_terms(x, tf.constant([1, 3]), training=True)
+    np.testing.assert_array_equal(a.nll, b.nll)
+    np.testing.assert_array_equal(a.local_kl, b.local_kl)
+    assert not np.allclose(a.nll, c.nll)
+
+
+def test_fixed_binarization_is_a_function_of_the_image_alone(mnist):
+    x = mnist.x_test[:300]
+    whole = vae.fixed_binarization(x).numpy()
+    order = np.random.default_rng(0).permutation(len(x))
+    np.testing.assert_array_equal(vae.fixed_binarization(x[order]).numpy(), whole[order])
+    np.testing.assert_array_equal(vae.fixed_binarization(x[17:18]).numpy(), whole[17:18])
+    assert set(np.unique(whole)) == {0.0, 1.0}
+    # A Bernoulli(x) draw: pixels of grey level g are 1 with frequency g.
+    grey = (x > 0.3) & (x < 0.7)
+    assert abs(whole[grey].mean() - x[grey].mean()) < 0.02
+    np.testing.assert_array_equal(vae.fixed_binarization(whole).numpy(), whole)  # binary data is kept
+
+
+def test_dynamic_binarization_draws_anew_per_seed_with_the_grey_level_as_mean(mnist):
+    x = tf.constant(mnist.x_test[:50])
+    draws = np.stack([vae.dynamic_binarization(x, tf.constant([s, 0])).numpy() for s in range(200)])
+    assert not np.array_equal(draws[0], draws[1])
+    grey = (mnist.x_test[:50] > 0.2) & (mnist.x_test[:50] < 0.8)
+    np.testing.assert_allclose(draws.mean(0)[grey], mnist.x_test[:50][grey], atol=0.2)
+    assert abs(draws.mean(0)[grey].mean() - mnist.x_test[:50][grey].mean()) < 0.01
+
+
+def test_binarization_follows_the_data(mnist, binarized):
+    assert vae.build_model(vae.Config(**SMALL), mnist).binarize
+    assert not vae.build_model(vae.Config(**SMALL), binarized).binarize
+    grey = vae.build_model(vae.Config(likelihood="continuous_bernoulli", **SMALL), mnist)
+    assert not grey.binarize
+    np.testing.assert_array_equal(grey.observe(mnist.x_test[:4]), mnist.x_test[:4])
+
+
+def test_beta_scales_the_rate_in_training_only(mnist):
+    x = mnist.x_test[:8]
+    plain, weighted = _small("normal"), _small("normal", beta=4.0)
+    for training in (True, False):
+        a = plain.elbo_terms(x, tf.constant([5, 5]), training=training)
+        b = weighted.elbo_terms(x, tf.constant([5, 5]), training=training)
+        np.testing.assert_allclose(b.local_kl, (4.0 if training else 1.0) * a.local_kl.numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(a.nll, b.nll)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Closed forms and Monte Carlo.
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("latent", vae.LATENTS)
+def test_closed_form_kl_agrees_with_monte_carlo_within_its_error(latent, mnist):
+    model = _small(latent, seed=3)
+    q = model.encode(model.observe(mnist.x_test[:6]))
+    closed_form = model.rate(q).numpy()
+    n = 20000
+    z = q.sample(n, seed=[4, 2])  # hard one-hot draws for the categorical latent
+    log_ratio = (q.log_prob(z) - model.prior.log_prob(z)).numpy()  # [n, 6]
+    monte_carlo, stderr = log_ratio.mean(0), log_ratio.std(0) / np.sqrt(n)
+    assert np.all(closed_form > 0.05)
+    assert np.all(np.abs(monte_carlo - closed_form) < 4 * stderr + 1e-4), (monte_carlo, closed_form, stderr)
+
+
+def test_gumbel_softmax_relaxation_approaches_one_hot_as_temperature_falls(mnist):
+    model = _small("gumbel_softmax", seed=1)
+    q = model.encode(model.observe(mnist.x_test[:2]))
+    probs = q.distribution.probs_parameter().numpy()  # [2, M, K]
+    largest = []
+    for tau in (5.0, 1.0, 0.5, 0.1, 0.01):
+        z = model.relaxed(q, tau).sample(4000, seed=[7, 7]).numpy()  # [4000, 2, M, K] on the simplex
+        np.testing.assert_allclose(z.sum(-1), 1.0, rtol=1e-5)
+        largest.append(z.max(-1).mean())
+        # The arg max of a relaxed draw is an exact categorical draw at any temperature (the Gumbel-max trick).
+        counts = np.eye(z.shape[-1])[z.argmax(-1)].mean(0)
+        np.testing.assert_allclose(counts, probs, atol=0.04)
+    assert all(a < b for a, b in zip(largest, largest[1:])), largest
+    assert largest[-1] > 0.99 and largest[0] < 0.5
+
+
+def test_temperature_follows_the_schedule_of_training_steps(mnist):
+    model = _small("gumbel_softmax", temperature_init=2.0, temperature_min=0.25, temperature_decay=0.1)
+    x = mnist.x_test[:4]
+    assert float(model.temperature()) == pytest.approx(2.0)
+    model.elbo_terms(x, tf.constant([0, 0]), training=False)
+    assert int(model.step) == 0  # evaluation does not advance the schedule
+    for t in range(3):
+        model.elbo_terms(x, tf.constant([0, t]), training=True)
+    assert int(model.step) == 3
+    assert float(model.temperature()) == pytest.approx(2.0 * np.exp(-0.3), rel=1e-6)
+    model.step.assign(1000)
+    assert float(model.temperature()) == pytest.approx(0.25)
+
+
+def test_importance_weighted_chunks_combine_to_the_bound_of_all_samples(binarized):
+    model = _small("full_covariance", seed=2)
+    x, seed, k = tf.constant(binarized.x_test[:5]), tf.constant([3, 1]), 12
+    per_row = model.decoder.activations_per_row
+    chunked = model.importance_weighted(x, k, seed, activation_budget=5 * 5 * per_row)  # chunks of 5, 5, 2
+    q = model.encode(x)
+    parts = [model.log_weights(x, q, n, tf.random.experimental.stateless_fold_in(seed, c))
+             for c, n in enumerate((5, 5, 2))]
+    log_w = tf.concat([p[0] for p in parts], 0)
+    log_likelihood = tf.concat([p[1] for p in parts], 0)
+    np.testing.assert_allclose(chunked["log_likelihood"], tf.reduce_logsumexp(log_w, 0) - np.log(k), rtol=1e-6)
+    np.testing.assert_allclose(chunked["expected_log_likelihood"], tf.reduce_mean(log_likelihood, 0), rtol=1e-6)
+    whole = model.importance_weighted(x, k, seed)  # one chunk: other draws, the same bound in expectation
+    assert whole["log_likelihood"].shape == (5,)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training on MNIST.
+# ----------------------------------------------------------------------------------------------------------------
+
+_TRAINED = {}
+
+
+@pytest.fixture(scope="module")
+def trained(mnist, tmp_path_factory):
+    """latent -> (model before training's test ELBO, the model after one epoch of dynamically binarized MNIST)."""
+
+    def get(latent):
+        if latent not in _TRAINED:
+            # The standard 784-200-200-50 network; a 16-D full-covariance latent keeps its test short.
+            model = vae.build_model(vae.Config(latent=latent, latent_dim=16 if latent == "full_covariance" else 50),
+                                    mnist)
+            before = _test_elbo(model, mnist)
+            _fit(model, mnist, tmp_path_factory.mktemp(latent), steps=mnist.num_train // 100)
+            _TRAINED[latent] = before, model
+        return _TRAINED[latent]
+
+    yield get
+    _TRAINED.clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("latent", vae.LATENTS)
+def test_each_latent_trains_on_mnist_and_its_test_elbo_improves_over_the_first_epoch(trained, mnist, latent):
+    before, model = trained(latent)
+    after = _test_elbo(model, mnist)
+    # Before: about -210 nats (the decoder starts at the mean image); after one epoch about -140 to -160.
+    assert after > before + 30.0, (before, after)
+    assert after > -175.0
+    if latent == "gumbel_softmax":
+        assert int(model.step) == mnist.num_train // 100 and float(model.temperature()) < 1.0
+
+
+@pytest.mark.slow
+def test_importance_weighted_bound_is_at_least_the_elbo_and_grows_with_k(trained, mnist):
+    _, model = trained("normal")
+    x = mnist.x_test[:1000]
+    elbo = _test_elbo(model, mnist, examples=1000)
+    bounds = {k: model.importance_weighted_log_likelihood(x, k, seed=0, batch_size=500).mean() for k in (1, 10, 100)}
+    # L_1 is an estimate of the ELBO (Monte Carlo KL instead of the closed form): equal within a nat.
+    assert bounds[1] == pytest.approx(elbo, abs=1.0)
+    assert bounds[10] > bounds[1] + 1.0 and bounds[100] > bounds[10] + 0.5, bounds
+    assert bounds[100] > elbo
+
+
+@pytest.mark.slow
+def test_conv_continuous_bernoulli_models_grey_levels(mnist, tmp_path):
+    model = vae.build_model(vae.Config(arch="conv", activation="relu", likelihood="continuous_bernoulli",
+                                       latent="full_covariance", latent_dim=8), mnist)
+    before = _test_elbo(model, mnist, examples=1000)
+    _fit(model, mnist, tmp_path, steps=150)
+    after = _test_elbo(model, mnist, examples=1000)
+    # A density of grey levels: positive log-densities are possible, and training raises the ELBO a lot.
+    assert after > before + 100.0, (before, after)
+    assert model.predictive(mnist.x_test[:2], 3, tf.constant([1, 1])).mean().shape == (3, 2) + IMAGE
+
+
+@pytest.mark.slow
+def test_gumbel_run_resumed_from_a_checkpoint_matches_an_uninterrupted_run(mnist, tmp_path):
+    small = dataclasses.replace(mnist, x_train=mnist.x_train[:1500], y_train=mnist.y_train[:1500])
+    build = lambda: vae.build_model(vae.Config(latent="gumbel_softmax", temperature_decay=0.02,  # noqa: E731
+                                               temperature_min=0.1, **SMALL), small)
+    fit = lambda model, name, steps: _fit(model, small, tmp_path / name, steps, lr_schedule="constant")  # noqa: E731
+    uninterrupted = fit(build(), "uninterrupted", 40)
+    fit(build(), "resumed", 25)  # stops mid-epoch (15 steps per epoch)
+    resumed = fit(build(), "resumed", 40)
+    assert int(resumed.step) == 40
+    assert float(resumed.temperature()) == float(uninterrupted.temperature()) == pytest.approx(np.exp(-0.8))
+    for a, b in zip(uninterrupted.trainable_variables, resumed.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_reports_rate_distortion_and_nll_and_writes_figures(tmp_path, data_dir):
+    config = config_lib.TrainConfig(dataset="mnist", data_dir=str(data_dir), workdir=str(tmp_path / "work"),
+                                    train_steps=200, batch_size=100, learning_rate=1e-3, seed=1)
+    metrics = train_lib.train_and_evaluate(
+        config, vae.Config(latent_dim=2, eval_importance_samples=20, eval_examples=1000), vae.build_model)
+    written = json.loads((tmp_path / "work" / "metrics.json").read_text())
+    for split in ("train", "test"):
+        assert written[f"{split}/rate"] == written[f"{split}/kl"] > 0
+        assert written[f"{split}/distortion"] == written[f"{split}/expected_nll"]
+        assert written[f"{split}/elbo"] == pytest.approx(-(written[f"{split}/rate"] + written[f"{split}/distortion"]))
+    assert "test/accuracy" not in written  # a density model, even on labelled MNIST
+    assert written["test/nll_examples"] == 1000 and written["test/nll_importance_samples"] == 20
+    assert 100 < metrics["test/nll"] < -metrics["test/elbo"] + 1.0
+    for figure in ("reconstructions", "prior_samples", "latent_map", "latent_manifold"):
+        assert (tmp_path / "work" / f"{figure}.png").stat().st_size > 1000, figure
+
+
+@pytest.mark.slow
+def test_binary_trains_from_the_flagfile(tmp_path, data_dir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train_vae", "--flagfile=configs/vae_binarized_mnist.flags",
+         f"--data_dir={data_dir}", f"--workdir={tmp_path / 'work'}", "--train_steps=30",
+         "--eval_importance_samples=4", "--eval_examples=200"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "work" / "metrics.json").read_text())
+    for name in ("test/nll", "test/elbo", "test/rate", "test/distortion", "valid/elbo", "train/elbo"):
+        assert np.isfinite(metrics[name]), name
+    config = json.loads((tmp_path / "work" / "config.json").read_text())
+    assert config["hidden_units"] == [200, 200] and config["latent_dim"] == 50
