@@ -127,10 +127,6 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def options(self) -> BatchingOptions:
-        return self._options
-
     def run(self, key: tuple, run_fn: Callable[[Dict[str, np.ndarray], int], List[np.ndarray]],
             feeds: Dict[str, np.ndarray], timeout: Optional[float] = None) -> List[np.ndarray]:
         """Runs `feeds` as part of a batch and returns this request's rows of every output.

@@ -36,10 +36,6 @@ class Counter:
         with self._lock:
             self._values[labels] = self._values.get(labels, 0.0) + amount
 
-    def value(self, *labels) -> float:
-        with self._lock:
-            return self._values.get(labels, 0.0)
-
     def render(self):
         yield f"# TYPE {self.name} counter"
         with self._lock:

@@ -146,9 +146,10 @@ def test_client_deadline_is_deadline_exceeded(one_slot_server):
     with PredictiveClient(one_slot_server.address, MC_MODEL, timeout=0.2) as client:
         with pytest.raises(DeadlineExceededError):
             client.predict(np.ones([1, FEATURES], np.float32))
-    # The abandoned request still drains (its batch times out), then the slot is free again.
+    # The server stops waiting at the request's deadline and frees its slot (the abandoned
+    # task itself still runs when its batch times out).
     wait_until(lambda: one_slot_server.metrics().get(":vizoo:serving:inflight_requests") == 0,
-               what="the abandoned request to finish")
+               what="the abandoned request's slot to be freed")
 
 
 def test_an_empty_request_is_answered_empty_even_with_allowed_batch_sizes():

@@ -298,11 +298,12 @@ def test_reload_config_refuses_non_list_configs(fixture_model_stub):
 def test_wrong_output_dtypes_are_named_as_tensorflow_names_them():
     from tensorflow.core.protobuf import meta_graph_pb2
     from tensorflow_serving.apis import classification_pb2, regression_pb2
+    from serving import errors
     from serving.servicer import DataPlane
     signature = meta_graph_pb2.SignatureDef()
     signature.outputs["scores"].name = "scores:0"
-    with pytest.raises(Exception, match="Expected scores Tensor of DT_FLOAT. Got: DT_DOUBLE$"):
+    with pytest.raises(errors.InvalidArgument, match="Expected scores Tensor of DT_FLOAT. Got: DT_DOUBLE$"):
         DataPlane._classification_result(signature, 1, ["scores:0"], [np.zeros([1, 2])],
                                          classification_pb2.ClassificationResult())
-    with pytest.raises(Exception, match="Expected output Tensor of DT_FLOAT.  Got: DT_INT64$"):
+    with pytest.raises(errors.InvalidArgument, match="Expected output Tensor of DT_FLOAT.  Got: DT_INT64$"):
         DataPlane._regression_result(1, np.zeros([1], np.int64), regression_pb2.RegressionResult())
