@@ -247,6 +247,9 @@ _PARSE_ERRORS = {
 _SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
+_HUGE_INTEGER = re.compile(r"-?\d{4301,}")
+
+
 def _byte_offset(text: str, index: int) -> int:
     """rapidjson reports offsets in bytes of the UTF-8 body."""
     return len(text[:index].encode("utf-8"))
@@ -299,6 +302,12 @@ def parse_json_document(body) -> dict:
             f"JSON Parse error: {reason} at offset: {_byte_offset(body, exc.pos)}") from None
     except RecursionError:
         raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
+    except ValueError:
+        # Python refuses integer literals of more than 4300 digits (CVE-2020-10735).
+        match = _HUGE_INTEGER.search(body)
+        raise errors.InvalidArgument(
+            "JSON Parse error: Number too big to be stored in double. at offset: "
+            f"{_byte_offset(body, match.start() if match else 0)}") from None
     _check_surrogate_escapes(body)
     if not isinstance(doc, dict):
         raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")

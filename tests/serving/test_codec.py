@@ -193,3 +193,13 @@ def test_complex_infinities_round_trip_through_typed_fields():
     array = np.array([complex(0, np.inf), complex(-np.inf, 1)], np.complex64)
     back = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(array))
     np.testing.assert_array_equal(back, array)  # not nan+infj: 1j * inf is nan in the real part
+
+
+def test_an_integer_python_cannot_convert_is_a_parse_error():
+    # Python refuses int literals of more than 4300 digits with a ValueError; rapidjson refuses
+    # numbers beyond double range. Either way the client sent it: INVALID_ARGUMENT, not INTERNAL.
+    body = '{"instances": [' + "1" * 5000 + "]}"
+    with pytest.raises(errors.InvalidArgument) as info:
+        codec.parse_json_document(body)
+    assert info.value.message == (
+        "JSON Parse error: Number too big to be stored in double. at offset: 15")
