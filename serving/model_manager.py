@@ -37,6 +37,7 @@ from serving import errors
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # TF Serving refuses warmup files with more records than this (`WarmupConsts::kMaxNumRecords`).
 MAX_WARMUP_RECORDS = 1000
+_INT64_MAX = 2 ** 63 - 1
 
 
 class State(enum.IntEnum):
@@ -246,12 +247,13 @@ def aspired_versions(config, children: Dict[int, str]) -> Dict[int, str]:
 def list_versions(base_path: str) -> Dict[int, str]:
     """Numbered sub-directories of a base path: version -> path.
 
-    Names that are not non-negative integers (an exporter's temporary directories, for
-    instance) are ignored, as TF Serving ignores them; `00000123` is version 123.
+    Names that are not non-negative int64s in ASCII digits (an exporter's temporary
+    directories, for instance) are ignored, as TF Serving ignores them; `00000123` is
+    version 123.
     """
     children = {}
     for entry in os.listdir(base_path):
-        if not entry.isdigit():
+        if not (entry.isascii() and entry.isdigit() and int(entry) <= _INT64_MAX):
             continue
         path = os.path.join(base_path, entry)
         if os.path.isdir(path):

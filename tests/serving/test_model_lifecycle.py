@@ -222,3 +222,14 @@ def test_a_reload_waiting_for_a_new_model_stalls_neither_polling_nor_shutdown(
     # SIGTERM ends the waiting reload too: a clean exit, not the harness's SIGKILL after 20 s.
     server.proc.terminate()
     assert server.wait_exit(timeout=20) == 0
+
+
+def test_only_int64_version_directories_are_versions(tmp_path):
+    from serving import model_manager
+    for name in ("1", "007", str(2 ** 63), "\u0661\u0662", "tmp-3", "-4"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "5").write_text("a file, not a version")
+    # A version past int64 could be neither reported (ModelVersionStatus.version is int64)
+    # nor answered (ModelSpec.version): as "latest" it would fail every request.
+    assert model_manager.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"),
+                                                          7: str(tmp_path / "007")}
