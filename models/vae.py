@@ -571,6 +571,10 @@ class VariationalAutoencoder(tf.Module):
                                      "mean of p(x | z) over prior quantiles 0.05..0.95 of z"))
         return paths
 
+    def num_variational_parameters(self) -> int:
+        """The encoder's weights: amortized inference learns these instead of one q per example."""
+        return int(sum(np.prod(v.shape) for v in self.encoder.trainable_variables))
+
     # -- export -------------------------------------------------------------------------------------------------
 
     def servable(self, dataset, num_samples: int, seed: int) -> "VAEServable":
