@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from tests.serving.conftest import MC_MODEL, REPO_ROOT
@@ -28,28 +29,39 @@ def test_help_documents_our_limits():
         assert flag in result.stdout
 
 
+def _start_error(**options) -> str:
+    """Start-up checks, in process: a child process per case would import TensorFlow again.
+
+    How the binary reports the error is `test_a_taken_grpc_port_is_a_clear_startup_error`'s.
+    """
+    from serving import errors
+    from serving import server
+    instance = server.Server(server.ServerOptions(**options))
+    try:
+        with pytest.raises(errors.InvalidArgument) as info:
+            instance.start()
+    finally:
+        instance.stop(grace_seconds=0)
+    return info.value.message
+
+
 def test_no_model_is_a_clear_startup_error():
-    result = _run("--port=0")
-    assert result.returncode != 0
-    assert "server_options.grpc_port is not set." in result.stderr
-    result = _run("--port=1")
-    assert result.returncode != 0
-    assert ("Both server_options.model_base_path and server_options.model_config_file are "
-            "empty!") in result.stderr
+    assert _start_error(port=0) == "server_options.grpc_port is not set."
+    assert _start_error(port=1) == (
+        "Both server_options.model_base_path and server_options.model_config_file are empty!")
 
 
 def test_batching_parameters_without_batching_is_refused(tf_serving_testdata, mc_base_path):
-    result = _run("--port=1", f"--model_base_path={mc_base_path}",
-                  f"--batching_parameters_file={tf_serving_testdata / 'batching_config.txt'}")
-    assert result.returncode != 0
-    assert ("server_options.batching_parameters_file is set without setting "
-            "server_options.enable_batching to true.") in result.stderr
+    message = _start_error(
+        port=1, model_base_path=str(mc_base_path),
+        batching_parameters_file=str(tf_serving_testdata / "batching_config.txt"))
+    assert message == ("server_options.batching_parameters_file is set without setting "
+                       "server_options.enable_batching to true.")
 
 
 def test_missing_base_path_is_a_startup_error(tmp_path):
-    result = _run("--port=1", f"--model_base_path={tmp_path / 'nothing'}")
-    assert result.returncode != 0
-    assert f"Could not find base path {tmp_path / 'nothing'} for servable default" in result.stderr
+    message = _start_error(port=1, model_base_path=str(tmp_path / "nothing"))
+    assert message == f"Could not find base path {tmp_path / 'nothing'} for servable default"
 
 
 def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_server, mc_base_path,
