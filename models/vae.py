@@ -119,7 +119,7 @@ class Config:
       likelihood: `bernoulli` (binary pixels) or `continuous_bernoulli` (grey levels in [0, 1]).
       beta: weight of the rate in training (1: the ELBO).
       eval_importance_samples: K of the importance-weighted test NLL.
-      eval_examples: compute the test NLL on the first N test examples only (0: all of them).
+      eval_examples: compute the test NLL on N evenly spaced test examples only (0: all of them); quick checks.
       temperature_init, temperature_min, temperature_decay: tau_t = max(min, init * exp(-decay * t)).
       seed: seeds the weight initialization (the training binary passes `--seed`).
     """
@@ -249,13 +249,14 @@ class Encoder(tf.Module):
 
     def __init__(self, config: Config, example_shape: tuple, init: _Initializers):
         super().__init__(name="encoder")
-        act, dense = config.activation, functools.partial(tf_keras.layers.Dense, activation=config.activation)
+        act = config.activation
         self.body = [tf_keras.layers.Flatten()] if config.arch == "mlp" else [
             tf_keras.layers.Conv2D(32, 3, strides=2, padding="same", activation=act, kernel_initializer=init.kernel()),
             tf_keras.layers.Conv2D(64, 3, strides=2, padding="same", activation=act, kernel_initializer=init.kernel()),
             tf_keras.layers.Flatten()]
         if config.arch == "mlp":
-            self.body += [dense(u, kernel_initializer=init.kernel()) for u in config.hidden_units]
+            self.body += [tf_keras.layers.Dense(u, activation=act, kernel_initializer=init.kernel())
+                          for u in config.hidden_units]
         d = config.latent_dim
         if config.latent == "normal":
             self.head = tfpl.IndependentNormal(d, convert_to_tensor_fn=tfd.Distribution.mean)
@@ -269,9 +270,7 @@ class Encoder(tf.Module):
                 functools.partial(_independent_one_hot, latent_shape=latent_shape),
                 convert_to_tensor_fn=tfd.Distribution.mean)
             size = math.prod(latent_shape)
-        # A small initial output keeps q near N(mu, softplus(0)^2) and the initial KL moderate.
         self.params = tf_keras.layers.Dense(size, kernel_initializer=init.kernel())
-        self.example_shape = example_shape
 
     def __call__(self, x) -> tfd.Distribution:
         h = x
@@ -512,9 +511,9 @@ class VariationalAutoencoder(tf.Module):
             metrics["train/temperature"] = float(self.temperature())
         if split != "test":
             return metrics
-        x, y = dataset.arrays(split)
+        x, _ = dataset.arrays(split)
         if self.config.eval_examples:
-            x, y = x[:self.config.eval_examples], None if y is None else y[:self.config.eval_examples]
+            x = x[_evenly_spaced(len(x), self.config.eval_examples)]
         metrics["test/nll"] = -float(np.mean(self.importance_weighted_log_likelihood(
             x, self.config.eval_importance_samples, config.seed, config.eval_batch_size)))
         metrics["test/nll_examples"] = len(x)
@@ -547,9 +546,7 @@ class VariationalAutoencoder(tf.Module):
 
         seeds = metrics_lib.batch_seeds(seed, _FIGURE_STREAM)
         x, y = dataset.arrays("test")
-        # Evenly spaced test images: some test sets (binarized MNIST) are sorted by digit.
-        spread = lambda n: np.linspace(0, len(x) - 1, min(n, len(x))).astype(int)  # noqa: E731
-        observed = self.observe(x[spread(32)]).numpy()
+        observed = self.observe(x[_evenly_spaced(len(x), 32)]).numpy()
         reconstructed = self.predictive(observed, 1, seeds(0)).mean()[0].numpy()
         columns = min(8, len(observed))
         rows = len(observed) // columns
@@ -560,7 +557,7 @@ class VariationalAutoencoder(tf.Module):
                              "test images (odd rows) and reconstructions, mean of p(x | z), z ~ q(z | x)")]
         prior_draws = self.decode(self.prior.sample(64, seed=seeds(1))).mean().numpy()
         paths.append(_image_grid(prior_draws, 8, workdir / "prior_samples.png", "mean of p(x | z), z ~ p(z)"))
-        chosen = spread(5000)
+        chosen = _evenly_spaced(len(x), 5000)
         means = np.concatenate([self.encode(self.observe(x[chosen[i:i + 1000]])).mean().numpy().reshape(
             len(chosen[i:i + 1000]), -1) for i in range(0, len(chosen), 1000)])
         paths.append(_latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
@@ -581,6 +578,12 @@ class VariationalAutoencoder(tf.Module):
         """The family's SavedModel signatures (see `VAEServable`); K of `serving_default` is `num_samples`."""
         del dataset  # the example shape is the model's own
         return VAEServable(self, num_samples, seed)
+
+
+def _evenly_spaced(size: int, count: int) -> np.ndarray:
+    """`count` indices spread evenly over range(size): a subset that represents a split even when the split is
+    sorted (binarized MNIST's test set is ordered by digit)."""
+    return np.unique(np.linspace(0, size - 1, min(count, size)).round().astype(int))
 
 
 def _data_is_binary(x: np.ndarray) -> bool:

@@ -29,8 +29,8 @@ flags.DEFINE_enum("likelihood", "bernoulli", list(vae.LIKELIHOODS),
 flags.DEFINE_float("beta", 1.0, "Weight of the rate (KL) in training; 1 is the ELBO.", lower_bound=0.0)
 flags.DEFINE_integer("eval_importance_samples", 50, "K of the importance-weighted test NLL (5000 in the "
                      "published tables).", lower_bound=1)
-flags.DEFINE_integer("eval_examples", 0, "Compute the test NLL on the first N test examples only (0: all); "
-                     "for quick checks.", lower_bound=0)
+flags.DEFINE_integer("eval_examples", 0, "Compute the test NLL on N evenly spaced test examples only (0: "
+                     "all); for quick checks.", lower_bound=0)
 flags.DEFINE_float("temperature_init", 1.0, "gumbel_softmax: initial temperature tau_0.")
 flags.DEFINE_float("temperature_min", 0.5, "gumbel_softmax: floor of the temperature.")
 flags.DEFINE_float("temperature_decay", 1e-4, "gumbel_softmax: r of tau_t = max(min, tau_0 exp(-r t)), t in steps.")
