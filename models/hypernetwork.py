@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -55,6 +55,8 @@ tfb = tfp.bijectors
 VARIANTS = ("meta_representation", "bayesian_hypernetwork")
 HEADS = ("heteroscedastic", "homoscedastic")
 MIN_SCALE = 1e-3
+# Initial posterior spread per variant: enough for the KL to act on, small enough not to swamp the first steps.
+DEFAULT_INIT_SCALE = {"meta_representation": 0.05, "bayesian_hypernetwork": 0.1}
 INIT_WEIGHT_RHO = -5.0
 
 
@@ -70,7 +72,8 @@ class Config:
       hyper_units: width of the hidden layer of g (meta_representation) or of each coupling's network.
       flow_layers: RealNVP couplings of the flow (bayesian_hypernetwork).
       prior_scale: s of the N(0, s^2) prior on the per-unit scales (bayesian_hypernetwork).
-      init_code_scale: initial posterior standard deviation of the codes.
+      init_code_scale: initial posterior standard deviation of the codes (meta_representation) or of the flow's
+        base scales (bayesian_hypernetwork); None picks the variant's default.
       mc_samples: posterior samples per training step.
     """
 
@@ -81,7 +84,7 @@ class Config:
     hyper_units: int = 32
     flow_layers: int = 4
     prior_scale: float = 1.0
-    init_code_scale: float = 0.05
+    init_code_scale: Optional[float] = None
     mc_samples: int = 1
 
     def __post_init__(self):
@@ -89,6 +92,8 @@ class Config:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        if self.init_code_scale is None:
+            self.init_code_scale = DEFAULT_INIT_SCALE[self.variant]
         for name in ("code_dim", "hyper_units", "flow_layers", "mc_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

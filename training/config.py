@@ -38,6 +38,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-2
     lr_schedule: str = "cosine"
+    clip_norm: float = 0.0
     seed: int = 0
     workdir: str = ""
     export_base: str = ""
@@ -70,7 +71,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
-        for name in ("train_steps", "kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps"):
+        for name in ("train_steps", "clip_norm", "kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
         if not 0.0 <= self.validation_fraction < 1.0:

@@ -36,6 +36,8 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_float("learning_rate", d["learning_rate"], "Adam's (initial) learning rate.", lower_bound=0.0)
     flags.DEFINE_enum("lr_schedule", d["lr_schedule"], list(config_lib.LR_SCHEDULES),
                       "constant, or cosine decay to zero over the run (the final iterate settles).")
+    flags.DEFINE_float("clip_norm", d["clip_norm"], "Clip gradients to this global norm (0: no clipping).",
+                       lower_bound=0.0)
     flags.DEFINE_integer("seed", d["seed"], "Seeds data order, initialization and every Monte Carlo draw.")
     flags.DEFINE_string("workdir", d["workdir"] or None, "Checkpoints, TensorBoard logs, metrics.json, plots.")
     flags.DEFINE_string("export_base", d["export_base"], "If set, export a new SavedModel version under it "

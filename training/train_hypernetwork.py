@@ -12,7 +12,9 @@ from models import bayesian_dense, hypernetwork
 from training import flags as flags_lib
 from training import train_lib
 
-flags_lib.define_shared_flags(dataset="uci/concrete", train_steps=10000, batch_size=32, learning_rate=1e-2)
+# Gradient clipping: codes, hypernetwork and bilinear maps multiply, and without it a run can blow up.
+flags_lib.define_shared_flags(dataset="uci/concrete", train_steps=10000, batch_size=32, learning_rate=1e-2,
+                              clip_norm=1.0)
 flags.DEFINE_enum("variant", "meta_representation", list(hypernetwork.VARIANTS),
                   "meta_representation (Karaletsos et al. 2018) or bayesian_hypernetwork (Krueger et al. 2017).")
 flags.DEFINE_list("hidden_units", [], "Hidden widths of the target network (default: as the Bayesian dense "
@@ -23,7 +25,8 @@ flags.DEFINE_integer("hyper_units", 32, "Hidden width of the hypernetwork g or o
                      lower_bound=1)
 flags.DEFINE_integer("flow_layers", 4, "bayesian_hypernetwork: RealNVP couplings.", lower_bound=1)
 flags.DEFINE_float("prior_scale", 1.0, "bayesian_hypernetwork: s of the N(0, s^2) prior on unit scales.")
-flags.DEFINE_float("init_code_scale", 0.05, "Initial posterior standard deviation of codes or scales.")
+flags.DEFINE_float("init_code_scale", None, "Initial posterior standard deviation of codes or scales "
+                   "(default: 0.05 for meta_representation, 0.1 for bayesian_hypernetwork).")
 flags.DEFINE_integer("mc_samples", 1, "Posterior samples per training step.", lower_bound=1)
 FLAGS = flags.FLAGS
 

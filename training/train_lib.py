@@ -189,7 +189,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
     total_steps = config.train_steps or config.epochs * steps_per_epoch
     num_epochs = -(-total_steps // steps_per_epoch)
     with strategy.scope():
-        optimizer = tf_keras.optimizers.Adam(_learning_rate(config, total_steps))
+        optimizer = tf_keras.optimizers.Adam(_learning_rate(config, total_steps),
+                                             global_clipnorm=config.clip_norm or None)
     # Outside the strategy scope: one host-side counter, not one copy per replica.
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
