@@ -164,16 +164,15 @@ class MetaRepresentationNetwork(_MetaNetwork):
         super().__init__(config, input_shape, task, output_dim, name="meta_representation")
         d = config.code_dim
         self.code_loc, self.code_rho = [], []
-        init = tf.random.stateless_normal
         for l, width in enumerate(self.widths):
             units = width + (1 if l < len(self.widths) - 1 else 0)  # a bias unit feeds every next layer
             # Codes start at distinct prior draws, so different units generate different weights from the start.
-            self.code_loc.append(tf.Variable(init([units, d], [l, 7]), name=f"code_loc_{l}"))
+            self.code_loc.append(tf.Variable(tf.random.normal([units, d]), name=f"code_loc_{l}"))
             self.code_rho.append(tf.Variable(tf.fill([units, d], _softplus_inverse(config.init_code_scale)),
                                              name=f"code_rho_{l}"))
         # g's first layer on [z_i, z_j] is z_i A + z_j B + a: computed per unit, then added per pair, which saves
         # the pairs-by-2D product (n_in * n_out * 2D * H flops) of a dense layer on concatenated pairs.
-        glorot = tf_keras.initializers.GlorotUniform(seed=5)
+        glorot = lambda shape: tf_keras.initializers.GlorotUniform()(shape)  # noqa: E731 - a fresh draw each call
         self.trunk_in = tf.Variable(glorot([d, config.hyper_units]), name="g_trunk_in")
         self.trunk_out = tf.Variable(glorot([d, config.hyper_units]), name="g_trunk_out")
         self.trunk_bias = tf.Variable(tf.zeros([config.hyper_units]), name="g_trunk_bias")
@@ -250,8 +249,7 @@ class _Coupling(tf.Module):
 
     def __init__(self, masked: int, rest: int, hidden: int, name: str):
         super().__init__(name=name)
-        glorot = tf_keras.initializers.GlorotUniform(seed=len(name))
-        self.w_hidden = tf.Variable(glorot([masked, hidden]), name="w_hidden")
+        self.w_hidden = tf.Variable(tf_keras.initializers.GlorotUniform()([masked, hidden]), name="w_hidden")
         self.b_hidden = tf.Variable(tf.zeros([hidden]), name="b_hidden")
         # Zero-initialized output: every coupling starts as the identity, so q starts as the base Gaussian.
         self.w_out = tf.Variable(tf.zeros([hidden, 2 * rest]), name="w_out")
@@ -271,7 +269,7 @@ class BayesianHypernetwork(_MetaNetwork):
         self.directions, self.biases = [], []
         for l in range(len(self.widths) - 1):
             self.directions.append(tf.Variable(
-                tf.random.stateless_normal([self.widths[l], self.widths[l + 1]], [l, 11]), name=f"v_{l}"))
+                tf.random.normal([self.widths[l], self.widths[l + 1]]), name=f"v_{l}"))
             self.biases.append(tf.Variable(tf.zeros([self.widths[l + 1]]), name=f"b_{l}"))
         self.num_scales = sum(self.widths[1:])
         g = self.num_scales

@@ -38,11 +38,14 @@ class ElboTerms:
       nll: [batch] E_q[-log p(y_n | H, z_n)], a Monte Carlo estimate of the expected negative log-likelihood.
       local_kl: [batch] KL(q(z_n | y_n) || p(z_n)) for amortized latents, or None.
       global_kl: scalar KL(q(H) || p(H)) over global quantities, or None.
+      kl_scale: a family's own weight on the KL in its training loss (a beta-VAE's beta); the KL itself, and so
+        every logged KL and ELBO, stays the true one.
     """
 
     nll: tf.Tensor
     local_kl: Optional[tf.Tensor] = None
     global_kl: Optional[tf.Tensor] = None
+    kl_scale: float = 1.0
 
     def kl_per_example(self, num_train: int) -> tf.Tensor:
         """[batch] the KL each example carries: its own local KL plus 1/N of the global KL."""
@@ -54,8 +57,10 @@ class ElboTerms:
         return kl
 
     def loss_per_example(self, num_train: int, kl_weight=1.0) -> tf.Tensor:
-        """[batch] nll + w * (local KL + global KL / N); its batch mean is the loss, its negative the ELBO."""
-        return self.nll + tf.cast(kl_weight, self.nll.dtype) * self.kl_per_example(num_train)
+        """[batch] nll + w * kl_scale * (local KL + global KL / N); with w = kl_scale = 1 its batch mean is the loss
+        and its negative the ELBO."""
+        weight = tf.cast(kl_weight, self.nll.dtype) * tf.cast(self.kl_scale, self.nll.dtype)
+        return self.nll + weight * self.kl_per_example(num_train)
 
 
 def to_bits(nats):

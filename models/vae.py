@@ -13,7 +13,7 @@ i.e. minimizing `ElboTerms(nll=E_q[-log p(x|z)], local_kl=KL(q(z|x) || p(z)))` p
 example, averaged like the likelihood; see `models/objective.py`). Information-theoretic reading (Alemi et al.
 2018, "Fixing a Broken ELBO"): the KL is the RATE, the nats the encoder spends describing x in z, and the expected
 reconstruction NLL is the DISTORTION; -ELBO = rate + distortion. The beta-VAE objective (Higgins et al. 2017)
-distortion + beta * rate moves along the rate-distortion curve: `Config.beta` scales `local_kl` in training only
+distortion + beta * rate moves along the rate-distortion curve: `Config.beta` is the ElboTerms' `kl_scale` in training only
 (the shared loop's KL warm-up multiplies it further), while evaluation reports the true rate and ELBO.
 
 Latents (`Config.latent`), each sampled by reparameterization so gradients flow through z:
@@ -77,7 +77,7 @@ import functools
 import math
 import pathlib
 import time
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from absl import logging
 import numpy as np
@@ -135,6 +135,8 @@ class Config:
     beta: float = 1.0
     eval_importance_samples: int = 50
     eval_examples: int = 0
+    # Evaluation-only fields: a finished run may be re-evaluated with other values in the same workdir.
+    RESUMABLE_FIELDS: ClassVar[frozenset] = frozenset({"eval_importance_samples", "eval_examples"})
     temperature_init: float = 1.0
     temperature_min: float = 0.5
     temperature_decay: float = 1e-4
@@ -423,8 +425,8 @@ class VariationalAutoencoder(tf.Module):
             `step`, and weight the KL by beta; otherwise the fixed binarization, hard categorical draws, beta = 1.
 
         Returns:
-          `ElboTerms` with `nll` [batch] = -log p(x | z), z ~ q(z | x) (one draw: the distortion) and `local_kl`
-          [batch] = beta * KL(q(z | x) || p(z)) in training, KL (the rate) otherwise.
+          `ElboTerms` with `nll` [batch] = -log p(x | z), z ~ q(z | x) (one draw: the distortion), `local_kl`
+          [batch] = KL(q(z | x) || p(z)) (the rate) and `kl_scale` = beta in training, 1 otherwise.
         """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         binarization_seed, latent_seed = tfp.random.split_seed(seed, n=2)
@@ -438,7 +440,7 @@ class VariationalAutoencoder(tf.Module):
             self.step.assign_add(1)  # after the temperature was read: step t uses tau_t
         nll = -self.decode(z).log_prob(x)
         kl = self.rate(q)
-        return ElboTerms(nll=nll, local_kl=self.config.beta * kl if training else kl)
+        return ElboTerms(nll=nll, local_kl=kl, kl_scale=self.config.beta if training else 1.0)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 

@@ -114,10 +114,10 @@ def _check_writable(flag: str, path: pathlib.Path) -> None:
         raise ConfigError(f"--{flag}={path}: {existing} is not writable")
 
 
-def check_resumable(saved: dict, current: dict) -> None:
+def check_resumable(saved: dict, current: dict, extra_allowed=()) -> None:
     """Raises `ConfigError` if a workdir's saved config differs from this run's in what shaped its training."""
-    differing = sorted(k for k in set(saved) | set(current)
-                       if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    allowed = RESUMABLE_CHANGES | frozenset(extra_allowed)
+    differing = sorted(k for k in set(saved) | set(current) if k not in allowed and saved.get(k) != current.get(k))
     if differing:
         detail = ", ".join(f"--{k}: was {saved.get(k)!r}, now {current.get(k)!r}" for k in differing)
         raise ConfigError(

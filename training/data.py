@@ -173,16 +173,22 @@ class Dataset:
         import tensorflow as tf
 
         x, y = self.arrays("train")
-        examples = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+        arrays = tuple(tf.constant(a) for a in ((x,) if y is None else (x, y)))
         steps_per_epoch = len(x) // batch_size
         start_epoch, offset = divmod(start_step, steps_per_epoch)
 
         def epoch(e):
-            order_seed = tf.cast(seed, tf.int64) * 1_000_003 + e
-            return examples.shuffle(len(x), seed=order_seed, reshuffle_each_iteration=False).batch(
-                batch_size, drop_remainder=True)
+            # A stateless permutation: tf.data's own shuffle seeds interact with the global seed.
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(len(x)), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+
+        def gather(indices):
+            batch = tuple(tf.gather(a, indices) for a in arrays)
+            return batch[0] if y is None else batch
 
         return (tf.data.Dataset.range(start_epoch, num_epochs).flat_map(epoch).skip(offset)
+                .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .prefetch(tf.data.AUTOTUNE))
 
     def split_off_validation(self, fraction: float, seed: int) -> "Dataset":

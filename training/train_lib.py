@@ -99,6 +99,9 @@ def _train_and_evaluate_split(config, model_config, build_model) -> dict:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
     _prepare_workdir(workdir, config, model_config)
     strategy = make_strategy(config.strategy)
+    # Initializers without their own seed draw from the global generator: seeding it here makes --seed fix the
+    # initialization too, in any process.
+    tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(model_config, dataset)
     start = time.time()
@@ -138,7 +141,8 @@ def _prepare_workdir(workdir: pathlib.Path, config, model_config) -> None:
     current = json.loads(json.dumps({**config.to_json(), **dataclasses.asdict(model_config)}))
     saved = config_lib.load_json(workdir / CONFIG_FILE)
     if saved is not None:
-        config_lib.check_resumable(saved, current)
+        # A family config may name fields that only affect evaluation (e.g. a VAE's importance samples).
+        config_lib.check_resumable(saved, current, extra_allowed=getattr(model_config, "RESUMABLE_FIELDS", ()))
     _write_json(workdir / CONFIG_FILE, current)
 
 

@@ -183,3 +183,17 @@ def test_mirrored_strategy_on_two_logical_cpus_trains_like_one_device(tmp_path, 
     # Different Monte Carlo draws per replica, same objective: the fits agree to within optimization noise.
     assert mirrored["test/rmse"] == pytest.approx(default["test/rmse"], rel=0.02)
     assert mirrored["train/elbo"] == pytest.approx(default["train/elbo"], abs=0.02)
+
+
+def test_seed_fixes_initialization_and_draws_across_processes(tmp_path, data_dir):
+    def run(name, seed):
+        result = subprocess.run(
+            [sys.executable, "-m", "training.train_bnn", f"--data_dir={data_dir}", "--dataset=uci/yacht",
+             "--train_steps=50", f"--seed={seed}", "--num_samples=10", f"--workdir={tmp_path / name}"],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    a, b, c = run("a", 4), run("b", 4), run("c", 5)
+    assert a["test/nll"] == b["test/nll"] and a["train/elbo"] == b["train/elbo"]
+    assert a["test/nll"] != c["test/nll"]
