@@ -47,19 +47,21 @@ def test_generated_weights_have_the_target_shapes_and_depend_only_on_the_codes()
 
 
 def test_meta_representation_passes_differ_when_the_codes_are_uncertain():
+    tf.random.set_seed(0)
     model = _meta(init_code_scale=0.5)
     x = tf.random.stateless_normal([4, 2], [0, 0])
     a, b = model.forward(x, 2, SEED_A), model.forward(x, 2, SEED_B)
     assert a.shape == (2, 4, 2) and not np.allclose(a, b)
     np.testing.assert_array_equal(a, model.forward(x, 2, SEED_A))
-    # With (nearly) certain codes and weights, the two passes agree.
+    uncertain = np.abs(a - b).max()
+    # Certain codes and the weights' noise at its floor (MIN_SCALE): the passes nearly agree.
     for rho in model.code_rho:
         rho.assign(tf.fill(rho.shape, -1e4))
     for head in model.heads:
         head.bias.assign([0.0, -1e4])
         head.kernel.assign(tf.zeros_like(head.kernel))
     a, b = model.forward(x, 2, SEED_A), model.forward(x, 2, SEED_B)
-    np.testing.assert_allclose(a, b, atol=1e-2)
+    assert np.abs(a - b).max() < 0.05 * uncertain
 
 
 def test_meta_representation_needs_far_fewer_variational_parameters_than_mean_field():
