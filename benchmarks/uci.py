@@ -62,7 +62,8 @@ FAMILIES = {
     "bnn": ("training.train_bnn", ["--estimator=flipout"]),
     "bnn_local": ("training.train_bnn", ["--estimator=local_reparameterization"]),
     "bnn_reparam": ("training.train_bnn", ["--estimator=reparameterization"]),
-    "hypernet": ("training.train_hypernetwork", []),
+    "meta_representation": ("training.train_hypernetwork", ["--variant=meta_representation"]),
+    "bayesian_hypernetwork": ("training.train_hypernetwork", ["--variant=bayesian_hypernetwork"]),
 }
 
 

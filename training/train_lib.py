@@ -105,13 +105,18 @@ def _train_and_evaluate_split(config, model_config, build_model) -> dict:
     with strategy.scope():
         model = build_model(model_config, dataset)
     start = time.time()
+    epochs_run = 0.0
     if getattr(model, "closed_form", False):
         fit_closed_form(model, dataset, workdir)
     else:
-        fit(model, dataset, config, strategy, workdir)
+        epochs_run = fit(model, dataset, config, strategy, workdir)
     train_seconds = time.time() - start
     metrics = evaluate(model, dataset, config, workdir)
     metrics["train/seconds"] = train_seconds
+    if epochs_run > 0:
+        metrics["train/seconds_per_epoch"] = train_seconds / epochs_run
+    if hasattr(model, "num_variational_parameters"):
+        metrics["model/variational_parameters"] = model.num_variational_parameters()
     _write_json(workdir / METRICS_FILE, metrics)
     with tf.summary.create_file_writer(str(workdir / "eval")).as_default():
         for name, value in metrics.items():
@@ -182,8 +187,12 @@ def _learning_rate(config, total_steps: int):
     return config.learning_rate
 
 
-def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
-    """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`."""
+def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
+    """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`.
+
+    Returns:
+      The epochs this call trained (fractional; 0 when a finished run is resumed).
+    """
     num_train = dataset.num_train
     batch_size = min(config.batch_size, num_train)
     if batch_size < config.batch_size:
@@ -229,6 +238,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
         return out
 
     writer = tf.summary.create_file_writer(str(workdir / "train"))
+    first_step = int(step)
     batches = dataset.training_batches(batch_size, config.seed, int(step), num_epochs).take(
         max(0, total_steps - int(step)))
     sums, progress = _new_epoch_sums(), None
@@ -271,6 +281,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> None:
                              objective.to_bits(-(means["nll"] + means["kl"])), means["nll"], means["kl"])
             sums, progress = _new_epoch_sums(), None
     writer.flush()
+    return (int(step) - first_step) / steps_per_epoch
 
 
 def _new_epoch_sums() -> dict:
