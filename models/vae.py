@@ -545,6 +545,7 @@ class VariationalAutoencoder(tf.Module):
     def write_figures(self, dataset, workdir: pathlib.Path, seed: int) -> list:
         """Writes the reconstruction, prior-sample and latent-map PNGs of the test split; returns their paths."""
         from training import metrics as metrics_lib
+        from training import plots
 
         seeds = metrics_lib.batch_seeds(seed, _FIGURE_STREAM)
         x, y = dataset.arrays("test")
@@ -555,18 +556,18 @@ class VariationalAutoencoder(tf.Module):
         shape = (rows, columns) + observed.shape[1:]
         pairs = np.stack([observed[:rows * columns].reshape(shape), reconstructed[:rows * columns].reshape(shape)],
                          axis=1).reshape((-1,) + observed.shape[1:])  # alternate rows: images, reconstructions
-        paths = [_image_grid(pairs, columns, workdir / "reconstructions.png",
+        paths = [plots.image_grid(pairs, columns, workdir / "reconstructions.png",
                              "test images (odd rows) and reconstructions, mean of p(x | z), z ~ q(z | x)")]
         prior_draws = self.decode(self.prior.sample(64, seed=seeds(1))).mean().numpy()
-        paths.append(_image_grid(prior_draws, 8, workdir / "prior_samples.png", "mean of p(x | z), z ~ p(z)"))
+        paths.append(plots.image_grid(prior_draws, 8, workdir / "prior_samples.png", "mean of p(x | z), z ~ p(z)"))
         chosen = _evenly_spaced(len(x), 5000)
         means = np.concatenate([self.encode(self.observe(x[chosen[i:i + 1000]])).mean().numpy().reshape(
             len(chosen[i:i + 1000]), -1) for i in range(0, len(chosen), 1000)])
-        paths.append(_latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
+        paths.append(plots.latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
         if self.config.latent != "gumbel_softmax" and self.latent_shape == (2,):
             grid = tfd.Normal(0.0, 1.0).quantile(np.linspace(0.05, 0.95, 15).astype(np.float32)).numpy()
             z = np.stack(np.meshgrid(grid, grid[::-1]), axis=-1).reshape(-1, 2)
-            paths.append(_image_grid(self.decode(z).mean().numpy(), 15, workdir / "latent_manifold.png",
+            paths.append(plots.image_grid(self.decode(z).mean().numpy(), 15, workdir / "latent_manifold.png",
                                      "mean of p(x | z) over prior quantiles 0.05..0.95 of z"))
         return paths
 
@@ -728,65 +729,3 @@ class VAEServable(tf.Module):
                 request.inputs[key.name].CopyFrom(inputs[key.name])
             requests.append(request)
         return requests
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Figures.
-# ---------------------------------------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display is needed or wanted
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _image_grid(images: np.ndarray, columns: int, path: pathlib.Path, title: str) -> pathlib.Path:
-    """Images [N, height, width, 1] in [0, 1] tiled `columns` wide, one pixel of white between them."""
-    plt = _pyplot()
-    n, height, width = images.shape[:3]
-    rows = -(-n // columns)
-    canvas = np.ones((rows * (height + 1) + 1, columns * (width + 1) + 1))
-    for i, image in enumerate(images[..., 0]):
-        r, c = divmod(i, columns)
-        canvas[1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] \
-            = image
-    fig, ax = plt.subplots(figsize=(columns * 0.6 + 0.4, rows * 0.6 + 0.6))
-    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _latent_map(means: np.ndarray, labels, path: pathlib.Path) -> pathlib.Path:
-    """Latent means [N, features] on their first two principal components (as they are if 2-D), by label."""
-    plt = _pyplot()
-    if means.shape[1] == 2:
-        points, axes = means, ("z_1", "z_2")
-    else:
-        centred = means - means.mean(axis=0)
-        _, singular, components = np.linalg.svd(centred, full_matrices=False)
-        points = centred @ components[:2].T
-        explained = singular[:2] ** 2 / np.sum(singular ** 2)
-        axes = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained))
-    fig, ax = plt.subplots(figsize=(6, 5))
-    if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
-    else:
-        colours = plt.get_cmap("tab10")
-        for i, label in enumerate(np.unique(labels)):
-            mask = labels == label
-            ax.scatter(points[mask, 0], points[mask, 1], s=2, alpha=0.7, color=colours(i % 10), label=str(label))
-        ax.legend(title="label", markerscale=4, fontsize="small", loc="best")
-    ax.set_xlabel(axes[0])
-    ax.set_ylabel(axes[1])
-    ax.set_title(f"mean of q(z | x) of {len(points)} test images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -1,4 +1,5 @@
-"""PNG figures written into the workdir: a reliability diagram and the predictive band of 1-D regression."""
+"""PNG figures written into the workdir: a reliability diagram, the predictive band of 1-D regression, image grids
+and a 2-D map of latent codes."""
 
 from __future__ import annotations
 
@@ -62,6 +63,55 @@ def predictive_band(x_train, y_train, x_grid, summary: dict, path: pathlib.Path,
     ax.set_ylabel("y")
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def image_grid(images: np.ndarray, columns: int, path: pathlib.Path, title: str) -> pathlib.Path:
+    """Images [N, height, width, 1] in [0, 1] tiled `columns` wide, one pixel of white between them."""
+    plt = _pyplot()
+    n, height, width = images.shape[:3]
+    rows = -(-n // columns)
+    canvas = np.ones((rows * (height + 1) + 1, columns * (width + 1) + 1))
+    for i, image in enumerate(images[..., 0]):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] \
+            = image
+    fig, ax = plt.subplots(figsize=(columns * 0.6 + 0.4, rows * 0.6 + 0.6))
+    ax.imshow(canvas, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def latent_map(means: np.ndarray, labels, path: pathlib.Path) -> pathlib.Path:
+    """Latent means [N, features] on their first two principal components (as they are if 2-D), by label."""
+    plt = _pyplot()
+    if means.shape[1] == 2:
+        points, axes = means, ("z_1", "z_2")
+    else:
+        centred = means - means.mean(axis=0)
+        _, singular, components = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ components[:2].T
+        explained = singular[:2] ** 2 / np.sum(singular ** 2)
+        axes = tuple(f"principal component {i + 1} ({100 * e:.0f}% of variance)" for i, e in enumerate(explained))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    else:
+        colours = plt.get_cmap("tab10")
+        for i, label in enumerate(np.unique(labels)):
+            mask = labels == label
+            ax.scatter(points[mask, 0], points[mask, 1], s=2, alpha=0.7, color=colours(i % 10), label=str(label))
+        ax.legend(title="label", markerscale=4, fontsize="small", loc="best")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(f"mean of q(z | x) of {len(points)} test images")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
