@@ -1,0 +1,174 @@
+"""Latency of the exported posterior predictive against the per-sample loop and a deterministic pass.
+
+For each family and each S in {1, 10, 100, 1000} and batch in {1, 32, 1024}, in one process, medians of:
+
+  * ours: the exported SavedModel's `predict_mc` (the same graph as `serving_default`, with S as an input),
+    loaded with `tf.saved_model.load`: S posterior samples in one vectorized computation, plus the statistics of
+    `models.predictive` (mean, spreads, interval or entropies);
+  * (a) loop: what a TFP example writes -- a `tf_keras` model of `tfp.layers` (DenseFlipout for the Bayesian
+    network; for the meta-networks, which have no TFP-example counterpart, our own model asked for one sample at
+    a time) called S times in a Python loop, its outputs averaged;
+  * (b) deterministic: one forward pass of a plain `tf_keras` network of the same shape (`tf.function`).
+
+It prints ours / (a) as a speed-up and ours / (b) as "deterministic passes", and checks the targets: at least 10x
+faster than (a) at S = 100, and S = 100 costing at most 10 deterministic passes at batch 32. With `--jit_compile`
+it also times the same signature function compiled by XLA in process (stock TF Serving runs XLA only when started
+with `--xla_cpu_compilation_enabled`, so exports are not compiled by default).
+
+Models are untrained (latency does not depend on the weights' values); shapes are the MNIST classifiers of the
+families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks).
+
+    python benchmarks/predictive.py --families=bnn,meta_representation,bayesian_hypernetwork
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+import tf_keras  # noqa: E402
+
+from models import bayesian_dense, hypernetwork  # noqa: E402
+from serving import export  # noqa: E402
+from training import data as data_lib  # noqa: E402
+
+SAMPLES = (1, 10, 100, 1000)
+BATCHES = (1, 32, 1024)
+INPUT_SHAPE = (28, 28, 1)
+CLASSES = 10
+
+
+def _dataset():
+    """A stand-in classification Dataset of the MNIST shape (only shapes matter here)."""
+    x = np.zeros((2,) + INPUT_SHAPE, np.float32)
+    return data_lib.Dataset(name="mnist", task="classification", num_classes=CLASSES, x_train=x,
+                            y_train=np.zeros(2, np.int32), x_test=x, y_test=np.zeros(2, np.int32))
+
+
+def build(family: str):
+    """(our model, hidden widths) of a family."""
+    dataset = _dataset()
+    if family == "bnn":
+        config = bayesian_dense.Config(hidden_units=(400, 400))
+        return bayesian_dense.build_model(config, dataset), config.hidden_units
+    config = hypernetwork.Config(variant=family, hidden_units=(100,), code_dim=32, hyper_units=8)
+    return hypernetwork.build_model(config, dataset), config.hidden_units
+
+
+def loop_baseline(family: str, model, hidden):
+    """(a): a function (x, S) -> mean probabilities from S separate calls, as TFP examples write it."""
+    if family == "bnn":
+        layers = [tf_keras.layers.Flatten()]
+        layers += [tfp.layers.DenseFlipout(u, activation="relu") for u in hidden]
+        layers += [tfp.layers.DenseFlipout(CLASSES)]
+        keras_model = tf_keras.Sequential(layers)
+        keras_model.build((None,) + INPUT_SHAPE)
+        # Compiled, which is kinder to the baseline than the example's eager `model.predict` per sample.
+        call = tf.function(lambda x: tf.nn.softmax(keras_model(x)))
+    else:
+        @tf.function
+        def call(x):
+            return tf.nn.softmax(model.forward(x, 1, tf.random.uniform([2], maxval=2**30, dtype=tf.int32))[0])
+
+    def predict(x, num_samples):
+        return tf.add_n([call(x) for _ in range(num_samples)]) / num_samples
+
+    return predict
+
+
+def deterministic_baseline(hidden):
+    """(b): one forward pass of a plain network of the same shape."""
+    keras_model = tf_keras.Sequential([tf_keras.layers.Flatten()]
+                                      + [tf_keras.layers.Dense(u, activation="relu") for u in hidden]
+                                      + [tf_keras.layers.Dense(CLASSES)])
+    keras_model.build((None,) + INPUT_SHAPE)
+    return tf.function(lambda x: tf.nn.softmax(keras_model(x)))
+
+
+def median_seconds(fn, budget: float = 1.0, min_runs: int = 3, max_runs: int = 50) -> float:
+    """Median wall time of fn() over repeated runs (after one warm-up call), within a time budget."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < budget and len(times) < max_runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="bnn,meta_representation,bayesian_hypernetwork")
+    parser.add_argument("--jit_compile", action="store_true", help="also time the XLA-compiled signature")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of repeated runs per measurement")
+    parser.add_argument("--samples", default=",".join(map(str, SAMPLES)))
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    args = parser.parse_args()
+    tf.random.set_seed(0)
+    rng = np.random.default_rng(0)
+    print(f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; medians of repeated calls\n")
+    checks = []
+    for family in args.families.split(","):
+        model, hidden = build(family)
+        with tempfile.TemporaryDirectory() as base:
+            path = export.export(model, _dataset(), base, num_samples=100, seed=0)
+            loaded = tf.saved_model.load(str(path))
+            signature = loaded.signatures["predict_mc"]
+            loop = loop_baseline(family, model, hidden)
+            deterministic = deterministic_baseline(hidden)
+            jitted = tf.function(
+                lambda x, s: model_summary(model, x, s), jit_compile=True) if args.jit_compile else None
+            print(f"## {family} ({' -> '.join(['784'] + [str(u) for u in hidden] + [str(CLASSES)])}), "
+                  f"variational parameters {model.num_variational_parameters():,}")
+            header = "| batch | S | ours ms | (a) loop ms | speed-up vs (a) | (b) deterministic ms | ours in passes of (b) |"
+            if jitted is not None:
+                header += " ours, XLA ms |"
+            print(header)
+            print("|---" * (header.count("|") - 1) + "|")
+            for batch in [int(b) for b in args.batches.split(",")]:
+                x = tf.constant(rng.uniform(size=(batch,) + INPUT_SHAPE).astype(np.float32))
+                det = median_seconds(lambda: deterministic(x), args.budget)
+                for s in [int(v) for v in args.samples.split(",")]:
+                    seed = tf.constant([1, 2], tf.int32)
+                    ours = median_seconds(lambda: signature(x=x, num_samples=tf.constant(s), seed=seed), args.budget)
+                    baseline = median_seconds(lambda: loop(x, s), args.budget, min_runs=1 if s >= 100 else 3)
+                    row = (f"| {batch} | {s} | {1e3 * ours:.2f} | {1e3 * baseline:.2f} | {baseline / ours:.1f}x | "
+                           f"{1e3 * det:.3f} | {ours / det:.1f} |")
+                    if jitted is not None:
+                        xla = median_seconds(lambda: jitted(x, tf.constant(s)), args.budget)
+                        row += f" {1e3 * xla:.2f} |"
+                    print(row, flush=True)
+                    if s == 100:
+                        checks.append((family, batch, baseline / ours, ours / det))
+            print()
+    print("targets at S = 100:")
+    for family, batch, speedup, passes in checks:
+        verdicts = [f"{speedup:.1f}x faster than the loop ({'meets' if speedup >= 10 else 'misses'} >= 10x)"]
+        if batch == 32:
+            verdicts.append(f"{passes:.1f} deterministic passes ({'meets' if passes <= 10 else 'misses'} <= 10)")
+        print(f"  {family}, batch {batch}: " + "; ".join(verdicts))
+
+
+def model_summary(model, x, num_samples):
+    """The classification statistics of `predict_mc`, traced in process (for the XLA timing)."""
+    from models import predictive
+
+    summary = predictive.classification_summary(model.predictive(x, num_samples, tf.constant([1, 2])))
+    return summary["probabilities"]
+
+
+if __name__ == "__main__":
+    main()
