@@ -13,7 +13,7 @@ import os
 import pathlib
 from typing import Optional
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may change between a run and its resumption without changing what was trained so far.

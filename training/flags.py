@@ -45,7 +45,8 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_integer("num_samples", d["num_samples"], "Posterior samples S for evaluation and for the "
                          "exported serving_default signature.", lower_bound=1)
     flags.DEFINE_enum("strategy", d["strategy"], list(config_lib.STRATEGIES),
-                      "tf.distribute strategy: default (one device) or mirrored (all local devices).")
+                      "tf.distribute strategy: default (one device), mirrored (all local devices) or "
+                      "multi_worker (the cluster in TF_CONFIG; run the same command on every worker).")
     flags.DEFINE_float("kl_warmup_epochs", d["kl_warmup_epochs"], "Epochs over which the KL weight rises "
                        "linearly from 0 to 1 (0: no warm-up).", lower_bound=0.0)
     flags.DEFINE_float("validation_fraction", d["validation_fraction"], "Fraction of the training split held "

@@ -70,8 +70,10 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
       The metrics written to `<workdir>/metrics.json` (for `all`: mean and standard error over splits).
     """
     train_config.validate()
+    # One strategy per process: multi-worker collectives must be set up before any other TensorFlow work.
+    strategy = make_strategy(train_config.strategy)
     if train_config.split != "all":
-        return _train_and_evaluate_split(train_config, model_config, build_model)
+        return _train_and_evaluate_split(train_config, model_config, build_model, strategy)
     num_splits = data_lib.num_uci_splits(train_config.dataset[len("uci/"):], train_config.data_dir)
     for k in range(num_splits):  # Fail on a missing split file now, not after hours of training.
         data_lib.check_available(train_config.dataset, train_config.data_dir, k)
@@ -83,22 +85,25 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
             train_config, split=str(k), workdir=str(workdir / f"split_{k}"),
             export_base=str(pathlib.Path(train_config.export_base) / f"split_{k}") if train_config.export_base
             else "")
-        results.append(_train_and_evaluate_split(split_config, model_config, build_model))
+        results.append(_train_and_evaluate_split(split_config, model_config, build_model, strategy))
     summary = metrics_lib.aggregate(results)
     _write_json(workdir / METRICS_FILE, summary)
     logging.info("mean over %d splits: %s", num_splits, _format(summary))
     return summary
 
 
-def _train_and_evaluate_split(config, model_config, build_model) -> dict:
+def _train_and_evaluate_split(config, model_config, build_model, strategy) -> dict:
+    chief = is_chief(strategy)
     workdir = pathlib.Path(config.workdir).expanduser()
+    if not chief:
+        # Every worker saves checkpoints (the collectives need them all), but only the chief's are the run's.
+        workdir = workdir / f".worker_{strategy.cluster_resolver.task_id}"
     dataset = data_lib.load(config.dataset, config.data_dir, config.split_index)
     if dataset.task == data_lib.CLASSIFICATION and config.ood_name():
         data_lib.check_available(config.ood_name(), config.data_dir)  # before training, not after
     if config.validation_fraction > 0:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
     _prepare_workdir(workdir, config, model_config)
-    strategy = make_strategy(config.strategy)
     # Initializers without their own seed draw from the global generator: seeding it here makes --seed fix the
     # initialization too, in any process.
     tf_keras.utils.set_random_seed(config.seed)
@@ -111,6 +116,9 @@ def _train_and_evaluate_split(config, model_config, build_model) -> dict:
     else:
         epochs_run = fit(model, dataset, config, strategy, workdir)
     train_seconds = time.time() - start
+    if not chief:
+        logging.info("worker %d done; the chief evaluates and exports", strategy.cluster_resolver.task_id)
+        return {}
     metrics = evaluate(model, dataset, config, workdir)
     metrics["train/seconds"] = train_seconds
     if epochs_run > 0:
@@ -131,13 +139,32 @@ def _train_and_evaluate_split(config, model_config, build_model) -> dict:
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """`default`: the current device; `mirrored`: data parallel over all GPUs, or all logical CPUs without one."""
+    """The `tf.distribute` strategy of `--strategy`.
+
+    `default`: the current device. `mirrored`: data parallel over all GPUs, or all logical CPUs without one.
+    `multi_worker`: data parallel over the workers of the cluster in the `TF_CONFIG` environment variable (each
+    worker runs the same command; worker 0 is the chief, which evaluates, writes metrics.json and exports).
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise config_lib.ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                                         "(cluster and task of this worker)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise config_lib.ConfigError(f"--strategy must be one of {', '.join(config_lib.STRATEGIES)}, got {name!r}")
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and
+                                             "chief" not in resolver.cluster_spec().jobs)
 
 
 def _prepare_workdir(workdir: pathlib.Path, config, model_config) -> None:
@@ -243,9 +270,13 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
         max(0, total_steps - int(step)))
     sums, progress = _new_epoch_sums(), None
     last_save = last_log = time.time()
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     # A progress bar only where someone watches; logs and CI get one line per epoch, at most every few seconds.
     interactive = sys.stdout.isatty()
-    for batch in strategy.experimental_distribute_dataset(batches):
+    options = tf.data.Options()
+    # Every worker builds the same batches from the same seed and takes its share of each (not a file shard).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    for batch in strategy.experimental_distribute_dataset(batches.with_options(options)):
         epoch, offset = divmod(int(step), steps_per_epoch)
         if progress is None and interactive:
             progress = tf_keras.utils.Progbar(steps_per_epoch, stateful_metrics=["nll", "kl", "elbo"],
@@ -268,7 +299,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
         if config.checkpoint_every_steps and t % config.checkpoint_every_steps == 0:
             manager.save(checkpoint_number=t)
         if t % steps_per_epoch == 0 or t == total_steps:  # The epoch (or the run) is complete.
-            if t == total_steps or time.time() - last_save >= MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS:
+            # Workers of a cluster must save together, so they save at every epoch end, not by their own clocks.
+            if t == total_steps or multi_worker or time.time() - last_save >= MIN_SECONDS_BETWEEN_EPOCH_CHECKPOINTS:
                 manager.save(checkpoint_number=t)
                 last_save = time.time()
             means = {k: v / sums["count"] for k, v in sums.items() if k != "count"}

@@ -197,3 +197,39 @@ def test_seed_fixes_initialization_and_draws_across_processes(tmp_path, data_dir
     a, b, c = run("a", 4), run("b", 4), run("c", 5)
     assert a["test/nll"] == b["test/nll"] and a["train/elbo"] == b["train/elbo"]
     assert a["test/nll"] != c["test/nll"]
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
+    args = [f"--data_dir={data_dir}", "--dataset=uci/concrete", "--inference=gradient", "--epochs=30",
+            "--batch_size=128", "--num_samples=20", "--seed=2"]
+    single = _train_cli(*args, f"--workdir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        env = dict(_env(), TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "training.train_linear_regression", *args, "--strategy=multi_worker",
+             f"--workdir={tmp_path / 'cluster'}", f"--export_base={tmp_path / 'export'}"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    errors = [w.communicate(timeout=600)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    for index, log in enumerate(errors):
+        assert f"task_id = {index}, num_workers = 2" in log  # both joined one cluster of two
+    one = json.loads((tmp_path / "single/metrics.json").read_text())
+    two = json.loads((tmp_path / "cluster/metrics.json").read_text())  # written by the chief only
+    assert not (tmp_path / "cluster/.worker_1/metrics.json").exists()
+    assert (tmp_path / "cluster/.worker_1/checkpoints").is_dir()
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["1"]  # one export, by the chief
+    assert two["test/rmse"] == pytest.approx(one["test/rmse"], rel=0.02)
+    assert two["train/elbo"] == pytest.approx(one["train/elbo"], abs=0.02)
