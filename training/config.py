@@ -18,7 +18,7 @@ LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
 RESUMABLE_CHANGES = frozenset({"epochs", "train_steps", "export_base", "num_samples", "data_dir", "workdir",
-                               "log_every_steps", "checkpoint_every_steps", "eval_batch_size",
+                               "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "steps_per_execution",
                                "ood_dataset"})
 
 
@@ -39,6 +39,8 @@ class TrainConfig:
     learning_rate: float = 1e-2
     lr_schedule: str = "cosine"
     clip_norm: float = 0.0
+    jit_compile: bool = False
+    steps_per_execution: int = 32
     seed: int = 0
     workdir: str = ""
     export_base: str = ""
@@ -65,7 +67,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Checks every value and combination; raises `ConfigError` naming the flag."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_samples": self.num_samples,
-                    "eval_batch_size": self.eval_batch_size}
+                    "eval_batch_size": self.eval_batch_size, "steps_per_execution": self.steps_per_execution}
         for name, value in positive.items():
             if int(value) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"--split=all runs every standard split of a UCI dataset; {self.dataset} has one split")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.jit_compile and self.strategy != "default":
+            raise ConfigError("--jit_compile compiles the step on one device; use it with --strategy=default")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not self.workdir:

@@ -214,8 +214,12 @@ def _learning_rate(config, total_steps: int):
     return config.learning_rate
 
 
-def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
+def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=None) -> float:
     """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`.
+
+    Args:
+      on_epoch_end: optional `(epoch, means)` callback after each epoch, `means` the epoch's per-example nll, kl
+        and loss (benchmarks time epochs with it).
 
     Returns:
       The epochs this call trained (fractional; 0 when a finished run is resumed).
@@ -257,12 +261,25 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
         return {"loss": loss, "nll": tf.reduce_sum(terms.nll) / batch_size,
                 "kl": tf.reduce_sum(kl) / batch_size}
 
-    @tf.function
-    def train_step(batch):
+    if config.jit_compile:
+        # XLA fuses the step's elementwise work (sampling, KL, Adam); it needs the whole step on one device.
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    def one_step(batch):
         per_replica = strategy.run(replica_step, args=(batch,))
         out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
         step.assign_add(1)
         return out
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        """`num_steps` steps in one call: per-step Python and dispatch overhead is paid once per call."""
+        totals = {"loss": tf.constant(0.0, tf.float64), "nll": tf.constant(0.0, tf.float64),
+                  "kl": tf.constant(0.0, tf.float64)}
+        for _ in tf.range(num_steps):
+            out = one_step(next(iterator))
+            totals = {k: totals[k] + tf.cast(out[k], tf.float64) for k in totals}
+        return totals
 
     writer = tf.summary.create_file_writer(str(workdir / "train"))
     first_step = int(step)
@@ -276,23 +293,28 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
     options = tf.data.Options()
     # Every worker builds the same batches from the same seed and takes its share of each (not a file shard).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    for batch in strategy.experimental_distribute_dataset(batches.with_options(options)):
-        epoch, offset = divmod(int(step), steps_per_epoch)
+    iterator = iter(strategy.experimental_distribute_dataset(batches.with_options(options)))
+    while int(step) < total_steps:
+        t0 = int(step)
+        epoch, offset = divmod(t0, steps_per_epoch)
         if progress is None and interactive:
             progress = tf_keras.utils.Progbar(steps_per_epoch, stateful_metrics=["nll", "kl", "elbo"],
                                               unit_name="step")
             progress.update(offset)
-        out = {k: float(v) for k, v in train_step(batch).items()}
+        # A call never crosses an epoch end or a step that logs or checkpoints.
+        k = min(config.steps_per_execution, steps_per_epoch - offset, total_steps - t0,
+                *(every - t0 % every for every in (config.log_every_steps, config.checkpoint_every_steps) if every))
+        out = {name: float(v) / k for name, v in train_steps(iterator, tf.constant(k)).items()}
         if not math.isfinite(out["loss"]):
             raise TrainingDivergedError(
-                f"the loss became {out['loss']} at step {int(step)} (epoch {epoch + 1}); the last good "
-                f"checkpoint is in {workdir / 'checkpoints'}; try a smaller --learning_rate")
-        for k in out:
-            sums[k] += out[k]
-        sums["count"] += 1
+                f"the loss became {out['loss']} within steps {t0 + 1}-{t0 + k} (epoch {epoch + 1}); the last "
+                f"good checkpoint is in {workdir / 'checkpoints'}; try a smaller --learning_rate")
+        for name in out:
+            sums[name] += out[name] * k
+        sums["count"] += k
         t = int(step)
         if progress is not None:
-            progress.update(offset + 1, [("nll", out["nll"]), ("kl", out["kl"]),
+            progress.update(offset + k, [("nll", out["nll"]), ("kl", out["kl"]),
                                          ("elbo", -(out["nll"] + out["kl"]))])
         if config.log_every_steps and t % config.log_every_steps == 0:
             _write_train_summaries(writer, out, t)
@@ -311,6 +333,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path) -> float:
                 logging.info("epoch %d/%d: elbo %.4f nats (%.4f bits) per example, nll %.4f, kl %.4f",
                              epoch + 1, num_epochs, -(means["nll"] + means["kl"]),
                              objective.to_bits(-(means["nll"] + means["kl"])), means["nll"], means["kl"])
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, means)
             sums, progress = _new_epoch_sums(), None
     writer.flush()
     return (int(step) - first_step) / steps_per_epoch

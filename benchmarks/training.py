@@ -1,0 +1,193 @@
+"""Training throughput of the shared loop against `tf_keras` `fit` of the same TFP layers.
+
+The baselines are how the TFP examples train: a `tf_keras` model of `tfp.layers` whose KL terms are Keras
+losses, compiled with Adam and trained by `model.fit`:
+
+  * Bayesian network: `tfp.layers.DenseFlipout` 784-400-400-10 on MNIST, KL / N per example (as in
+    `bayesian_neural_network.py`), against `models.bayesian_dense` with the flipout estimator through
+    `training.train_lib.fit`;
+  * VAE: a 784-200-200-50 encoder to `tfp.layers.IndependentNormal`, a `KLDivergenceRegularizer` to N(0, I) and
+    a decoder to `tfp.layers.IndependentBernoulli` (as in the TFP `vae` example), on dynamically binarized MNIST
+    with the Bernoulli pixels drawn once per epoch, against `models.vae` through the shared loop.
+
+Same data, batch size, epochs, learning rate and optimizer. The script prints training examples per second (the
+first epoch, which includes tracing, is reported apart and left out of the steady-state rate) and the final
+test ELBO per example of both, computed by the same code: `training.metrics.elbo_metrics` for ours, and for the
+baselines their own negative log-likelihood averaged over 10 weight draws plus their KL losses.
+
+    python benchmarks/training.py --epochs=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+import tf_keras  # noqa: E402
+
+from models import bayesian_dense, vae  # noqa: E402
+from training import config as config_lib  # noqa: E402
+from training import data as data_lib  # noqa: E402
+from training import metrics as metrics_lib  # noqa: E402
+from training import train_lib  # noqa: E402
+
+tfd, tfpl = tfp.distributions, tfp.layers
+
+
+class EpochTimer(tf_keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def _rates(epoch_seconds, examples_per_epoch):
+    first = examples_per_epoch / epoch_seconds[0]
+    rest = epoch_seconds[1:] or epoch_seconds
+    return first, examples_per_epoch * len(rest) / sum(rest)
+
+
+def bnn_baseline(dataset, setting):
+    """DenseFlipout layers (Bayesian kernels and biases, like ours, from the same initial scale), KL / N."""
+    n = dataset.num_train
+    kl = lambda q, p, _: tfd.kl_divergence(q, p) / n  # noqa: E731 - the example's per-example scaling
+    posterior = tfpl.default_mean_field_normal_fn(
+        untransformed_scale_initializer=tf_keras.initializers.Constant(INIT_RHO))
+
+    def dense(units, activation=None):
+        return tfpl.DenseFlipout(units, activation=activation, kernel_posterior_fn=posterior,
+                                 bias_posterior_fn=posterior, bias_prior_fn=tfpl.default_multivariate_normal_fn,
+                                 kernel_divergence_fn=kl, bias_divergence_fn=kl)
+
+    regression = dataset.task == "regression"
+    layers = [tf_keras.layers.Flatten()] + [dense(u, "relu") for u in setting["hidden"]]
+    layers.append(dense(2 if regression else dataset.num_classes))
+    if regression:
+        layers.append(tfpl.DistributionLambda(lambda t: tfd.Normal(
+            t[..., :1], bayesian_dense.MIN_SCALE + tf.nn.softplus(t[..., 1:]))))
+        loss = lambda y, rv: -rv.log_prob(y)  # noqa: E731
+    else:
+        loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = tf_keras.Sequential(layers)
+    model.compile(tf_keras.optimizers.Adam(setting["learning_rate"]), loss=loss)
+    timer = EpochTimer()
+    steps = n // setting["batch_size"]
+    model.fit(dataset.x_train[:steps * setting["batch_size"]], dataset.y_train[:steps * setting["batch_size"]],
+              batch_size=setting["batch_size"], epochs=setting["epochs"], verbose=0, callbacks=[timer],
+              shuffle=True)
+    x, y = dataset.x_test, dataset.y_test
+    draws = [tf.reduce_mean(loss(y, model(x))).numpy() for _ in range(10)]
+    return timer.times, -(float(np.mean(draws)) + float(tf.add_n(model.losses)))
+
+
+def vae_baseline(dataset, setting):
+    latent = 50
+    prior = tfd.Independent(tfd.Normal(tf.zeros(latent), 1.0), 1)
+    encoder = tf_keras.Sequential([
+        tf_keras.layers.Flatten(), tf_keras.layers.Dense(200, "tanh"), tf_keras.layers.Dense(200, "tanh"),
+        tf_keras.layers.Dense(tfpl.IndependentNormal.params_size(latent)),
+        tfpl.IndependentNormal(latent, activity_regularizer=tfpl.KLDivergenceRegularizer(prior))])
+    decoder = tf_keras.Sequential([
+        tf_keras.layers.Dense(200, "tanh"), tf_keras.layers.Dense(200, "tanh"), tf_keras.layers.Dense(784),
+        tfpl.IndependentBernoulli((28, 28, 1))])
+    inputs = tf_keras.Input((28, 28, 1))
+    model = tf_keras.Model(inputs, decoder(encoder(inputs)))
+    model.compile(tf_keras.optimizers.Adam(setting["learning_rate"]), loss=lambda x, rv: -rv.log_prob(x))
+    timer = EpochTimer()
+    rng = np.random.default_rng(0)
+    batch_size = setting["batch_size"]
+    steps = dataset.num_train // batch_size
+    times = []
+    for _ in range(setting["epochs"]):  # a fresh binarization per epoch, as close as `fit` gets to dynamic
+        x = (rng.uniform(size=dataset.x_train.shape) < dataset.x_train).astype(np.float32)[:steps * batch_size]
+        model.fit(x, x, batch_size=batch_size, epochs=1, verbose=0, callbacks=[timer], shuffle=True)
+        times += timer.times
+    x_test = vae.fixed_binarization(dataset.x_test).numpy()
+    rv = model(x_test)
+    nll = float(tf.reduce_mean(-rv.log_prob(x_test)))
+    kl = float(tf.reduce_mean(tfd.kl_divergence(encoder(x_test), prior)))
+    return times, -(nll + kl)
+
+
+def ours(setting, dataset, jit_compile):
+    with tempfile.TemporaryDirectory() as workdir:
+        config = config_lib.TrainConfig(dataset=dataset.name, workdir=workdir, epochs=setting["epochs"],
+                                        batch_size=setting["batch_size"], learning_rate=setting["learning_rate"],
+                                        lr_schedule="constant", seed=0, jit_compile=jit_compile).validate()
+        if setting["family"] == "bnn":
+            model = bayesian_dense.build_model(
+                bayesian_dense.Config(hidden_units=setting["hidden"], init_rho=INIT_RHO), dataset)
+        else:
+            model = vae.build_model(vae.Config(latent="normal", latent_dim=50, hidden_units=setting["hidden"],
+                                               activation="tanh"), dataset)
+        epoch_seconds, clock = [], [time.perf_counter()]
+
+        def on_epoch_end(epoch, means):
+            epoch_seconds.append(time.perf_counter() - clock[0])
+            clock[0] = time.perf_counter()
+
+        train_lib.fit(model, dataset, config, tf.distribute.get_strategy(), pathlib.Path(workdir), on_epoch_end)
+        elbo = metrics_lib.elbo_metrics(model, dataset, "test", seed=0, batch_size=1000)["test/elbo"]
+        if dataset.task == "regression":  # back to standardized units, as the baseline reports it
+            elbo += math.log(dataset.target_scale)
+    return epoch_seconds, elbo
+
+
+# Each family at the size its benchmark runs it: the UCI protocol's network, MNIST networks, Burda et al.'s VAE.
+SETTINGS = {
+    "bnn_uci": dict(family="bnn", dataset="uci/kin8nm", hidden=(50,), batch_size=32, learning_rate=1e-2,
+                    epochs=4),
+    "bnn_mnist": dict(family="bnn", dataset="mnist", hidden=(400, 400), batch_size=128, learning_rate=1e-3,
+                      epochs=3),
+    "vae_mnist": dict(family="vae", dataset="mnist", hidden=(200, 200), batch_size=100, learning_rate=1e-3,
+                      epochs=3),
+}
+INIT_RHO = -5.0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "datasets"))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--epochs", type=int, default=0, help="override every setting's epochs")
+    parser.add_argument("--jit_compile", action="store_true", help="compile our training step with XLA")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores; Adam, constant learning rate; examples per second after the first "
+          f"epoch (the first epoch, with tracing, in parentheses); test ELBO per example, nats\n")
+    print("| setting | batch | epochs | ours ex/s | tf_keras fit ex/s | speed-up | ours test ELBO | fit test ELBO |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.settings.split(","):
+        setting = dict(SETTINGS[name])
+        if args.epochs:
+            setting["epochs"] = args.epochs
+        dataset = data_lib.load(setting["dataset"], args.data_dir, 0)
+        examples = (dataset.num_train // setting["batch_size"]) * setting["batch_size"]
+        tf_keras.utils.set_random_seed(0)
+        base_times, base_elbo = (bnn_baseline if setting["family"] == "bnn" else vae_baseline)(dataset, setting)
+        tf_keras.utils.set_random_seed(0)
+        our_times, our_elbo = ours(setting, dataset, args.jit_compile)
+        (base_first, base_rate), (our_first, our_rate) = _rates(base_times, examples), _rates(our_times, examples)
+        print(f"| {name} ({' x '.join(map(str, setting['hidden']))} hidden) | {setting['batch_size']} | "
+              f"{setting['epochs']} | {our_rate:,.0f} ({our_first:,.0f}) | {base_rate:,.0f} ({base_first:,.0f}) | "
+              f"{our_rate / base_rate:.2f}x | {our_elbo:.2f} | {base_elbo:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
