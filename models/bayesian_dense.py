@@ -26,22 +26,20 @@ convolutions with 2x2 max pooling, then the dense layers), for image inputs.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from models import bayesian_layers
-from models.objective import ElboTerms
+from models import heads
 
 tfd = tfp.distributions
 
-HEADS = ("heteroscedastic", "homoscedastic")
+HEADS = heads.HEADS
 ARCHS = ("mlp", "lenet5")
 PRIORS = ("normal", "learned")
-# Floor of the predicted noise scale (standardized units): keeps the likelihood bounded on near-duplicate rows.
-MIN_SCALE = 1e-3
+MIN_SCALE = heads.MIN_SCALE
 
 
 @dataclasses.dataclass
@@ -82,7 +80,7 @@ class Config:
             raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
 
 
-class BayesianNetwork(tf.Module):
+class BayesianNetwork(heads.LikelihoodHead):
     """A mean-field Bayesian network (a module of `tf_keras` layers) whose `predictive` returns distributions.
 
     Args:
@@ -95,8 +93,7 @@ class BayesianNetwork(tf.Module):
     def __init__(self, config: Config, input_shape, task: str, output_dim: int, name: str = "bayesian_network"):
         super().__init__(name=name)
         self.config = config
-        self.task = task
-        self.output_dim = int(output_dim)
+        head_units = self._init_head(task, config.head, output_dim)
         self.example_shape = tuple(int(d) for d in input_shape)
         layer_args = dict(prior_scale=config.prior_scale, learn_prior_scale=config.prior == "learned",
                           init_rho=config.init_rho)
@@ -107,12 +104,7 @@ class BayesianNetwork(tf.Module):
             self.conv_layers = [bayesian_layers.Conv2DMeanField(6, 5, **layer_args),
                                 bayesian_layers.Conv2DMeanField(16, 5, **layer_args)]
         self.hidden_layers = [bayesian_layers.DenseMeanField(u, **layer_args) for u in config.hidden_units]
-        head_units = 2 * self.output_dim if task == "regression" and config.head == "heteroscedastic" \
-            else self.output_dim
         self.output_layer = bayesian_layers.DenseMeanField(head_units, **layer_args)
-        if task == "regression" and config.head == "homoscedastic":
-            # softplus^-1(0.5): a noise scale of half a target standard deviation to start from.
-            self.noise_rho = tf.Variable(math.log(math.expm1(0.5)), dtype=tf.float32, name="noise_rho")
         # Build every variable now, so checkpoints restore into an existing model and export can trace it.
         self.forward(tf.zeros((1,) + self.example_shape), 1, tf.constant([0, 0], tf.int32),
                      "local_reparameterization")
@@ -141,32 +133,18 @@ class BayesianNetwork(tf.Module):
             i += 1
         return self.output_layer(h, seeds[i], estimator, num_samples)
 
-    def _likelihood(self, outputs):
-        """The per-sample output distribution for network outputs [S, batch, head_units]."""
-        if self.task == "classification":
-            return tfd.Categorical(logits=outputs)
-        if self.config.head == "heteroscedastic":
-            loc, raw_scale = tf.split(outputs, 2, axis=-1)
-            return tfd.Normal(loc, MIN_SCALE + tf.nn.softplus(raw_scale))
-        return tfd.Normal(outputs, MIN_SCALE + tf.nn.softplus(self.noise_rho) * tf.ones_like(outputs))
+    def training_outputs(self, x, num_samples, seed) -> tf.Tensor:
+        """Outputs through the training estimator (`Config.estimator`)."""
+        return self.forward(x, num_samples, seed, self.config.estimator)
 
-    def predictive(self, x, num_samples, seed):
-        """p(y | x, W_s) for S posterior draws: Normal [S, batch, outputs] or Categorical [S, batch]."""
-        return self._likelihood(self.forward(x, num_samples, seed, "local_reparameterization"))
+    def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
+        """Outputs by local reparameterization: exact per example, and the cheapest (see bayesian_layers)."""
+        return self.forward(x, num_samples, seed, "local_reparameterization")
 
-    def kl(self) -> tf.Tensor:
-        """KL(q(W) || p(W)) summed over layers, nats."""
+    def kl(self, seed=None, num_samples=None) -> tf.Tensor:
+        """KL(q(W) || p(W)) summed over layers, nats, in closed form (the arguments are unused)."""
+        del seed, num_samples
         return tf.add_n([layer.kl() for layer in self.layers_with_posterior])
-
-    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
-        """nll [batch]: -E_q log p(y | x, W) over `mc_samples` draws; global KL(q || p)."""
-        del training
-        x, y = batch
-        likelihood = self._likelihood(self.forward(x, self.config.mc_samples, seed, self.config.estimator))
-        log_lik = likelihood.log_prob(y)
-        if self.task == "regression":
-            log_lik = tf.reduce_sum(log_lik, axis=-1)  # independent outputs
-        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0), global_kl=self.kl())
 
     def num_variational_parameters(self) -> int:
         return sum(layer.num_variational_parameters() for layer in self.layers_with_posterior)

@@ -47,14 +47,14 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
-from models.objective import ElboTerms
+from models import heads
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
 VARIANTS = ("meta_representation", "bayesian_hypernetwork")
-HEADS = ("heteroscedastic", "homoscedastic")
-MIN_SCALE = 1e-3
+HEADS = heads.HEADS
+MIN_SCALE = heads.MIN_SCALE
 # Initial posterior spread per variant: enough for the KL to act on, small enough not to swamp the first steps.
 DEFAULT_INIT_SCALE = {"meta_representation": 0.05, "bayesian_hypernetwork": 0.1}
 INIT_WEIGHT_RHO = -5.0
@@ -108,20 +108,16 @@ def _softplus_inverse(x: float) -> float:
     return math.log(math.expm1(x))
 
 
-class _MetaNetwork(tf.Module):
-    """What both variants share: the target network's shape, its heads, and the ELBO and predictive."""
+class _MetaNetwork(heads.LikelihoodHead):
+    """What both variants share: the target network's shape; the head, predictive and ELBO come from
+    `models.heads`."""
 
     def __init__(self, config: Config, input_shape, task: str, output_dim: int, name: str):
         super().__init__(name=name)
         self.config = config
-        self.task = task
-        self.output_dim = int(output_dim)
+        head_units = self._init_head(task, config.head, output_dim)
         self.example_shape = tuple(int(d) for d in input_shape)
-        head_units = 2 * self.output_dim if task == "regression" and config.head == "heteroscedastic" \
-            else self.output_dim
         self.widths = [math.prod(self.example_shape)] + list(config.hidden_units) + [head_units]
-        if task == "regression" and config.head == "homoscedastic":
-            self.noise_rho = tf.Variable(_softplus_inverse(0.5), dtype=tf.float32, name="noise_rho")
 
     def _flat_inputs(self, x):
         return tf.reshape(tf.convert_to_tensor(x, tf.float32), [tf.shape(x)[0], -1])
@@ -133,28 +129,10 @@ class _MetaNetwork(tf.Module):
     def kl(self, seed=None, num_samples=None) -> tf.Tensor:
         raise NotImplementedError
 
-    def _likelihood(self, outputs):
-        if self.task == "classification":
-            return tfd.Categorical(logits=outputs)
-        if self.config.head == "heteroscedastic":
-            loc, raw_scale = tf.split(outputs, 2, axis=-1)
-            return tfd.Normal(loc, MIN_SCALE + tf.nn.softplus(raw_scale))
-        return tfd.Normal(outputs, MIN_SCALE + tf.nn.softplus(self.noise_rho) * tf.ones_like(outputs))
+    def training_outputs(self, x, num_samples, seed) -> tf.Tensor:
+        return self.forward(x, num_samples, seed)
 
-    def predictive(self, x, num_samples, seed):
-        """p(y | x, H_s) for S posterior draws: Normal [S, batch, outputs] or Categorical [S, batch]."""
-        return self._likelihood(self.forward(x, num_samples, seed))
-
-    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
-        """nll [batch] over `mc_samples` draws, and the global KL of the posterior."""
-        del training
-        x, y = batch
-        forward_seed, kl_seed = tfp.random.split_seed(seed, 2)
-        log_lik = self._likelihood(self.forward(x, self.config.mc_samples, forward_seed)).log_prob(y)
-        if self.task == "regression":
-            log_lik = tf.reduce_sum(log_lik, axis=-1)
-        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0),
-                         global_kl=self.kl(kl_seed, self.config.mc_samples))
+    predictive_outputs = training_outputs
 
 
 class MetaRepresentationNetwork(_MetaNetwork):
