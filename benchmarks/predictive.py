@@ -15,10 +15,11 @@ faster than (a) at S = 100, and S = 100 costing at most 10 deterministic passes 
 it also times the same signature function compiled by XLA in process (stock TF Serving runs XLA only when started
 with `--xla_cpu_compilation_enabled`, so exports are not compiled by default).
 
-Models are untrained (latency does not depend on the weights' values); shapes are the MNIST classifiers of the
-families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks).
+Models are untrained (latency does not depend on the weights' values). Settings: the MNIST classifiers of the
+families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks) and the UCI
+protocol's regression network (8-50-2, heteroscedastic; its statistics include the mixture's 95% interval).
 
-    python benchmarks/predictive.py --families=bnn,meta_representation,bayesian_hypernetwork
+    python benchmarks/predictive.py [--settings=bnn_mnist,bnn_uci] [--jit_compile]
 """
 
 from __future__ import annotations
@@ -46,41 +47,63 @@ from training import data as data_lib  # noqa: E402
 
 SAMPLES = (1, 10, 100, 1000)
 BATCHES = (1, 32, 1024)
-INPUT_SHAPE = (28, 28, 1)
-CLASSES = 10
+
+# setting -> (family, input shape, outputs, hidden widths, task)
+SETTINGS = {
+    "bnn_mnist": ("bnn", (28, 28, 1), 10, (400, 400), "classification"),
+    "bnn_uci": ("bnn", (8,), 1, (50,), "regression"),
+    "meta_representation_mnist": ("meta_representation", (28, 28, 1), 10, (100,), "classification"),
+    "bayesian_hypernetwork_mnist": ("bayesian_hypernetwork", (28, 28, 1), 10, (100,), "classification"),
+}
 
 
-def _dataset():
-    """A stand-in classification Dataset of the MNIST shape (only shapes matter here)."""
-    x = np.zeros((2,) + INPUT_SHAPE, np.float32)
-    return data_lib.Dataset(name="mnist", task="classification", num_classes=CLASSES, x_train=x,
-                            y_train=np.zeros(2, np.int32), x_test=x, y_test=np.zeros(2, np.int32))
+def _dataset(input_shape, outputs, task):
+    """A stand-in Dataset of the right shapes (only shapes matter here)."""
+    x = np.zeros((2,) + input_shape, np.float32)
+    if task == "classification":
+        return data_lib.Dataset(name="stand-in", task=task, num_classes=outputs, x_train=x,
+                                y_train=np.zeros(2, np.int32), x_test=x, y_test=np.zeros(2, np.int32))
+    scaler = data_lib.Standardizer(np.zeros(input_shape, np.float32), np.ones(input_shape, np.float32))
+    y = np.zeros((2, outputs), np.float32)
+    return data_lib.Dataset(name="stand-in", task=task, x_train=x, y_train=y, x_test=x, y_test=y,
+                            x_scaler=scaler, y_scaler=data_lib.Standardizer(np.zeros(1, np.float32),
+                                                                              np.ones(1, np.float32)))
 
 
-def build(family: str):
-    """(our model, hidden widths) of a family."""
-    dataset = _dataset()
+def build(setting: str):
+    """(our model, its dataset stand-in) of a setting."""
+    family, input_shape, outputs, hidden, task = SETTINGS[setting]
+    dataset = _dataset(input_shape, outputs, task)
     if family == "bnn":
-        config = bayesian_dense.Config(hidden_units=(400, 400))
-        return bayesian_dense.build_model(config, dataset), config.hidden_units
-    config = hypernetwork.Config(variant=family, hidden_units=(100,), code_dim=32, hyper_units=8)
-    return hypernetwork.build_model(config, dataset), config.hidden_units
+        return bayesian_dense.build_model(bayesian_dense.Config(hidden_units=hidden), dataset), dataset
+    config = hypernetwork.Config(variant=family, hidden_units=hidden, code_dim=32, hyper_units=8)
+    return hypernetwork.build_model(config, dataset), dataset
 
 
-def loop_baseline(family: str, model, hidden):
-    """(a): a function (x, S) -> mean probabilities from S separate calls, as TFP examples write it."""
+def _head(outputs, task):
+    """Network outputs -> what the loop averages: class probabilities, or the regression mean."""
+    if task == "classification":
+        return tf.nn.softmax(outputs)
+    return outputs[..., :1]
+
+
+def loop_baseline(setting: str, model):
+    """(a): a function (x, S) -> the average of S separate calls, as TFP examples write it."""
+    family, input_shape, outputs, hidden, task = SETTINGS[setting]
+    head_units = outputs if task == "classification" else 2 * outputs
     if family == "bnn":
         layers = [tf_keras.layers.Flatten()]
         layers += [tfp.layers.DenseFlipout(u, activation="relu") for u in hidden]
-        layers += [tfp.layers.DenseFlipout(CLASSES)]
+        layers += [tfp.layers.DenseFlipout(head_units)]
         keras_model = tf_keras.Sequential(layers)
-        keras_model.build((None,) + INPUT_SHAPE)
+        keras_model.build((None,) + input_shape)
         # Compiled, which is kinder to the baseline than the example's eager `model.predict` per sample.
-        call = tf.function(lambda x: tf.nn.softmax(keras_model(x)))
+        call = tf.function(lambda x: _head(keras_model(x), task))
     else:
         @tf.function
         def call(x):
-            return tf.nn.softmax(model.forward(x, 1, tf.random.uniform([2], maxval=2**30, dtype=tf.int32))[0])
+            seed = tf.random.uniform([2], maxval=2**30, dtype=tf.int32)
+            return _head(model.predictive_outputs(x, 1, seed)[0], task)
 
     def predict(x, num_samples):
         return tf.add_n([call(x) for _ in range(num_samples)]) / num_samples
@@ -88,13 +111,15 @@ def loop_baseline(family: str, model, hidden):
     return predict
 
 
-def deterministic_baseline(hidden):
+def deterministic_baseline(setting: str):
     """(b): one forward pass of a plain network of the same shape."""
+    _, input_shape, outputs, hidden, task = SETTINGS[setting]
+    head_units = outputs if task == "classification" else 2 * outputs
     keras_model = tf_keras.Sequential([tf_keras.layers.Flatten()]
                                       + [tf_keras.layers.Dense(u, activation="relu") for u in hidden]
-                                      + [tf_keras.layers.Dense(CLASSES)])
-    keras_model.build((None,) + INPUT_SHAPE)
-    return tf.function(lambda x: tf.nn.softmax(keras_model(x)))
+                                      + [tf_keras.layers.Dense(head_units)])
+    keras_model.build((None,) + input_shape)
+    return tf.function(lambda x: _head(keras_model(x), task))
 
 
 def median_seconds(fn, budget: float = 1.0, min_runs: int = 3, max_runs: int = 50) -> float:
@@ -111,7 +136,7 @@ def median_seconds(fn, budget: float = 1.0, min_runs: int = 3, max_runs: int = 5
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default="bnn,meta_representation,bayesian_hypernetwork")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--jit_compile", action="store_true", help="also time the XLA-compiled signature")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of repeated runs per measurement")
     parser.add_argument("--samples", default=",".join(map(str, SAMPLES)))
@@ -121,25 +146,26 @@ def main():
     rng = np.random.default_rng(0)
     print(f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; medians of repeated calls\n")
     checks = []
-    for family in args.families.split(","):
-        model, hidden = build(family)
+    for setting in args.settings.split(","):
+        family, input_shape, outputs, hidden, task = SETTINGS[setting]
+        model, dataset = build(setting)
         with tempfile.TemporaryDirectory() as base:
-            path = export.export(model, _dataset(), base, num_samples=100, seed=0)
-            loaded = tf.saved_model.load(str(path))
-            signature = loaded.signatures["predict_mc"]
-            loop = loop_baseline(family, model, hidden)
-            deterministic = deterministic_baseline(hidden)
-            jitted = tf.function(
-                lambda x, s: model_summary(model, x, s), jit_compile=True) if args.jit_compile else None
-            print(f"## {family} ({' -> '.join(['784'] + [str(u) for u in hidden] + [str(CLASSES)])}), "
-                  f"variational parameters {model.num_variational_parameters():,}")
-            header = "| batch | S | ours ms | (a) loop ms | speed-up vs (a) | (b) deterministic ms | ours in passes of (b) |"
+            path = export.export(model, dataset, base, num_samples=100, seed=0)
+            signature = tf.saved_model.load(str(path)).signatures["predict_mc"]
+            loop = loop_baseline(setting, model)
+            deterministic = deterministic_baseline(setting)
+            jitted = tf.function(lambda x, s: model_summary(model, task, x, s),
+                                 jit_compile=True) if args.jit_compile else None
+            widths = " -> ".join(str(w) for w in (int(np.prod(input_shape)),) + hidden + (outputs,))
+            print(f"## {setting} ({widths}, {task}), variational parameters {model.num_variational_parameters():,}")
+            header = ("| batch | S | ours ms | (a) loop ms | speed-up vs (a) | (b) deterministic ms | "
+                      "ours in passes of (b) |")
             if jitted is not None:
                 header += " ours, XLA ms |"
             print(header)
             print("|---" * (header.count("|") - 1) + "|")
             for batch in [int(b) for b in args.batches.split(",")]:
-                x = tf.constant(rng.uniform(size=(batch,) + INPUT_SHAPE).astype(np.float32))
+                x = tf.constant(rng.uniform(size=(batch,) + input_shape).astype(np.float32))
                 det = median_seconds(lambda: deterministic(x), args.budget)
                 for s in [int(v) for v in args.samples.split(",")]:
                     seed = tf.constant([1, 2], tf.int32)
@@ -152,22 +178,24 @@ def main():
                         row += f" {1e3 * xla:.2f} |"
                     print(row, flush=True)
                     if s == 100:
-                        checks.append((family, batch, baseline / ours, ours / det))
+                        checks.append((setting, batch, baseline / ours, ours / det))
             print()
     print("targets at S = 100:")
-    for family, batch, speedup, passes in checks:
+    for setting, batch, speedup, passes in checks:
         verdicts = [f"{speedup:.1f}x faster than the loop ({'meets' if speedup >= 10 else 'misses'} >= 10x)"]
         if batch == 32:
             verdicts.append(f"{passes:.1f} deterministic passes ({'meets' if passes <= 10 else 'misses'} <= 10)")
-        print(f"  {family}, batch {batch}: " + "; ".join(verdicts))
+        print(f"  {setting}, batch {batch}: " + "; ".join(verdicts))
 
 
-def model_summary(model, x, num_samples):
-    """The classification statistics of `predict_mc`, traced in process (for the XLA timing)."""
+def model_summary(model, task, x, num_samples):
+    """The statistics of `predict_mc`, traced in process (for the XLA timing)."""
     from models import predictive
 
-    summary = predictive.classification_summary(model.predictive(x, num_samples, tf.constant([1, 2])))
-    return summary["probabilities"]
+    per_sample = model.predictive(x, num_samples, tf.constant([1, 2]))
+    if task == "classification":
+        return predictive.classification_summary(per_sample)["probabilities"]
+    return predictive.regression_summary(per_sample)["upper"]
 
 
 if __name__ == "__main__":
