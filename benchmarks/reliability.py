@@ -1,0 +1,566 @@
+r"""Reliability of the served models under load and under faults, measured in one run.
+
+    python benchmarks/reliability.py [--data_dir=../shared/datasets] [--clients=8] [--seconds=20]
+
+Three real exports of our families are built first (`serving.export.export`), each in its own base path:
+
+  * `concrete_blr`: Bayesian linear regression on UCI concrete, fitted in closed form (type-II maximum likelihood);
+  * `concrete_bnn`: a mean-field Bayesian network (one hidden layer of 50) on UCI concrete, `--bnn_steps` of Adam
+    through `training.train_lib.fit`;
+  * `mnist_bnn`: a mean-field Bayesian classifier (one hidden layer of 32) on MNIST, `--mnist_steps` of Adam.
+
+Then `python -m serving.server` serves the three from one model config file, and:
+
+1. Load: `--clients` gRPC clients (a thread and a channel each) call Predict (`serving_default`, `--rows` rows of
+   held-out data) on the three models in turn for `--seconds`, once with batching off and once with
+   `--enable_batching` and `deploy/batching.config`. Every answer is checked (every output has one row per input
+   row, float outputs are finite); a failed call or a wrong answer is an error. Printed: requests, errors,
+   throughput, p50 and p99 latency as the clients see it, and the server's peak resident memory (VmHWM).
+2. Faults, under the same load with batching off:
+   a. a new version of `concrete_blr` exported into its base path: failed requests (must be 0), and how many
+      requests each version answered;
+   b. a corrupt version directory (an unparsable `saved_model.pb`, renamed into place) and then a half-written one
+      (a numbered directory holding `variables/` but no `saved_model.pb` yet, as an exporter that writes in place
+      leaves it): failed requests (must be 0), the version that kept answering, and what GetModelStatus says about
+      the broken versions;
+   c. the server killed with SIGKILL mid-load and started again with the same flags and ports: seconds from the
+      restart to the first answered request.
+
+Latencies are wall times in the client process, which shares the machine (and, on a small machine, the cores) with
+the server; compare the two rows of one run, not numbers across machines. Every loop is bounded in time, servers
+listen on 127.0.0.1 only, and everything is written under a temporary directory that is removed at the end
+(`--workdir` keeps it instead).
+
+The functions here (`Server`, `run_load`, `rss_kib`, ...) are also what `tests/serving/test_reliability.py` uses.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_BATCHING_FILE = REPO_ROOT / "deploy" / "batching.config"
+MODELS = ("concrete_blr", "concrete_bnn", "mnist_bnn")
+
+
+# --------------------------------------------------------------------------------------------
+# Server processes.
+# --------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS: now; VmHWM: the peak so far)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise ValueError(f"no {field} in /proc/{pid}/status")
+
+
+class Server:
+    """A `python -m serving.server` child process on 127.0.0.1, which can be killed and started again.
+
+    Args:
+      args: flags besides the ports.
+      log_path: where its output goes (appended across restarts).
+      grpc_port, rest_port: fixed ports (default: free ones); a restart reuses them.
+    """
+
+    def __init__(self, args: List[str], log_path, grpc_port: int = 0, rest_port: int = 0):
+        self.args = list(args)
+        self.log_path = pathlib.Path(log_path)
+        self.grpc_port = grpc_port or free_port()
+        self.rest_port = rest_port or free_port()
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self, wait: bool = True, timeout: float = 180.0) -> "Server":
+        command = [sys.executable, "-m", "serving.server", f"--port={self.grpc_port}",
+                   f"--rest_api_port={self.rest_port}", "--bind_host=127.0.0.1", *self.args]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1",
+                   CUDA_VISIBLE_DEVICES="")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 180.0):
+        """Waits until the gRPC port accepts calls (the server opens it only once every model has loaded)."""
+        import grpc  # pylint: disable=import-outside-toplevel
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
+            with contextlib.closing(grpc.insecure_channel(self.address)) as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=0.5)
+                    return
+                except grpc.FutureTimeoutError:
+                    pass
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")
+
+    def kill(self):
+        """SIGKILL: no cleanup of any kind, as the OOM killer or a lost node would do it."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Load.
+# --------------------------------------------------------------------------------------------
+
+def predict_request(model: str, x: np.ndarray, signature: str = "serving_default"):
+    from serving import codec  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=import-outside-toplevel
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(np.asarray(x, np.float32), use_tensor_content=True))
+    return request
+
+
+def check_predict_response(response, rows: int) -> Optional[str]:
+    """None if every output has `rows` rows and float outputs are finite, else what is wrong."""
+    from serving import codec  # pylint: disable=import-outside-toplevel
+
+    if not response.outputs:
+        return "no outputs"
+    for alias, proto in response.outputs.items():
+        value = codec.tensor_proto_to_ndarray(proto, alias)
+        if value.ndim == 0 or value.shape[0] != rows:
+            return f"output {alias} has shape {value.shape}, expected {rows} rows"
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return f"output {alias} is not finite"
+    return None
+
+
+@dataclasses.dataclass
+class LoadResult:
+    """What the clients saw. `errors` counts failures by gRPC code name (or `BAD_ANSWER`)."""
+
+    seconds: float = 0.0
+    latencies: List[float] = dataclasses.field(default_factory=list)
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    versions: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    first_errors: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + sum(self.errors.values())
+
+    @property
+    def num_errors(self) -> int:
+        return sum(self.errors.values())
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1e3) if self.latencies else float("nan")
+
+
+def run_load(address: str, requests: Dict[str, list], clients: int, seconds: float,
+             stop: Optional[threading.Event] = None, timeout: float = 30.0) -> LoadResult:
+    """`clients` threads, each with its own channel, call Predict in turn on every model for `seconds`.
+
+    Args:
+      address: host:port of the server.
+      requests: model name -> list of (PredictRequest, rows); client k starts at model k and request k.
+      clients: concurrent clients.
+      seconds: how long every client keeps calling (or until `stop` is set).
+      timeout: deadline of each call.
+
+    Returns:
+      A `LoadResult` (latencies of the successful calls, errors by code, answering versions by "model:version").
+    """
+    import grpc  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=import-outside-toplevel
+
+    stop = stop or threading.Event()
+    plan = [(name, request, rows) for name, items in requests.items() for request, rows in items]
+    result = LoadResult()
+    lock = threading.Lock()
+    start = time.monotonic()
+    deadline = start + seconds
+
+    def client(k: int):
+        latencies, errors, versions, messages = [], collections.Counter(), collections.Counter(), []
+        with contextlib.closing(grpc.insecure_channel(address)) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            i = k
+            while time.monotonic() < deadline and not stop.is_set():
+                name, request, rows = plan[i % len(plan)]
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    response = stub.Predict(request, timeout=timeout)
+                except grpc.RpcError as exc:
+                    errors[exc.code().name] += 1
+                    if len(messages) < 3:
+                        messages.append(f"{name}: {exc.code().name}: {exc.details()}")
+                    continue
+                elapsed = time.perf_counter() - t0
+                problem = check_predict_response(response, rows)
+                if problem is not None:
+                    errors["BAD_ANSWER"] += 1
+                    if len(messages) < 3:
+                        messages.append(f"{name}: {problem}")
+                    continue
+                latencies.append(elapsed)
+                versions[f"{name}:{response.model_spec.version.value}"] += 1
+        with lock:
+            result.latencies.extend(latencies)
+            result.errors.update(errors)
+            result.versions.update(versions)
+            result.first_errors.extend(messages[: max(0, 5 - len(result.first_errors))])
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - start
+    return result
+
+
+@contextlib.contextmanager
+def background_load(*args, **kwargs):
+    """`run_load` on a thread; yields a dict whose "result" is set once the load is over (stopped on exit)."""
+    stop = threading.Event()
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", run_load(*args, stop=stop, **kwargs)),
+                              daemon=True)
+    thread.start()
+    try:
+        yield box
+    finally:
+        stop.set()
+        thread.join()
+
+
+def model_status(address: str, name: str, timeout: float = 10.0) -> Dict[int, tuple]:
+    """GetModelStatus: version -> (state name, error code, error message)."""
+    import grpc  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import get_model_status_pb2  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import model_service_pb2_grpc  # pylint: disable=import-outside-toplevel
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    with contextlib.closing(grpc.insecure_channel(address)) as channel:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=timeout)
+    return {s.version: (get_model_status_pb2.ModelVersionStatus.State.Name(s.state), s.status.error_code,
+                        s.status.error_message) for s in response.model_version_status}
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1):
+    """Polls `predicate` until it is truthy; returns its value, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def answers(address: str, request, timeout: float = 2.0) -> bool:
+    """One Predict on a fresh channel (no reconnect back-off carried over): did it succeed?"""
+    import grpc  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=import-outside-toplevel
+
+    with contextlib.closing(grpc.insecure_channel(address)) as channel:
+        try:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+def write_model_config(path, base_paths: Dict[str, pathlib.Path]) -> pathlib.Path:
+    """A ModelServerConfig text proto serving each base path under its name."""
+    entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{base}"\n    model_platform: "tensorflow"\n'
+                      "  }\n" for name, base in base_paths.items())
+    path = pathlib.Path(path)
+    path.write_text("model_config_list {\n" + entries + "}\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Faults.
+# --------------------------------------------------------------------------------------------
+
+def write_corrupt_version(base_path, version: int, like: pathlib.Path) -> pathlib.Path:
+    """A version whose `saved_model.pb` does not parse (its variables are fine), renamed into place."""
+    base_path = pathlib.Path(base_path)
+    staging = base_path / f".tmp-corrupt-{version}"
+    shutil.copytree(like, staging)
+    (staging / "saved_model.pb").write_bytes(b"\x08\x01\x12\xff this is not a SavedModel " * 64)
+    os.rename(staging, base_path / str(version))
+    return base_path / str(version)
+
+
+def write_half_version(base_path, version: int, like: pathlib.Path) -> pathlib.Path:
+    """A numbered directory caught half-written: `variables/` copied, `saved_model.pb` not yet."""
+    target = pathlib.Path(base_path) / str(version)
+    target.mkdir()
+    shutil.copytree(like / "variables", target / "variables")
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# The three exports.
+# --------------------------------------------------------------------------------------------
+
+def build_exports(data_dir, root, bnn_steps: int = 200, mnist_steps: int = 100, seed: int = 0) -> dict:
+    """Fits and exports the three models; returns name -> {"base": base path, "rows": held-out inputs, ...}."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from models import bayesian_dense  # pylint: disable=import-outside-toplevel
+    from models import linear_regression  # pylint: disable=import-outside-toplevel
+    from serving import export  # pylint: disable=import-outside-toplevel
+    from training import config as config_lib  # pylint: disable=import-outside-toplevel
+    from training import data  # pylint: disable=import-outside-toplevel
+    from training import train_lib  # pylint: disable=import-outside-toplevel
+
+    root = pathlib.Path(root)
+    tf.random.set_seed(seed)
+    concrete = data.load("uci/concrete", data_dir, split=0)
+    blr = linear_regression.build_model(linear_regression.Config(inference="exact"), concrete)
+    blr.fit_closed_form(concrete.x_train, concrete.y_train)
+    export.export(blr, concrete, root / "concrete_blr", seed=seed)
+
+    def fit(model, dataset, name, steps, batch_size, learning_rate):
+        workdir = root / f"{name}_work"
+        config = config_lib.TrainConfig(dataset=dataset.name, data_dir=str(data_dir), workdir=str(workdir),
+                                        train_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                        seed=seed).validate()
+        train_lib.fit(model, dataset, config, tf.distribute.get_strategy(), workdir)
+        export.export(model, dataset, root / name, seed=seed)
+
+    bnn = bayesian_dense.build_model(bayesian_dense.Config(hidden_units=(50,)), concrete)
+    fit(bnn, concrete, "concrete_bnn", bnn_steps, 32, 1e-2)
+    mnist = data.load("mnist", data_dir)
+    classifier = bayesian_dense.build_model(bayesian_dense.Config(hidden_units=(32,)), mnist)
+    fit(classifier, mnist, "mnist_bnn", mnist_steps, 64, 1e-3)
+    concrete_rows = concrete.x_scaler.invert(concrete.x_test)
+    return {
+        "concrete_blr": {"base": root / "concrete_blr", "rows": concrete_rows, "model": blr, "dataset": concrete},
+        "concrete_bnn": {"base": root / "concrete_bnn", "rows": concrete_rows},
+        "mnist_bnn": {"base": root / "mnist_bnn", "rows": mnist.x_test[:256]},
+    }
+
+
+def make_requests(exports: dict, rows: int, per_model: int = 16) -> Dict[str, list]:
+    """Per model, `per_model` PredictRequests of `rows` consecutive held-out rows each."""
+    out = {}
+    for name, info in exports.items():
+        x = info["rows"]
+        out[name] = [(predict_request(name, x[(i * rows) % (len(x) - rows):][:rows]), rows)
+                     for i in range(per_model)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark.
+# --------------------------------------------------------------------------------------------
+
+def _load_row(label: str, result: LoadResult, peak_kib: int) -> str:
+    return (f"{label:<13}{result.requests:>9}{result.num_errors:>8}{result.requests / result.seconds:>10.1f}"
+            f"{result.percentile_ms(50):>10.1f}{result.percentile_ms(99):>10.1f}{peak_kib / 1024:>14.0f}")
+
+
+def _status_line(status: Dict[int, tuple]) -> str:
+    parts = []
+    for version in sorted(status):
+        state, code, message = status[version]
+        text = f"v{version} {state}"
+        if code:
+            text += f" (code {code}: {message[:70]}{'...' if len(message) > 70 else ''})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def benchmark_load(exports, root, opts) -> List[str]:
+    base_paths = {name: info["base"] for name, info in exports.items()}
+    config = write_model_config(root / "models.config", base_paths)
+    requests = make_requests(exports, opts.rows)
+    lines = [f"Load: {opts.clients} gRPC clients x {opts.seconds:.0f} s, Predict serving_default, {opts.rows} "
+             f"row(s) per request, models {', '.join(exports)} in turn",
+             f"{'batching':<13}{'requests':>9}{'errors':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+             f"{'peak RSS MB':>14}"]
+    for label, extra in (("off", []), ("on", ["--enable_batching",
+                                               f"--batching_parameters_file={opts.batching_parameters_file}"])):
+        server = Server([f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
+                         f"--max_concurrent_requests={max(64, 2 * opts.clients)}", *extra],
+                        root / f"load_{label}.log").start()
+        try:
+            run_load(server.address, requests, opts.clients, min(2.0, opts.seconds))  # warm the caches
+            result = run_load(server.address, requests, opts.clients, opts.seconds)
+            peak = rss_kib(server.pid, "VmHWM")
+        finally:
+            server.stop()
+        lines.append(_load_row(label, result, peak))
+        if result.first_errors:
+            lines.append("    first errors: " + " | ".join(result.first_errors))
+    return lines
+
+
+def benchmark_faults(exports, root, opts) -> List[str]:
+    from serving import export  # pylint: disable=import-outside-toplevel
+
+    base_paths = {name: info["base"] for name, info in exports.items()}
+    config = write_model_config(root / "faults.config", base_paths)
+    requests = make_requests(exports, opts.rows)
+    blr_base = base_paths["concrete_blr"]
+    lines = [f"Faults, under the same load ({opts.clients} clients, batching off):"]
+    server = Server([f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
+                     "--max_num_load_retries=0", f"--max_concurrent_requests={max(64, 2 * opts.clients)}"],
+                    root / "faults.log").start()
+    try:
+        # a. A new version while under load.
+        with background_load(server.address, requests, opts.clients, 10 * opts.fault_seconds) as box:
+            time.sleep(opts.fault_seconds / 3)
+            blr = exports["concrete_blr"]
+            t0 = time.monotonic()
+            export.export(blr["model"], blr["dataset"], blr_base, seed=opts.seed + 1)
+            swapped = wait_for(lambda: model_status(server.address, "concrete_blr").get(1, ("",))[0] == "END"
+                               and model_status(server.address, "concrete_blr")[2][0] == "AVAILABLE",
+                               timeout=120)
+            swap_seconds = time.monotonic() - t0
+            time.sleep(opts.fault_seconds / 3)
+        result = box["result"]
+        answered = {v.split(":")[1]: n for v, n in result.versions.items() if v.startswith("concrete_blr:")}
+        lines.append(f"  new version exported under load: {result.requests} requests, {result.num_errors} failed; "
+                     f"concrete_blr answered by v1: {answered.get('1', 0)}, v2: {answered.get('2', 0)} "
+                     f"(export to v1 unloaded: {swap_seconds:.1f} s{'' if swapped else ', NOT SWAPPED'})")
+        # b. A corrupt version, then a half-written one.
+        with background_load(server.address, requests, opts.clients, 10 * opts.fault_seconds) as box:
+            time.sleep(opts.fault_seconds / 3)
+            write_corrupt_version(blr_base, 3, blr_base / "2")
+            wait_for(lambda: model_status(server.address, "concrete_blr").get(3, ("",))[0] == "END", timeout=120)
+            write_half_version(blr_base, 4, blr_base / "2")
+            wait_for(lambda: model_status(server.address, "concrete_blr").get(4, ("",))[0] == "END", timeout=120)
+            time.sleep(opts.fault_seconds / 3)
+        result = box["result"]
+        answered = sorted(v for v in result.versions if v.startswith("concrete_blr:"))
+        lines.append(f"  corrupt v3, then half-written v4: {result.requests} requests, {result.num_errors} failed; "
+                     f"concrete_blr answered by {', '.join(a.split(':')[1] for a in answered)}")
+        lines.append(f"    status: {_status_line(model_status(server.address, 'concrete_blr'))}")
+        # c. SIGKILL and restart on the same ports.
+        probe = requests["concrete_blr"][0][0]
+        with background_load(server.address, requests, opts.clients, 10 * opts.fault_seconds) as box:
+            time.sleep(opts.fault_seconds / 3)
+            server.kill()
+            down = not answers(server.address, probe, timeout=1.0)
+            t0 = time.monotonic()
+            server.start(wait=False)
+            back = wait_for(lambda: answers(server.address, probe), timeout=300, interval=0.05)
+            restart_seconds = time.monotonic() - t0
+            time.sleep(opts.fault_seconds / 3)
+        result = box["result"]
+        lines.append(f"  SIGKILL mid-load, restarted with the same flags and ports: "
+                     f"{'refused calls while down' if down else 'STILL ANSWERING after the kill'}; "
+                     f"answering again {restart_seconds:.1f} s after the restart{'' if back else ' (NEVER)'}; "
+                     f"clients saw {dict(result.errors) or 'no errors'} around the kill")
+    finally:
+        server.stop()
+    return lines
+
+
+def _define_flags():
+    from absl import flags  # pylint: disable=import-outside-toplevel
+
+    flags.DEFINE_string("data_dir", str(REPO_ROOT.parent / "shared" / "datasets"), "Offline datasets.")
+    flags.DEFINE_string("workdir", None, "Keep exports and server logs here (default: a temporary directory).")
+    flags.DEFINE_integer("clients", 8, "Concurrent gRPC clients.")
+    flags.DEFINE_float("seconds", 20.0, "Duration of each load run.")
+    flags.DEFINE_float("fault_seconds", 9.0, "Load before and after each fault (a third each side).")
+    flags.DEFINE_integer("rows", 1, "Rows per request.")
+    flags.DEFINE_integer("bnn_steps", 200, "Adam steps of the concrete network.")
+    flags.DEFINE_integer("mnist_steps", 100, "Adam steps of the MNIST classifier.")
+    flags.DEFINE_integer("seed", 0, "Seed of the fits and exports.")
+    flags.DEFINE_string("batching_parameters_file", str(DEFAULT_BATCHING_FILE), "BatchingParameters for 'on'.")
+    return flags.FLAGS
+
+
+def main(argv, opts) -> int:
+    del argv
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    logging.set_verbosity(logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        if opts.workdir:
+            root = pathlib.Path(opts.workdir)
+            root.mkdir(parents=True, exist_ok=True)
+            if any(root.iterdir()):
+                sys.stderr.write(f"error: --workdir {root} is not empty\n")
+                return 2
+        else:
+            root = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vizoo_reliability_")))
+        t0 = time.monotonic()
+        exports = build_exports(opts.data_dir, root, opts.bnn_steps, opts.mnist_steps, opts.seed)
+        print(f"Built {len(exports)} exports in {time.monotonic() - t0:.0f} s "
+              f"(cores: {os.cpu_count()}; the load generator runs on the same machine)\n", flush=True)
+        for line in benchmark_load(exports, root, opts):
+            print(line, flush=True)
+        print(flush=True)
+        for line in benchmark_faults(exports, root, opts):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _FLAGS = _define_flags()
+    app.run(lambda argv: sys.exit(main(argv, _FLAGS)))
