@@ -47,6 +47,19 @@ def _split(seed, n: int):
     return tf.unstack(tfp.random.split_seed(seed, n=n))
 
 
+def dense(x, kernel) -> tf.Tensor:
+    """x [..., in] @ kernel [in, out] -> [..., out], as ONE 2-D matrix product over all leading axes.
+
+    The same numbers as `tf.matmul(x, kernel)`, whose broadcasting batch product of a rank-3 x [S, B, in] with a
+    rank-2 kernel runs about twice as slow on CPU as the reshaped [S * B, in] x [in, out] GEMM.
+    """
+    if x.shape.rank == 2:
+        return tf.matmul(x, kernel)
+    shape = tf.shape(x)
+    y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
+    return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[-1]]], 0))
+
+
 def _rademacher(shape, seed, dtype):
     return tf.where(tf.random.stateless_uniform(shape, seed) < 0.5, tf.constant(-1.0, dtype),
                     tf.constant(1.0, dtype))
@@ -138,8 +151,8 @@ class DenseMeanField(MeanFieldLayer):
 
     def _local_reparameterization(self, x, seed, num_samples):
         x, s, shared = self._shared(x, num_samples)
-        mean = tf.matmul(x, self.kernel_loc) + self.bias_loc
-        var = tf.matmul(tf.square(x), tf.square(self.kernel_scale)) + tf.square(self.bias_scale)
+        mean = dense(x, self.kernel_loc) + self.bias_loc
+        var = dense(tf.square(x), tf.square(self.kernel_scale)) + tf.square(self.bias_scale)
         shape = tf.concat([[s], tf.shape(mean)], 0) if shared else tf.shape(mean)
         return mean + tf.sqrt(var) * tf.random.stateless_normal(shape, seed, dtype=mean.dtype)
 
@@ -158,7 +171,7 @@ class DenseMeanField(MeanFieldLayer):
         kernel_seed, bias_seed, in_seed, out_seed = _split(seed, 4)
         if shared:
             x = tf.broadcast_to(x, tf.concat([[s], tf.shape(x)], 0))
-        mean = tf.matmul(x, self.kernel_loc)
+        mean = dense(x, self.kernel_loc)
         delta = self.kernel_scale * tf.random.stateless_normal(
             tf.concat([[s], tf.shape(self.kernel_loc)], 0), kernel_seed, dtype=x.dtype)
         sign_in = _rademacher(tf.shape(x), in_seed, x.dtype)

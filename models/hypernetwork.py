@@ -47,6 +47,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from models import bayesian_layers
 from models import heads
 
 tfd = tfp.distributions
@@ -194,10 +195,10 @@ class MetaRepresentationNetwork(_MetaNetwork):
         weights = []
         for l, head in enumerate(self.heads):
             z_in, z_out = codes[l], codes[l + 1][:, :self.widths[l + 1]]
-            hidden = tf.tanh(tf.matmul(z_in, self.trunk_in)[:, :, None, :]
-                             + tf.matmul(z_out, self.trunk_out)[:, None, :, :] + self.trunk_bias)
+            hidden = tf.tanh(bayesian_layers.dense(z_in, self.trunk_in)[:, :, None, :]
+                             + bayesian_layers.dense(z_out, self.trunk_out)[:, None, :, :] + self.trunk_bias)
             loc, rho = tf.unstack(head(hidden), axis=-1)  # [S, n_in + 1, n_out] each
-            loc += tf.einsum("sid,sjd->sij", tf.matmul(z_in, self.bilinear[l]), z_out)
+            loc += tf.einsum("sid,sjd->sij", bayesian_layers.dense(z_in, self.bilinear[l]), z_out)
             fan_in_scale = math.sqrt(2.0 / (self.widths[l] + 1))
             weights.append((fan_in_scale * loc, fan_in_scale * (MIN_SCALE + tf.nn.softplus(rho))))
         return weights
@@ -214,8 +215,8 @@ class MetaRepresentationNetwork(_MetaNetwork):
         h = tf.broadcast_to(h[None], tf.concat([[num_samples], tf.shape(h)], 0))
         for l, ((loc, scale), s) in enumerate(zip(weights, noise_seeds)):
             h = tf.concat([h, tf.ones_like(h[..., :1])], axis=-1)  # the bias unit
-            mean = tf.einsum("sbi,sio->sbo", h, loc)
-            var = tf.einsum("sbi,sio->sbo", tf.square(h), tf.square(scale))
+            mean = tf.einsum("sbi,sio->sbo", h, loc)  # per-sample weights: a batched product (measured faster
+            var = tf.einsum("sbi,sio->sbo", tf.square(h), tf.square(scale))  # than "bi,sio" on shared inputs)
             h = mean + tf.sqrt(var) * tf.random.stateless_normal(tf.shape(mean), s)
             if l < len(weights) - 1:
                 h = tf.nn.relu(h)
@@ -234,8 +235,8 @@ class _Coupling(tf.Module):
         self.b_out = tf.Variable(tf.zeros([2 * rest]), name="b_out")
 
     def __call__(self, x, output_units, **kwargs):
-        hidden = tf.tanh(tf.einsum("...i,ih->...h", x, self.w_hidden) + self.b_hidden)
-        shift, log_scale = tf.split(tf.einsum("...h,ho->...o", hidden, self.w_out) + self.b_out, 2, axis=-1)
+        hidden = tf.tanh(bayesian_layers.dense(x, self.w_hidden) + self.b_hidden)
+        shift, log_scale = tf.split(bayesian_layers.dense(hidden, self.w_out) + self.b_out, 2, axis=-1)
         return shift, tf.tanh(log_scale)  # bounded log-scales keep the flow well conditioned
 
 
@@ -293,7 +294,7 @@ class BayesianHypernetwork(_MetaNetwork):
             c = scales[:, start:start + width]
             start += width
             direction = v / tf.norm(v, axis=0, keepdims=True)
-            h = tf.matmul(h, direction) * c[:, None, :] + b  # [B or S x B, n] -> [S, B, width]
+            h = bayesian_layers.dense(h, direction) * c[:, None, :] + b  # [B or S x B, n] -> [S, B, width]
             if l < len(self.directions) - 1:
                 h = tf.nn.relu(h)
         return h
