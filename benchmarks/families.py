@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -41,17 +39,9 @@ MNIST_FLAGFILES = {"bnn": "configs/bnn_mnist.flags", "meta_representation": "con
 
 def run_mnist(family: str, args) -> dict:
     module, _ = uci.FAMILIES[family]
-    workdir = pathlib.Path(args.workdir) / family / f"mnist_e{args.mnist_epochs}"
-    metrics_path = workdir / "metrics.json"
-    if not metrics_path.exists():
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", PYTHONPATH=str(REPO))
-        command = [sys.executable, "-m", module, f"--flagfile={MNIST_FLAGFILES[family]}",
-                   f"--data_dir={args.data_dir}", f"--workdir={workdir}", "--hidden_units=100",
-                   f"--epochs={args.mnist_epochs}", "--train_steps=0"]
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{family} mnist failed:\n{result.stderr[-3000:]}")
-    return json.loads(metrics_path.read_text())
+    flags = [f"--flagfile={MNIST_FLAGFILES[family]}", f"--data_dir={args.data_dir}", "--hidden_units=100",
+             f"--epochs={args.mnist_epochs}", "--train_steps=0"]
+    return uci.run_binary(module, flags, pathlib.Path(args.workdir) / family / f"mnist_e{args.mnist_epochs}")
 
 
 def main():

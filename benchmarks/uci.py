@@ -67,19 +67,29 @@ FAMILIES = {
 }
 
 
-def run_split(family: str, dataset: str, split: int, args) -> dict:
-    """Trains one split in a subprocess (or reuses its metrics.json); returns its metrics."""
-    module, extra = FAMILIES[family]
-    workdir = pathlib.Path(args.workdir) / family / dataset / f"split_{split}"
+def run_binary(module: str, flags, workdir) -> dict:
+    """Runs a training binary in a subprocess (unless `<workdir>/metrics.json` exists); returns its metrics.
+
+    Every benchmark that trains goes through here, so finished runs are reused and an interrupted benchmark
+    continues where it stopped.
+    """
+    workdir = pathlib.Path(workdir)
     metrics_path = workdir / "metrics.json"
     if not metrics_path.exists():
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", PYTHONPATH=str(REPO))
-        command = [sys.executable, "-m", module, f"--dataset=uci/{dataset}", f"--data_dir={args.data_dir}",
-                   f"--split={split}", f"--workdir={workdir}", *extra, *args.extra_flags]
+        command = [sys.executable, "-m", module, *flags, f"--workdir={workdir}"]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{family} {dataset} split {split} failed:\n{result.stderr[-3000:]}")
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return json.loads(metrics_path.read_text())
+
+
+def run_split(family: str, dataset: str, split: int, args) -> dict:
+    """Trains one split of a UCI dataset with the family's defaults (or reuses its metrics.json)."""
+    module, extra = FAMILIES[family]
+    flags = [f"--dataset=uci/{dataset}", f"--data_dir={args.data_dir}", f"--split={split}", *extra,
+             *args.extra_flags]
+    return run_binary(module, flags, pathlib.Path(args.workdir) / family / dataset / f"split_{split}")
 
 
 def _cell(mean, stderr, digits=2):
