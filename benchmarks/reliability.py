@@ -23,8 +23,8 @@ Then `python -m serving.server` serves the three from one model config file, and
       (a numbered directory holding `variables/` but no `saved_model.pb` yet, as an exporter that writes in place
       leaves it): failed requests (must be 0), the version that kept answering, and what GetModelStatus says about
       the broken versions;
-   c. the server killed with SIGKILL mid-load and started again with the same flags and ports: seconds from the
-      restart to the first answered request.
+   c. the broken versions removed, the server killed with SIGKILL mid-load and started again with the same flags
+      and ports: seconds from the restart to the first answered request.
 
 Latencies are wall times in the client process, which shares the machine (and, on a small machine, the cores) with
 the server; compare the two rows of one run, not numbers across machines. Every loop is bounded in time, servers
@@ -496,6 +496,10 @@ def benchmark_faults(exports, root, opts) -> List[str]:
         lines.append(f"  corrupt v3, then half-written v4: {result.requests} requests, {result.num_errors} failed; "
                      f"concrete_blr answered by {', '.join(a.split(':')[1] for a in answered)}")
         lines.append(f"    status: {_status_line(model_status(server.address, 'concrete_blr'))}")
+        # The operator removes the broken versions: a server (stock TF Serving too) started on a base path whose
+        # latest version does not load refuses to start ("Some models did not become available").
+        for version in (3, 4):
+            shutil.rmtree(blr_base / str(version))
         # c. SIGKILL and restart on the same ports.
         probe = requests["concrete_blr"][0][0]
         with background_load(server.address, requests, opts.clients, 10 * opts.fault_seconds) as box:
