@@ -153,7 +153,7 @@ def ours(setting, dataset, jit_compile):
 # Each family at the size its benchmark runs it: the UCI protocol's network, MNIST networks, Burda et al.'s VAE.
 SETTINGS = {
     "bnn_uci": dict(family="bnn", dataset="uci/kin8nm", hidden=(50,), batch_size=32, learning_rate=1e-2,
-                    epochs=4),
+                    epochs=40),
     "bnn_mnist": dict(family="bnn", dataset="mnist", hidden=(400, 400), batch_size=128, learning_rate=1e-3,
                       epochs=3),
     "vae_mnist": dict(family="vae", dataset="mnist", hidden=(200, 200), batch_size=100, learning_rate=1e-3,
