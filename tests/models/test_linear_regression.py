@@ -124,10 +124,16 @@ def _train_gradient(concrete, tmp_path, surrogate):
     return model
 
 
+@pytest.fixture(scope="module")
+def full_gradient(concrete, tmp_path_factory):
+    """Gradient VI with the full-covariance surrogate, fitted once for the tests that compare against it."""
+    return _train_gradient(concrete, tmp_path_factory.mktemp("gradient"), "full")
+
+
 @pytest.mark.slow
-def test_gradient_vi_full_surrogate_reaches_cavi(concrete, cavi_model, tmp_path):
+def test_gradient_vi_full_surrogate_reaches_cavi(concrete, cavi_model, full_gradient):
     cavi, _ = cavi_model
-    model = _train_gradient(concrete, tmp_path, "full")
+    model = full_gradient
     q, q_cavi = model.posterior().model, cavi.posterior().model
     rel = lambda a, b: float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))  # noqa: E731
     assert rel(q["w"].loc, q_cavi["w"].loc.numpy()) < 0.01
@@ -139,8 +145,8 @@ def test_gradient_vi_full_surrogate_reaches_cavi(concrete, cavi_model, tmp_path)
 
 
 @pytest.mark.slow
-def test_diagonal_surrogate_does_not_overstate_marginal_variances(concrete, tmp_path):
-    full = _train_gradient(concrete, tmp_path, "full")
+def test_diagonal_surrogate_does_not_overstate_marginal_variances(concrete, tmp_path, full_gradient):
+    full = full_gradient
     diag = _train_gradient(concrete, tmp_path, "diag")
     var_full = np.diag(full.posterior().model["w"].covariance())
     var_diag = np.diag(diag.posterior().model["w"].covariance())
