@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(PY) -m training.demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
