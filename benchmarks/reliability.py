@@ -28,10 +28,11 @@ Then `python -m serving.server` serves the three from one model config file, and
 
 Latencies are wall times in the client process, which shares the machine (and, on a small machine, the cores) with
 the server; compare the two rows of one run, not numbers across machines. Every loop is bounded in time, servers
-listen on 127.0.0.1 only, and everything is written under a temporary directory that is removed at the end
-(`--workdir` keeps it instead).
+run on free ports (`serving.process.ServerProcess`), and everything is written under a temporary directory that is
+removed at the end (`--workdir` keeps it instead).
 
-The functions here (`Server`, `run_load`, `rss_kib`, ...) are also what `tests/serving/test_reliability.py` uses.
+The functions here (`run_load`, `build_exports`, the fault writers, ...) are also what
+`tests/serving/test_reliability.py` uses.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,103 +55,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from serving.process import ServerProcess, rss_kib, write_model_config  # noqa: E402
+
 DEFAULT_BATCHING_FILE = REPO_ROOT / "deploy" / "batching.config"
 MODELS = ("concrete_blr", "concrete_bnn", "mnist_bnn")
-
-
-# --------------------------------------------------------------------------------------------
-# Server processes.
-# --------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS: now; VmHWM: the peak so far)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise ValueError(f"no {field} in /proc/{pid}/status")
-
-
-class Server:
-    """A `python -m serving.server` child process on 127.0.0.1, which can be killed and started again.
-
-    Args:
-      args: flags besides the ports.
-      log_path: where its output goes (appended across restarts).
-      grpc_port, rest_port: fixed ports (default: free ones); a restart reuses them.
-    """
-
-    def __init__(self, args: List[str], log_path, grpc_port: int = 0, rest_port: int = 0):
-        self.args = list(args)
-        self.log_path = pathlib.Path(log_path)
-        self.grpc_port = grpc_port or free_port()
-        self.rest_port = rest_port or free_port()
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def rest(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def start(self, wait: bool = True, timeout: float = 180.0) -> "Server":
-        command = [sys.executable, "-m", "serving.server", f"--port={self.grpc_port}",
-                   f"--rest_api_port={self.rest_port}", "--bind_host=127.0.0.1", *self.args]
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1",
-                   CUDA_VISIBLE_DEVICES="")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 180.0):
-        """Waits until the gRPC port accepts calls (the server opens it only once every model has loaded)."""
-        import grpc  # pylint: disable=import-outside-toplevel
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
-            with contextlib.closing(grpc.insecure_channel(self.address)) as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=0.5)
-                    return
-                except grpc.FutureTimeoutError:
-                    pass
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")
-
-    def kill(self):
-        """SIGKILL: no cleanup of any kind, as the OOM killer or a lost node would do it."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,15 +230,6 @@ def answers(address: str, request, timeout: float = 2.0) -> bool:
             return False
 
 
-def write_model_config(path, base_paths: Dict[str, pathlib.Path]) -> pathlib.Path:
-    """A ModelServerConfig text proto serving each base path under its name."""
-    entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{base}"\n    model_platform: "tensorflow"\n'
-                      "  }\n" for name, base in base_paths.items())
-    path = pathlib.Path(path)
-    path.write_text("model_config_list {\n" + entries + "}\n")
-    return path
-
-
 # --------------------------------------------------------------------------------------------
 # Faults.
 # --------------------------------------------------------------------------------------------
@@ -440,9 +336,9 @@ def benchmark_load(exports, root, opts) -> List[str]:
              f"{'peak RSS MB':>14}"]
     for label, extra in (("off", []), ("on", ["--enable_batching",
                                                f"--batching_parameters_file={opts.batching_parameters_file}"])):
-        server = Server([f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
-                         f"--max_concurrent_requests={max(64, 2 * opts.clients)}", *extra],
-                        root / f"load_{label}.log").start()
+        server = ServerProcess([f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
+                                f"--max_concurrent_requests={max(64, 2 * opts.clients)}", *extra],
+                               root / f"load_{label}.log", timeout=180)
         try:
             run_load(server.address, requests, opts.clients, min(2.0, opts.seconds))  # warm the caches
             result = run_load(server.address, requests, opts.clients, opts.seconds)
@@ -463,9 +359,9 @@ def benchmark_faults(exports, root, opts) -> List[str]:
     requests = make_requests(exports, opts.rows)
     blr_base = base_paths["concrete_blr"]
     lines = [f"Faults, under the same load ({opts.clients} clients, batching off):"]
-    server = Server([f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-                     "--max_num_load_retries=0", f"--max_concurrent_requests={max(64, 2 * opts.clients)}"],
-                    root / "faults.log").start()
+    server = ServerProcess([f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
+                            "--max_num_load_retries=0", f"--max_concurrent_requests={max(64, 2 * opts.clients)}"],
+                           root / "faults.log", timeout=180)
     try:
         # a. A new version while under load.
         with background_load(server.address, requests, opts.clients, 10 * opts.fault_seconds) as box:

@@ -20,7 +20,6 @@ time, and the servers it starts listen on localhost only and are stopped at the 
 import contextlib
 import os
 import pathlib
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,18 +76,14 @@ def build_model(path: pathlib.Path, features: int, hidden: int, samples: int) ->
     return path
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(base_path, name, extra_args=()):
     """A `python -m serving.server` on localhost; yields its gRPC address."""
     import grpc
 
-    port = _free_port()
+    from serving.process import free_port
+
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from models import bayesian_dense
 from models import linear_regression
+from serving.process import free_port, write_model_config
 from training import config as config_lib
 from training import data as data_lib
 from training import train_lib
@@ -68,20 +68,6 @@ def train_network(workdir: pathlib.Path, data_dir: str) -> dict:
                                  batch_size=32, learning_rate=1e-2)
     return train_lib.train_and_evaluate(config, bayesian_dense.Config(estimator="flipout", hidden_units=(50,)),
                                         bayesian_dense.build_model)
-
-
-def write_model_config(path: pathlib.Path, models: dict) -> None:
-    """A `ModelServerConfig` text proto listing name -> base path (what stock TF Serving reads too)."""
-    entries = "".join(
-        f'  config {{\n    name: "{name}"\n    base_path: "{base.resolve()}"\n    model_platform: "tensorflow"\n  }}\n'
-        for name, base in models.items())
-    path.write_text(f"model_config_list {{\n{entries}}}\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model_config: pathlib.Path, port: int, log_path: pathlib.Path) -> subprocess.Popen:
@@ -161,7 +147,7 @@ def run_demo(workdir: pathlib.Path, data_dir: str, rows: int) -> None:
 
     model_config = workdir / "models.config"
     served = {MODEL_NAME: results["linear, gradient"], BNN_NAME: results["neural network"]}
-    write_model_config(model_config, {name: workdir / "models" / name for name in served})
+    write_model_config(model_config, {name: (workdir / "models" / name).resolve() for name in served})
     port, log_path = free_port(), workdir / "server.log"
     server = start_server(model_config, port, log_path)
     try:

@@ -5,96 +5,21 @@ and per test where a test changes what a server serves (version swaps, config re
 call them through `tensorflow_serving.apis` stubs and HTTP, as a production client would.
 """
 
-import contextlib
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
-import sys
 import time
 
 import grpc
 import numpy as np
 import pytest
-import requests
+
+from serving.process import ServerProcess, write_model_config as write_config  # noqa: F401 (re-exported)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 FEATURES = 3
 OUTPUTS = 2
 MC_MODEL = "mc"
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """A `python -m serving.server` child process on free ports."""
-
-    def __init__(self, args, log_path, rest=True, wait=True, timeout=90):
-        self.grpc_port = free_port()
-        self.rest_port = free_port() if rest else 0
-        self.log_path = pathlib.Path(log_path)
-        command = [sys.executable, "-m", "serving.server", f"--port={self.grpc_port}",
-                   f"--rest_api_port={self.rest_port}", *args]
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
-                   TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        self.channel = None
-        if wait:
-            self.wait_ready(timeout)
-
-    @property
-    def address(self) -> str:
-        return f"localhost:{self.grpc_port}"
-
-    @property
-    def rest(self) -> str:
-        return f"http://localhost:{self.rest_port}"
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout=90):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
-            channel = grpc.insecure_channel(self.address)
-            try:
-                grpc.channel_ready_future(channel).result(timeout=0.5)
-                self.channel = channel
-                return self
-            except grpc.FutureTimeoutError:
-                channel.close()
-        self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")
-
-    def wait_exit(self, timeout=60) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self):
-        if self.channel is not None:
-            self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def metrics(self) -> dict:
-        from serving import monitoring
-        text = requests.get(self.rest + "/monitoring/prometheus/metrics", timeout=10).text
-        return monitoring.parse_prometheus_text(text)
 
 
 @pytest.fixture
@@ -202,21 +127,6 @@ def mc_base_path(tmp_path_factory, mc_versions):
     base = tmp_path_factory.mktemp("mc_model")
     install_version(base, mc_versions[1], 1)
     return base
-
-
-def write_config(path, models):
-    """A ModelServerConfig text proto; models: dicts with name, base_path and extra text."""
-    entries = []
-    for model in models:
-        entries.append(
-            "  config {\n"
-            f"    name: \"{model['name']}\"\n"
-            f"    base_path: \"{model['base_path']}\"\n"
-            "    model_platform: \"tensorflow\"\n"
-            f"{model.get('extra', '')}"
-            "  }\n")
-    pathlib.Path(path).write_text("model_config_list {\n" + "".join(entries) + "}\n")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

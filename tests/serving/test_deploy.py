@@ -140,4 +140,4 @@ def test_the_container_arguments_serve_every_configured_model(arguments, start_s
     assert metrics.status_code == 200 and ":tensorflow:serving:request_count" in metrics.text
     log = server.log()
     # Every argument and every batching parameter is one this server implements, so the test covers them all.
-    assert "unknown argument" not in log and "does not" not in log and "not implemented" not in log, log
+    assert "unknown argument" not in log and "this server does not" not in log and "not implemented" not in log, log

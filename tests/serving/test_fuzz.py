@@ -25,6 +25,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from serving.process import rss_kib
 from tests.serving.conftest import FEATURES, MC_MODEL, ServerProcess, tensor, to_array, write_config
 
 EXAMPLES = int(os.environ.get("VIZOO_FUZZ_EXAMPLES", "150"))
@@ -48,11 +49,6 @@ def server(tmp_path_factory, mc_base_path, tf_serving_testdata):
     process.stop()
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def _assert_healthy(server, rss_before: int):
     """Alive, answering the exact result, and not much bigger than before the fuzzing."""
     assert server.proc.poll() is None, server.log()[-3000:]
@@ -61,7 +57,7 @@ def _assert_healthy(server, rss_before: int):
     request.model_spec.name = "half_plus_two"
     request.inputs["x"].CopyFrom(tensor([[1.0], [3.0]]))
     np.testing.assert_allclose(to_array(stub.Predict(request, timeout=30).outputs["y"]), [[2.5], [3.5]])
-    growth = _rss_kib(server.proc.pid) - rss_before
+    growth = rss_kib(server.proc.pid) - rss_before
     assert growth < MEMORY_GROWTH_KIB, f"server memory grew by {growth} KiB"
 
 
@@ -150,7 +146,7 @@ def predict_requests(draw):
 
 def test_fuzzed_predict_requests_get_a_result_or_a_client_error(server):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
-    rss_before = _rss_kib(server.proc.pid)
+    rss_before = rss_kib(server.proc.pid)
     seen = {}
 
     @SETTINGS
@@ -217,7 +213,7 @@ def rest_bodies(draw) -> bytes:
 
 
 def test_fuzzed_rest_bodies_get_json_results_or_json_errors(server):
-    rss_before = _rss_kib(server.proc.pid)
+    rss_before = rss_kib(server.proc.pid)
     seen = {}
 
     @SETTINGS
@@ -241,7 +237,7 @@ def test_fuzzed_rest_bodies_get_json_results_or_json_errors(server):
 
 
 def test_garbage_on_the_grpc_and_rest_ports_does_not_take_the_server_down(server):
-    rss_before = _rss_kib(server.proc.pid)
+    rss_before = rss_kib(server.proc.pid)
     for port in (server.grpc_port, server.rest_port):
         for payload in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 256,
                         os.urandom(4096)):

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import reliability  # noqa: E402  (benchmarks/reliability.py)
+from serving.process import ServerProcess, rss_kib, write_model_config  # noqa: E402
 
 CLIENTS = 6
 
@@ -29,11 +30,9 @@ def requests_by_model(exports):
 
 
 def _server(tmp_path, exports, *extra, poll_seconds=0):
-    config = reliability.write_model_config(tmp_path / "models.config",
-                                            {name: info["base"] for name, info in exports.items()})
-    server = reliability.Server([f"--model_config_file={config}", f"--file_system_poll_wait_seconds={poll_seconds}",
-                                 "--max_num_load_retries=0", *extra], tmp_path / "server.log")
-    return server.start()
+    config = write_model_config(tmp_path / "models.config", {name: info["base"] for name, info in exports.items()})
+    return ServerProcess([f"--model_config_file={config}", f"--file_system_poll_wait_seconds={poll_seconds}",
+                          "--max_num_load_retries=0", *extra], tmp_path / "server.log", timeout=180)
 
 
 @pytest.mark.parametrize("batching", [False, True], ids=["batching_off", "batching_on"])
@@ -43,9 +42,9 @@ def test_load_on_three_models_answers_every_request_and_memory_does_not_grow(bat
     server = _server(tmp_path, exports, *extra)
     try:
         first = reliability.run_load(server.address, requests_by_model, CLIENTS, seconds=3)
-        after_first = reliability.rss_kib(server.pid)
+        after_first = rss_kib(server.pid)
         second = reliability.run_load(server.address, requests_by_model, CLIENTS, seconds=3)
-        after_second = reliability.rss_kib(server.pid)
+        after_second = rss_kib(server.pid)
         assert server.alive()
     finally:
         server.stop()

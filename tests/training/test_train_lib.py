@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from models import linear_regression as lr
+from serving import process
 from training import config as config_lib
 from training import train_lib
 
@@ -159,6 +160,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from models import linear_regression as lr
+from serving import process
 from training import config as config_lib, train_lib
 config = config_lib.TrainConfig(**json.loads(sys.argv[1]))
 metrics = train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
@@ -199,11 +201,6 @@ def test_seed_fixes_initialization_and_draws_across_processes(tmp_path, data_dir
     assert a["test/nll"] != c["test/nll"]
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -213,7 +210,7 @@ def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
     single = _train_cli(*args, f"--workdir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr[-3000:]
 
-    ports = [_free_port(), _free_port()]
+    ports = [process.free_port(), process.free_port()]
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     workers = []
     for index in range(2):

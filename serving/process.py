@@ -1,0 +1,171 @@
+"""A `python -m serving.server` child process on free ports, and the files it reads: one harness for the tests,
+the benchmarks and the demo.
+
+    server = ServerProcess(["--model_config_file=models.config"], "server.log")   # started, gRPC port open
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+    server.kill(); server.start()                                               # SIGKILL, same flags and ports
+    server.stop()
+
+The server opens its gRPC port only once every model has loaded, so "ready" means the port accepts a channel.
+Output goes to `log_path`, appended across restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Mapping, Optional, Sequence, Union
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS: now; VmHWM: the peak so far)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise ValueError(f"no {field} in /proc/{pid}/status")
+
+
+def write_model_config(path, models: Union[Mapping[str, object], Sequence[Mapping[str, object]]]) -> pathlib.Path:
+    """A `ModelServerConfig` text proto (what stock TF Serving reads too).
+
+    Args:
+      path: where to write it.
+      models: name -> base path, or dicts with `name`, `base_path` and optional `extra` (more text-proto lines
+        inside the model's `config { }`, e.g. a version policy).
+    """
+    if isinstance(models, Mapping):
+        models = [{"name": name, "base_path": base} for name, base in models.items()]
+    entries = "".join(f'  config {{\n    name: "{m["name"]}"\n    base_path: "{m["base_path"]}"\n'
+                      f'    model_platform: "tensorflow"\n{m.get("extra", "")}  }}\n' for m in models)
+    path = pathlib.Path(path)
+    path.write_text("model_config_list {\n" + entries + "}\n")
+    return path
+
+
+class ServerProcess:
+    """A `python -m serving.server` child process on free ports, which can be killed and started again.
+
+    Args:
+      args: flags besides `--port` and `--rest_api_port`.
+      log_path: where its output goes (appended across restarts).
+      rest: open the REST port too.
+      wait: wait until the gRPC port accepts calls (`start` is called by the constructor unless `start=False`).
+      timeout: seconds to wait for that.
+    """
+
+    def __init__(self, args, log_path, rest: bool = True, wait: bool = True, timeout: float = 90.0,
+                 start: bool = True):
+        self.args = list(args)
+        self.log_path = pathlib.Path(log_path)
+        self.grpc_port = free_port()
+        self.rest_port = free_port() if rest else 0
+        self.proc: Optional[subprocess.Popen] = None
+        self.channel = None
+        self._log = None
+        if start:
+            self.start(wait, timeout)
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def rest(self) -> str:
+        return f"http://localhost:{self.rest_port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self, wait: bool = True, timeout: float = 90.0) -> "ServerProcess":
+        """Starts the server (again, on the same ports after `kill` or `stop`)."""
+        command = [sys.executable, "-m", "serving.server", f"--port={self.grpc_port}",
+                   f"--rest_api_port={self.rest_port}", *self.args]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1",
+                   CUDA_VISIBLE_DEVICES="")
+        if self._log is not None:
+            self._log.close()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def log(self) -> str:
+        if self._log is not None:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 90.0) -> "ServerProcess":
+        """Waits until the gRPC port accepts a channel and keeps that channel as `self.channel`."""
+        import grpc  # pylint: disable=import-outside-toplevel
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
+            channel = grpc.insecure_channel(self.address)
+            try:
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+                self.channel = channel
+                return self
+            except grpc.FutureTimeoutError:
+                channel.close()
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def _close_channel(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def kill(self):
+        """SIGKILL: no cleanup of any kind, as the OOM killer or a lost node would do it."""
+        self._close_channel()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        """SIGTERM (a clean shutdown), SIGKILL after 20 s."""
+        self._close_channel()
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def metrics(self) -> dict:
+        """The Prometheus metrics (needs a monitoring config), parsed: name{labels} -> value."""
+        import requests  # pylint: disable=import-outside-toplevel
+
+        from serving import monitoring  # pylint: disable=import-outside-toplevel
+
+        text = requests.get(self.rest + "/monitoring/prometheus/metrics", timeout=10).text
+        return monitoring.parse_prometheus_text(text)
