@@ -301,8 +301,13 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
             progress = tf_keras.utils.Progbar(steps_per_epoch, stateful_metrics=["nll", "kl", "elbo"],
                                               unit_name="step")
             progress.update(offset)
-        # A call never crosses an epoch end or a step that logs or checkpoints.
-        k = min(config.steps_per_execution, steps_per_epoch - offset, total_steps - t0,
+        # A call never crosses a step that logs or checkpoints, nor an epoch end, except that epochs shorter than
+        # --steps_per_execution (full-batch training: one step each) run whole several to a call; their epoch-end
+        # work (summaries, log line, callback) is then done once per call, for the call's epochs together.
+        span = steps_per_epoch - offset
+        if offset == 0 and steps_per_epoch < config.steps_per_execution:
+            span = config.steps_per_execution // steps_per_epoch * steps_per_epoch
+        k = min(config.steps_per_execution, span, total_steps - t0,
                 *(every - t0 % every for every in (config.log_every_steps, config.checkpoint_every_steps) if every))
         out = {name: float(v) / k for name, v in train_steps(iterator, tf.constant(k)).items()}
         if not math.isfinite(out["loss"]):
@@ -313,8 +318,9 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
             sums[name] += out[name] * k
         sums["count"] += k
         t = int(step)
+        epoch = (t - 1) // steps_per_epoch  # the last epoch this call ran into
         if progress is not None:
-            progress.update(offset + k, [("nll", out["nll"]), ("kl", out["kl"]),
+            progress.update(min(offset + k, steps_per_epoch), [("nll", out["nll"]), ("kl", out["kl"]),
                                          ("elbo", -(out["nll"] + out["kl"]))])
         if config.log_every_steps and t % config.log_every_steps == 0:
             _write_train_summaries(writer, out, t)

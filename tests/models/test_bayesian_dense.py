@@ -77,7 +77,7 @@ def test_epistemic_uncertainty_grows_inside_the_gap(tmp_path, data_dir):
 @pytest.mark.slow
 def test_mnist_short_run_is_accurate_and_calibrated(tmp_path, data_dir):
     metrics = _run(tmp_path, data_dir, "mnist", bayesian_dense.Config(hidden_units=(400, 400)), train_steps=470,
-                   batch_size=128, learning_rate=1e-3, num_samples=20, export_base=str(tmp_path / "export"))
+                   batch_size=128, learning_rate=1e-3, num_samples=10, export_base=str(tmp_path / "export"))
     assert metrics["test/accuracy"] > 0.95
     assert metrics["test/ece"] < 0.03
     assert metrics["test/ood_auroc_entropy"] > 0.6 and metrics["test/ood_auroc_mutual_information"] > 0.6
