@@ -166,12 +166,16 @@ class PredictiveClient:
                 for alias, tensor in response.outputs.items()}
 
     def predict_mc(self, x: np.ndarray, num_samples: int, seed: Sequence[int] = (0, 0),
-                   timeout: Optional[float] = None) -> Dict[str, np.ndarray]:
-        """The `predict_mc` signature: a `num_samples`-sample estimate, reproducible by `seed`."""
+                   timeout: Optional[float] = None, signature_name: str = MC_SIGNATURE) -> Dict[str, np.ndarray]:
+        """The `predict_mc` signature: a `num_samples`-sample estimate, reproducible by `seed`.
+
+        `signature_name="predict_moments"` asks a mean-field network for its moment-propagation approximation,
+        which takes the same inputs.
+        """
         return self.predict({"x": np.asarray(x, np.float32),
                              "num_samples": np.asarray(num_samples, np.int32),
                              "seed": np.asarray(seed, np.int32).reshape(2)},
-                            signature_name=MC_SIGNATURE, timeout=timeout)
+                            signature_name=signature_name, timeout=timeout)
 
     def signatures(self, timeout: Optional[float] = None) -> Dict[str, dict]:
         """The model's signatures: name -> {"inputs": {alias: (dtype, shape)}, "outputs": ...}."""
@@ -269,7 +273,8 @@ def _define_flags():
     flags.DEFINE_string("version_label", None, "A version label, e.g. stable.")
     flags.DEFINE_string("csv", None, "CSV file of feature rows ('-' for stdin).")
     flags.DEFINE_string("signature_name", DEFAULT_SIGNATURE,
-                        "Signature to run; --num_samples or --seed switch to predict_mc.")
+                        "Signature to run; --num_samples or --seed switch the default to predict_mc "
+                        "(or name predict_moments, which takes the same inputs).")
     flags.DEFINE_integer("num_samples", None, "Monte Carlo samples (uses predict_mc).")
     flags.DEFINE_list("seed", None, "Two integers, e.g. 1,2 (uses predict_mc).")
     flags.DEFINE_float("timeout", 10.0, "Seconds to wait for the answer.")
@@ -302,7 +307,10 @@ def main(argv, flag_values) -> int:
                 seed = [int(s) for s in (flag_values.seed or ["0", "0"])]
                 if len(seed) != 2:
                     raise ValueError("--seed takes two integers")
-                outputs = client.predict_mc(x, flag_values.num_samples or 100, seed)
+                # --signature_name=predict_moments takes the same inputs as predict_mc.
+                signature = (MC_SIGNATURE if flag_values.signature_name == DEFAULT_SIGNATURE
+                             else flag_values.signature_name)
+                outputs = client.predict_mc(x, flag_values.num_samples or 100, seed, signature_name=signature)
             else:
                 outputs = client.predict(x, signature_name=flag_values.signature_name)
         except (ClientError, ValueError) as exc:

@@ -10,6 +10,9 @@ Regression signatures (every regression family exports the same ones; a client c
     (`num_samples`) and a fixed seed, so the same request always gets the same answer.
   * `predict_mc`: `x`, `num_samples` int32 [], `seed` int32 [2] -> the same outputs from `num_samples` samples
     drawn with the stateless `seed` (same seed, same answer; another seed, another Monte Carlo draw).
+  * `predict_moments` (mean-field dense networks only): the same inputs and outputs as `predict_mc`, by the
+    moment-propagation approximation (`models.bayesian_dense`): about three deterministic passes for any S,
+    for latency-bound deep networks; `predict_mc` stays the exact reference.
   * `regress` (single-output models): `inputs` string [batch] of serialized `tf.Example`s with a float feature
     `x` of length `features` -> `outputs` [batch, 1], the predictive mean, for TF Serving's Regress API.
   Outputs, all float32 [batch, outputs] in the target's original units: `mean`, `stddev`, `aleatoric_stddev`,
@@ -18,7 +21,7 @@ Classification signatures (every classifier family exports the same ones):
   * `serving_default`: `x` float32 [batch, ...input shape] -> `probabilities` [batch, classes] (the posterior
     predictive), `predicted_class` int64 [batch], `predictive_entropy`, `expected_entropy` (aleatoric) and
     `mutual_information` (epistemic) [batch], in nats; S and the seed fixed at export.
-  * `predict_mc`: `x`, `num_samples`, `seed` -> the same outputs.
+  * `predict_mc`: `x`, `num_samples`, `seed` -> the same outputs; `predict_moments` as for regression.
   * `classify`: serialized `tf.Example`s with a float feature `x` (the flattened input) -> `classes` string
     [batch, classes] and `scores` [batch, classes], for TF Serving's Classify API.
 Regression inputs are standardized inside the graph with the training statistics. Only core TensorFlow ops end up in the
@@ -53,7 +56,8 @@ class PredictiveServable(tf.Module):
     """What every exported family shares: the model's variables, `serving_default` with S and the seed fixed at
     export, `predict_mc` with both as inputs, a tf.Example signature, and warmup requests.
 
-    Subclasses define `_summary(x, num_samples, seed) -> dict of [batch, ...] tensors` and `_example_signature`.
+    Subclasses define `_summary(x, num_samples, seed, predictive_fn=None) -> dict of [batch, ...] tensors`
+    (`predictive_fn` defaults to `model.predictive`) and `_example_signature`.
 
     Args:
       model: has `predictive(x, num_samples, seed)` returning per-sample distributions [S, batch, ...] for
@@ -71,8 +75,11 @@ class PredictiveServable(tf.Module):
         self._seed = tf.constant([seed, 0x5EED], tf.int32)
         x_spec = tf.TensorSpec([None] + self._example_shape, tf.float32, name="x")
         self.serving_default = tf.function(self._serving_default, input_signature=[x_spec])
-        self.predict_mc = tf.function(self._predict_mc, input_signature=[
-            x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")])
+        mc_specs = [x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")]
+        self.predict_mc = tf.function(self._predict_mc, input_signature=mc_specs)
+        self.has_moments = bool(getattr(model, "supports_moments", False))
+        if self.has_moments:
+            self.predict_moments = tf.function(self._predict_moments, input_signature=mc_specs)
         self.from_examples = tf.function(
             self._from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
@@ -86,6 +93,9 @@ class PredictiveServable(tf.Module):
     def _predict_mc(self, x, num_samples, seed):
         return self._summary(x, num_samples, seed)
 
+    def _predict_moments(self, x, num_samples, seed):
+        return self._summary(x, num_samples, seed, self.model.moment_predictive)
+
     def _parse_examples(self, inputs):
         """Serialized tf.Examples with a float feature `x` of prod(example shape) values -> x [batch, ...]."""
         size = 1
@@ -95,18 +105,21 @@ class PredictiveServable(tf.Module):
         return tf.reshape(parsed[EXAMPLE_FEATURE], [-1] + self._example_shape)
 
     def signatures(self) -> dict:
-        return {"serving_default": self.serving_default, "predict_mc": self.predict_mc,
+        sigs = {"serving_default": self.serving_default, "predict_mc": self.predict_mc,
                 self.example_signature_name: self.from_examples}
+        if self.has_moments:
+            sigs["predict_moments"] = self.predict_moments
+        return sigs
 
     def warmup_requests(self, model_name: str = "model"):
         """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per predict signature."""
         from tensorflow_serving.apis import predict_pb2
 
         x = tf.make_tensor_proto(self._warmup_input(), tf.float32)
+        mc = {"num_samples": tf.make_tensor_proto(8, tf.int32), "seed": tf.make_tensor_proto([0, 0], tf.int32)}
         requests = []
-        for name, extra in (("serving_default", {}),
-                            ("predict_mc", {"num_samples": tf.make_tensor_proto(8, tf.int32),
-                                            "seed": tf.make_tensor_proto([0, 0], tf.int32)})):
+        for name, extra in [("serving_default", {}), ("predict_mc", mc)] + (
+                [("predict_moments", mc)] if self.has_moments else []):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = name
@@ -133,9 +146,10 @@ class RegressionServable(PredictiveServable):
         self.num_outputs = dataset.output_dim
         super().__init__(model, dataset, num_samples, seed, name="regression_servable")
 
-    def _summary(self, x, num_samples, seed) -> dict:
+    def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         self._checked(x, num_samples)
-        per_sample = self.model.predictive((x - self._x_mean) / self._x_std, num_samples, seed)
+        predictive_fn = predictive_fn or self.model.predictive
+        per_sample = predictive_fn((x - self._x_mean) / self._x_std, num_samples, seed)
         dtype = per_sample.dtype
         per_sample = predictive.affine(per_sample, tf.cast(self._y_mean, dtype), tf.cast(self._y_std, dtype))
         summary = predictive.regression_summary(per_sample)
@@ -164,9 +178,9 @@ class ClassificationServable(PredictiveServable):
         self.num_classes = dataset.output_dim
         super().__init__(model, dataset, num_samples, seed, name="classification_servable")
 
-    def _summary(self, x, num_samples, seed) -> dict:
+    def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         self._checked(x, num_samples)
-        summary = predictive.classification_summary(self.model.predictive(x, num_samples, seed))
+        summary = predictive.classification_summary((predictive_fn or self.model.predictive)(x, num_samples, seed))
         return {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
 
     def _from_examples(self, inputs):

@@ -72,6 +72,31 @@ def test_local_reparameterization_matches_weight_sampling_for_one_example_throug
                                atol=0.03 * weights.std() + 0.01)
 
 
+@pytest.mark.parametrize("mean, var", [(0.7, 0.5), (-1.2, 0.3), (0.0, 2.0), (3.0, 1e-4), (-3.0, 1e-4)])
+def test_relu_moments_match_numerical_integration(mean, var):
+    a = np.linspace(mean - 12 * math.sqrt(var), mean + 12 * math.sqrt(var), 200001)
+    density = np.exp(-0.5 * (a - mean) ** 2 / var) / math.sqrt(2 * math.pi * var)
+    relu = np.maximum(a, 0.0)
+    first = np.trapezoid(relu * density, a)
+    second = np.trapezoid(relu ** 2 * density, a)
+    got_mean, got_var = bayesian_layers.relu_moments(tf.constant(mean), tf.constant(var))
+    assert float(got_mean) == pytest.approx(first, rel=1e-4, abs=1e-6)
+    assert float(got_var) == pytest.approx(second - first ** 2, rel=1e-3, abs=1e-6)
+
+
+def test_moments_through_one_hidden_layer_equal_the_exact_output_moments():
+    """With a deterministic input, the first hidden units of one example are independent (disjoint weights), so
+    the next layer's means and variances by moment propagation are exact, not approximate."""
+    first, second = _dense(units=6, inputs=3, rho=-0.5), _dense(units=2, inputs=6, rho=-0.5)
+    x = tf.constant([[0.7, -1.3, 0.2], [-0.4, 0.9, 1.5]])
+    mean, var = second.moments(*bayesian_layers.relu_moments(*first.moments(x)))
+    s = 100000
+    seeds = tfp.random.split_seed(SEED_A, 2)
+    y = second(tf.nn.relu(first(x, seeds[0], "reparameterization", s)), seeds[1], "reparameterization", s).numpy()
+    np.testing.assert_allclose(mean, y.mean(0), atol=5 * np.sqrt(y.var(0).max() / s))
+    np.testing.assert_allclose(var, y.var(0), rtol=0.03)
+
+
 def test_flipout_decorrelates_examples_that_reparameterization_couples():
     layer = _dense(units=1, inputs=1, rho=0.5)
     x = tf.ones([2, 1])  # two identical examples

@@ -150,10 +150,24 @@ def test_metadata_lists_our_signatures(stub):
     response = stub.GetModelMetadata(request, timeout=30)
     defs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(defs)
-    assert {"serving_default", "predict_mc", "classify"} <= set(defs.signature_def)
-    inputs = defs.signature_def["predict_mc"].inputs
-    assert [d.size for d in inputs["x"].tensor_shape.dim] == [-1, 28, 28, 1]
-    assert set(inputs) == {"x", "num_samples", "seed"}
+    assert {"serving_default", "predict_mc", "predict_moments", "classify"} <= set(defs.signature_def)
+    for name in ("predict_mc", "predict_moments"):
+        inputs = defs.signature_def[name].inputs
+        assert [d.size for d in inputs["x"].tensor_shape.dim] == [-1, 28, 28, 1]
+        assert set(inputs) == {"x", "num_samples", "seed"}
+
+
+def test_predict_moments_over_grpc_agrees_with_the_exact_predictive(exports, server):
+    images = exports["mnist"].x_test[:100]
+    with client_lib.PredictiveClient(server.address, CLASSIFIER, timeout=30) as c:
+        exact = c.predict_mc(images, 4000, (1, 1))
+        approx = c.predict_mc(images, 4000, (1, 1), signature_name="predict_moments")
+        again = c.predict_mc(images, 4000, (1, 1), signature_name="predict_moments")
+    # One hidden layer: the logits' means and variances are exact; only their joint Gaussian shape is assumed.
+    np.testing.assert_allclose(approx["probabilities"], exact["probabilities"], atol=0.01)
+    np.testing.assert_array_equal(approx["probabilities"], again["probabilities"])  # seeded
+    np.testing.assert_allclose(approx["predictive_entropy"],
+                               approx["expected_entropy"] + approx["mutual_information"], rtol=1e-4, atol=1e-6)
 
 
 def test_bad_num_samples_is_invalid_argument_and_the_server_keeps_serving(exports, server):
