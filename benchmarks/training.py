@@ -5,7 +5,8 @@ losses, compiled with Adam and trained by `model.fit`:
 
   * Bayesian network: `tfp.layers.DenseFlipout` 784-400-400-10 on MNIST, KL / N per example (as in
     `bayesian_neural_network.py`), against `models.bayesian_dense` with the flipout estimator through
-    `training.train_lib.fit`;
+    `training.train_lib.fit`; and the same with local reparameterization on both sides
+    (`tfp.layers.DenseLocalReparameterization` against our `local_reparameterization` estimator);
   * VAE: a 784-200-200-50 encoder to `tfp.layers.IndependentNormal`, a `KLDivergenceRegularizer` to N(0, I) and
     a decoder to `tfp.layers.IndependentBernoulli` (as in the TFP `vae` example), on dynamically binarized MNIST
     with the Bernoulli pixels drawn once per epoch, against `models.vae` through the shared loop.
@@ -64,15 +65,19 @@ def _rates(epoch_seconds, examples_per_epoch):
     return first, examples_per_epoch * len(rest) / sum(rest)
 
 
+BASELINE_LAYERS = {"flipout": tfpl.DenseFlipout, "local_reparameterization": tfpl.DenseLocalReparameterization}
+
+
 def bnn_baseline(dataset, setting):
-    """DenseFlipout layers (Bayesian kernels and biases, like ours, from the same initial scale), KL / N."""
+    """TFP's layers of the setting's estimator (Bayesian kernels and biases, like ours, from the same initial
+    scale), KL / N."""
     n = dataset.num_train
     kl = lambda q, p, _: tfd.kl_divergence(q, p) / n  # noqa: E731 - the example's per-example scaling
     posterior = tfpl.default_mean_field_normal_fn(
         untransformed_scale_initializer=tf_keras.initializers.Constant(INIT_RHO))
 
     def dense(units, activation=None):
-        return tfpl.DenseFlipout(units, activation=activation, kernel_posterior_fn=posterior,
+        return BASELINE_LAYERS[setting["estimator"]](units, activation=activation, kernel_posterior_fn=posterior,
                                  bias_posterior_fn=posterior, bias_prior_fn=tfpl.default_multivariate_normal_fn,
                                  kernel_divergence_fn=kl, bias_divergence_fn=kl)
 
@@ -132,8 +137,8 @@ def ours(setting, dataset, jit_compile):
                                         batch_size=setting["batch_size"], learning_rate=setting["learning_rate"],
                                         lr_schedule="constant", seed=0, jit_compile=jit_compile).validate()
         if setting["family"] == "bnn":
-            model = bayesian_dense.build_model(
-                bayesian_dense.Config(hidden_units=setting["hidden"], init_rho=INIT_RHO), dataset)
+            model = bayesian_dense.build_model(bayesian_dense.Config(
+                hidden_units=setting["hidden"], init_rho=INIT_RHO, estimator=setting["estimator"]), dataset)
         else:
             model = vae.build_model(vae.Config(latent="normal", latent_dim=50, hidden_units=setting["hidden"],
                                                activation="tanh"), dataset)
@@ -153,9 +158,11 @@ def ours(setting, dataset, jit_compile):
 # Each family at the size its benchmark runs it: the UCI protocol's network, MNIST networks, Burda et al.'s VAE.
 SETTINGS = {
     "bnn_uci": dict(family="bnn", dataset="uci/kin8nm", hidden=(50,), batch_size=32, learning_rate=1e-2,
-                    epochs=40),
+                    epochs=40, estimator="flipout"),
     "bnn_mnist": dict(family="bnn", dataset="mnist", hidden=(400, 400), batch_size=128, learning_rate=1e-3,
-                      epochs=3),
+                      epochs=3, estimator="flipout"),
+    "bnn_mnist_lrt": dict(family="bnn", dataset="mnist", hidden=(400, 400), batch_size=128, learning_rate=1e-3,
+                          epochs=3, estimator="local_reparameterization"),
     "vae_mnist": dict(family="vae", dataset="mnist", hidden=(200, 200), batch_size=100, learning_rate=1e-3,
                       epochs=3),
 }
@@ -184,7 +191,9 @@ def main():
         tf_keras.utils.set_random_seed(0)
         our_times, our_elbo = ours(setting, dataset, args.jit_compile)
         (base_first, base_rate), (our_first, our_rate) = _rates(base_times, examples), _rates(our_times, examples)
-        print(f"| {name} ({' x '.join(map(str, setting['hidden']))} hidden) | {setting['batch_size']} | "
+        label = f"{' x '.join(map(str, setting['hidden']))} hidden" + (
+            f", {setting['estimator']}" if "estimator" in setting else "")
+        print(f"| {name} ({label}) | {setting['batch_size']} | "
               f"{setting['epochs']} | {our_rate:,.0f} ({our_first:,.0f}) | {base_rate:,.0f} ({base_first:,.0f}) | "
               f"{our_rate / base_rate:.2f}x | {our_elbo:.2f} | {base_elbo:.2f} |", flush=True)
 

@@ -122,6 +122,21 @@ def test_kl_matches_the_gaussian_formula():
     assert float(layer.kl()) == pytest.approx(kl(mu, sigma) + kl(b, tau), rel=1e-5)
 
 
+def test_kl_gradient_written_out_equals_autodiff_of_tfp_kl():
+    layer = bayesian_layers.DenseMeanField(4, init_rho=-1.5, prior_scale=0.7, learn_prior_scale=True)
+    layer(tf.zeros([1, 3]), SEED_A)
+    layer.kernel_loc.assign(tf.random.stateless_normal([3, 4], [5, 5]))
+    layer.kernel_rho.assign(tf.random.stateless_normal([3, 4], [6, 6]) - 1.0)
+    variables = [layer.kernel_loc, layer.kernel_rho, layer.bias_loc, layer.bias_rho, layer.log_prior_scale]
+    with tf.GradientTape(persistent=True) as tape:
+        ours = layer.kl()
+        (qw, qb), (pw, pb) = layer.posterior(), layer.prior()
+        reference = tfd.kl_divergence(qw, pw) + tfd.kl_divergence(qb, pb)
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+    for got, want in zip(tape.gradient(ours, variables), tape.gradient(reference, variables)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_learned_prior_scale_converges_to_its_closed_form_optimum():
     layer = bayesian_layers.DenseMeanField(5, init_rho=-1.0, learn_prior_scale=True, prior_scale=3.0)
     layer(tf.zeros([1, 4]), SEED_A)
