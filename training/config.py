@@ -19,7 +19,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # Fields that may change between a run and its resumption without changing what was trained so far.
 RESUMABLE_CHANGES = frozenset({"epochs", "train_steps", "export_base", "num_samples", "data_dir", "workdir",
                                "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "steps_per_execution",
-                               "ood_dataset"})
+                               "ood_dataset", "train_eval_examples"})
 
 
 class ConfigError(ValueError):
@@ -51,6 +51,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     log_every_steps: int = 0
     eval_batch_size: int = 1024
+    train_eval_examples: int = 10000
     ood_dataset: str = "auto"
 
     def ood_name(self) -> str:
@@ -73,7 +74,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
-        for name in ("train_steps", "clip_norm", "kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps"):
+        for name in ("train_steps", "clip_norm", "kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps",
+                     "train_eval_examples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
         if not 0.0 <= self.validation_fraction < 1.0:

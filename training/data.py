@@ -344,8 +344,24 @@ _IDX_FILES = {
 }
 
 
+# Decoded IDX files by (path, size, mtime): a process that loads MNIST again (the OOD set at evaluation, several
+# runs in one process) skips the gzip decoding, which is most of a load. The arrays are read-only.
+_IDX_CACHE: dict = {}
+
+
 def read_idx(path: pathlib.Path) -> np.ndarray:
     """Reads a gzipped IDX file (the MNIST format: magic, dims as big-endian int32, then uint8 data)."""
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise DatasetError(f"{path} is not a readable gzip file: {e}") from e
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _IDX_CACHE:
+        _IDX_CACHE[key] = _decode_idx(path)
+    return _IDX_CACHE[key]
+
+
+def _decode_idx(path: pathlib.Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()

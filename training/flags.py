@@ -60,6 +60,8 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_integer("log_every_steps", d["log_every_steps"], "TensorBoard summaries every this many steps "
                          "(0: once per epoch).", lower_bound=0)
     flags.DEFINE_integer("eval_batch_size", d["eval_batch_size"], "Examples per evaluation batch.", lower_bound=1)
+    flags.DEFINE_integer("train_eval_examples", d["train_eval_examples"], "train/ metrics use at most this many "
+                         "training examples, a fixed prefix (0: no train/ metrics).", lower_bound=0)
     flags.DEFINE_string("ood_dataset", d["ood_dataset"], "Classifiers: the unseen data set of the "
                         "out-of-distribution AUROC (auto: Fashion-MNIST for MNIST and back; none: skip).")
     flags.mark_flag_as_required("workdir")

@@ -363,11 +363,6 @@ def _write_train_summaries(writer, values: dict, step: int) -> None:
         tf.summary.scalar("train/loss", values["loss"], step=step)
 
 
-# Predictive metrics of the training split use at most this many examples (a fixed prefix): on MNIST the full
-# 60,000 at S samples each would cost more than training.
-MAX_TRAIN_EVAL_EXAMPLES = 10000
-
-
 def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dict:
     """All metrics of every split the dataset has (`train`, `valid`, `test`), plus figures in the workdir.
 
@@ -379,13 +374,15 @@ def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dic
     metrics = {}
     # A model may treat labelled data as unlabelled (a VAE on MNIST): its own `task` decides the metrics.
     task = getattr(model, "task", dataset.task)
-    splits = ["train"] + (["valid"] if dataset.x_valid is not None else []) + ["test"]
+    # The training split's metrics use at most `--train_eval_examples` (a fixed prefix): on MNIST the full 60,000 at
+    # S samples each would cost more than training.
+    limit = config.train_eval_examples
+    splits = (["train"] if limit > 0 else []) + (["valid"] if dataset.x_valid is not None else []) + ["test"]
     for split in splits:
         view = dataset
-        if split == "train" and dataset.num_train > MAX_TRAIN_EVAL_EXAMPLES:
-            view = dataclasses.replace(dataset, x_train=dataset.x_train[:MAX_TRAIN_EVAL_EXAMPLES],
-                                       y_train=None if dataset.y_train is None
-                                       else dataset.y_train[:MAX_TRAIN_EVAL_EXAMPLES])
+        if split == "train" and dataset.num_train > limit:
+            view = dataclasses.replace(dataset, x_train=dataset.x_train[:limit],
+                                       y_train=None if dataset.y_train is None else dataset.y_train[:limit])
         if task == data_lib.REGRESSION:
             metrics.update(metrics_lib.regression_metrics(
                 model, view, split, config.num_samples, config.seed, config.eval_batch_size))

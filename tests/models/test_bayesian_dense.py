@@ -77,7 +77,8 @@ def test_epistemic_uncertainty_grows_inside_the_gap(tmp_path, data_dir):
 @pytest.mark.slow
 def test_mnist_short_run_is_accurate_and_calibrated(tmp_path, data_dir):
     metrics = _run(tmp_path, data_dir, "mnist", bayesian_dense.Config(hidden_units=(400, 400)), train_steps=470,
-                   batch_size=128, learning_rate=1e-3, num_samples=10, export_base=str(tmp_path / "export"))
+                   batch_size=128, learning_rate=1e-3, num_samples=10, train_eval_examples=1000,
+                   export_base=str(tmp_path / "export"))
     assert metrics["test/accuracy"] > 0.95
     assert metrics["test/ece"] < 0.03
     assert metrics["test/ood_auroc_entropy"] > 0.6 and metrics["test/ood_auroc_mutual_information"] > 0.6
@@ -92,12 +93,12 @@ def test_mnist_short_run_is_accurate_and_calibrated(tmp_path, data_dir):
     assert out["predicted_class"].dtype == tf.int64 and out["mutual_information"].shape == (8,)
     # The moment-propagation signature against the exact predictive on real test images (two hidden layers, so
     # it is an approximation here; measured: accuracy and NLL within 0.1%, mean |dp| 3e-4).
-    n, labels = 1000, mnist.y_test[:1000]
+    n, labels = 500, mnist.y_test[:500]
     args = dict(x=tf.constant(mnist.x_test[:n]), num_samples=tf.constant(100), seed=tf.constant([1, 2]))
     exact = loaded.signatures["predict_mc"](**args)["probabilities"].numpy()
     approx = loaded.signatures["predict_moments"](**args)["probabilities"].numpy()
     nll = lambda p: -np.mean(np.log(p[np.arange(n), labels]))  # noqa: E731
-    assert abs(np.mean(approx.argmax(1) == labels) - np.mean(exact.argmax(1) == labels)) <= 0.005
+    assert abs(np.mean(approx.argmax(1) == labels) - np.mean(exact.argmax(1) == labels)) <= 0.006
     assert nll(approx) == pytest.approx(nll(exact), rel=0.03)
     assert np.mean(np.abs(approx - exact)) < 0.003
 

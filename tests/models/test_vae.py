@@ -279,7 +279,8 @@ def test_gumbel_run_resumed_from_a_checkpoint_matches_an_uninterrupted_run(mnist
 @pytest.mark.slow
 def test_train_and_evaluate_reports_rate_distortion_and_nll_and_writes_figures(tmp_path, data_dir):
     config = config_lib.TrainConfig(dataset="mnist", data_dir=str(data_dir), workdir=str(tmp_path / "work"),
-                                    train_steps=200, batch_size=100, learning_rate=1e-3, seed=1)
+                                    train_steps=200, batch_size=100, learning_rate=1e-3, seed=1,
+                                    train_eval_examples=2000)
     metrics = train_lib.train_and_evaluate(
         config, vae.Config(latent_dim=2, eval_importance_samples=20, eval_examples=1000), vae.build_model)
     written = json.loads((tmp_path / "work" / "metrics.json").read_text())
@@ -301,7 +302,7 @@ def test_binary_trains_from_the_flagfile(tmp_path, data_dir):
     result = subprocess.run(
         [sys.executable, "-m", "training.train_vae", "--flagfile=configs/vae_binarized_mnist.flags",
          f"--data_dir={data_dir}", f"--workdir={tmp_path / 'work'}", "--train_steps=30",
-         "--eval_importance_samples=4", "--eval_examples=200"],
+         "--eval_importance_samples=4", "--eval_examples=200", "--train_eval_examples=500"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "work" / "metrics.json").read_text())
