@@ -19,7 +19,8 @@ with `--xla_cpu_compilation_enabled`, so exports are not compiled by default).
 
 Models are untrained (latency does not depend on the weights' values). Settings: the MNIST classifiers of the
 families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks) and the UCI
-protocol's regression network (8-50-2, heteroscedastic; its statistics include the mixture's 95% interval).
+protocol's regression network (8-50-2, heteroscedastic; its statistics include the mixture's 95% interval), and
+Bayesian linear regression on the same 8 features (S draws of the weights and the noise precision).
 
     python benchmarks/predictive.py [--settings=bnn_mnist,bnn_uci] [--jit_compile]
 """
@@ -43,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 import tf_keras  # noqa: E402
 
-from models import bayesian_dense, hypernetwork  # noqa: E402
+from models import bayesian_dense, hypernetwork, linear_regression  # noqa: E402
 from serving import export  # noqa: E402
 from training import data as data_lib  # noqa: E402
 
@@ -54,6 +55,7 @@ BATCHES = (1, 32, 1024)
 SETTINGS = {
     "bnn_mnist": ("bnn", (28, 28, 1), 10, (400, 400), "classification"),
     "bnn_uci": ("bnn", (8,), 1, (50,), "regression"),
+    "linear_uci": ("linear", (8,), 1, (), "regression"),
     "meta_representation_mnist": ("meta_representation", (28, 28, 1), 10, (100,), "classification"),
     "bayesian_hypernetwork_mnist": ("bayesian_hypernetwork", (28, 28, 1), 10, (100,), "classification"),
 }
@@ -78,6 +80,8 @@ def build(setting: str):
     dataset = _dataset(input_shape, outputs, task)
     if family == "bnn":
         return bayesian_dense.build_model(bayesian_dense.Config(hidden_units=hidden), dataset), dataset
+    if family == "linear":  # the exact posterior of its priors: only shapes matter
+        return linear_regression.build_model(linear_regression.Config(inference="exact"), dataset), dataset
     config = hypernetwork.Config(variant=family, hidden_units=hidden, code_dim=32, hyper_units=8)
     return hypernetwork.build_model(config, dataset), dataset
 
@@ -101,6 +105,11 @@ def loop_baseline(setting: str, model):
         keras_model.build((None,) + input_shape)
         # Compiled, which is kinder to the baseline than the example's eager `model.predict` per sample.
         call = tf.function(lambda x: _head(keras_model(x), task))
+    elif family == "linear":  # one posterior draw of (w, beta) per call, as a TFP script samples it
+        @tf.function
+        def call(x):
+            seed = tf.random.uniform([2], maxval=2**30, dtype=tf.int32)
+            return model.predictive(x, 1, seed).mean()[0]
     else:
         @tf.function
         def call(x):
@@ -161,7 +170,9 @@ def main():
             jitted = tf.function(lambda x, s: model_summary(model, task, x, s),
                                  jit_compile=True) if args.jit_compile else None
             widths = " -> ".join(str(w) for w in (int(np.prod(input_shape)),) + hidden + (outputs,))
-            print(f"## {setting} ({widths}, {task}), variational parameters {model.num_variational_parameters():,}")
+            size = (f"variational parameters {model.num_variational_parameters():,}"
+                    if hasattr(model, "num_variational_parameters") else "exact Gaussian posterior")
+            print(f"## {setting} ({widths}, {task}), {size}")
             header = ("| batch | S | ours ms | (a) loop ms | speed-up vs (a) | (b) deterministic ms | "
                       "ours in passes of (b) |")
             if jitted is not None:
