@@ -62,7 +62,8 @@ def test_each_estimator_beats_the_linear_model_on_concrete(tmp_path, data_dir, e
 @pytest.mark.slow
 def test_epistemic_uncertainty_grows_inside_the_gap(tmp_path, data_dir):
     config = bayesian_dense.Config(hidden_units=bayesian_dense.default_hidden_units("toy/gap"))
-    metrics = _run(tmp_path, data_dir, "toy/gap", config, train_steps=6000, export_base=str(tmp_path / "export"))
+    # Gap over on-data epistemic spread, measured 3.3x and 4.0x (seeds 0, 2) after 4000 steps, 4.5x after 6000.
+    metrics = _run(tmp_path, data_dir, "toy/gap", config, train_steps=4000, export_base=str(tmp_path / "export"))
     loaded = tf.saved_model.load(metrics["export_path"])
     x = np.linspace(-6, 6, 241, dtype=np.float32)[:, None]
     out = loaded.signatures["predict_mc"](x=tf.constant(x), num_samples=tf.constant(500), seed=tf.constant([1, 2]))

@@ -193,17 +193,17 @@ print("METRICS", json.dumps(metrics))
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_trains_like_one_device(tmp_path, data_dir):
-    results = {}
-    for strategy in ("default", "mirrored"):
-        config = dataclasses.asdict(_config(tmp_path, data_dir=str(data_dir), strategy=strategy, epochs=30,
-                                            batch_size=128, workdir=str(tmp_path / strategy)))
-        out = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(config)], cwd=REPO, env=_env(),
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("REPLICAS", "METRICS")))
-        results[strategy] = (int(lines["REPLICAS"]), json.loads(lines["METRICS"]))
-    assert results["default"][0] == 1 and results["mirrored"][0] == 2
-    default, mirrored = results["default"][1], results["mirrored"][1]
+    settings = dict(data_dir=str(data_dir), epochs=30, batch_size=128)
+    config = dataclasses.asdict(_config(tmp_path, strategy="mirrored", workdir=str(tmp_path / "mirrored"), **settings))
+    out = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(config)], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("REPLICAS", "METRICS")))
+    assert int(lines["REPLICAS"]) == 2
+    mirrored = json.loads(lines["METRICS"])
+    # The one-device reference needs no special process set-up: it runs here.
+    default = train_lib.train_and_evaluate(_config(tmp_path, workdir=str(tmp_path / "default"), **settings),
+                                           lr.Config(inference="gradient"), lr.build_model)
     # Different Monte Carlo draws per replica, same objective: the fits agree to within optimization noise.
     assert mirrored["test/rmse"] == pytest.approx(default["test/rmse"], rel=0.02)
     assert mirrored["train/elbo"] == pytest.approx(default["train/elbo"], abs=0.02)
@@ -229,8 +229,11 @@ def test_seed_fixes_initialization_and_draws_across_processes(tmp_path, data_dir
 def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
     args = [f"--data_dir={data_dir}", "--dataset=uci/concrete", "--inference=gradient", "--epochs=30",
             "--batch_size=128", "--num_samples=20", "--seed=2"]
-    single = _train_cli(*args, f"--workdir={tmp_path / 'single'}")
-    assert single.returncode == 0, single.stderr[-3000:]
+    # The one-worker reference: the same settings (the binary's defaults: learning rate 0.05), trained here.
+    one = train_lib.train_and_evaluate(
+        config_lib.TrainConfig(data_dir=str(data_dir), dataset="uci/concrete", epochs=30, batch_size=128,
+                               learning_rate=0.05, num_samples=20, seed=2, workdir=str(tmp_path / "single")),
+        lr.Config(inference="gradient"), lr.build_model)
 
     ports = [process.free_port(), process.free_port()]
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
@@ -245,7 +248,6 @@ def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
     assert [w.returncode for w in workers] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     for index, log in enumerate(errors):
         assert f"task_id = {index}, num_workers = 2" in log  # both joined one cluster of two
-    one = json.loads((tmp_path / "single/metrics.json").read_text())
     two = json.loads((tmp_path / "cluster/metrics.json").read_text())  # written by the chief only
     assert not (tmp_path / "cluster/.worker_1/metrics.json").exists()
     assert (tmp_path / "cluster/.worker_1/checkpoints").is_dir()
