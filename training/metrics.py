@@ -25,6 +25,14 @@ def batch_seeds(seed: int, stream: int):
     return lambda b: tf.random.experimental.stateless_fold_in(base, b)
 
 
+_SEED_SPEC = tf.TensorSpec([2], tf.int32)
+
+
+def _spec(array) -> tf.TensorSpec:
+    """The spec of batches of `array`: any number of rows, its dtype and row shape."""
+    return tf.TensorSpec([None] + list(np.shape(array)[1:]), tf.as_dtype(np.asarray(array[:1]).dtype))
+
+
 def _batches(x, y, batch_size):
     for start in range(0, len(x), batch_size):
         yield x[start:start + batch_size], None if y is None else y[start:start + batch_size]
@@ -51,17 +59,23 @@ def regression_metrics(model, dataset, split: str, num_samples: int, seed: int, 
     x, y = dataset.arrays(split)
     y_original = dataset.y_scaler.invert(y) if dataset.y_scaler is not None else y
     seeds = batch_seeds(seed, 1)
-    sums = {k: 0.0 for k in ("sq_error", "log_density", "covered", "width", "stddev", "epistemic_stddev",
-                             "aleatoric_stddev")}
-    for b, (xb, yb) in enumerate(_batches(x, y_original, batch_size)):
-        s = regression_predictive(model, dataset, xb, num_samples, seeds(b))
+
+    def batch_sums(xb, yb, batch_seed):
+        s = regression_predictive(model, dataset, xb, num_samples, batch_seed)
         yb = tf.cast(yb, s["mean"].dtype)
-        sums["sq_error"] += float(tf.reduce_sum(tf.square(s["mean"] - yb)))
-        sums["log_density"] += float(tf.reduce_sum(predictive.log_predictive_density(s["per_sample"], yb)))
-        sums["covered"] += float(tf.reduce_sum(tf.cast((yb >= s["lower"]) & (yb <= s["upper"]), tf.float64)))
-        sums["width"] += float(tf.reduce_sum(s["upper"] - s["lower"]))
-        for k in ("stddev", "epistemic_stddev", "aleatoric_stddev"):
-            sums[k] += float(tf.reduce_sum(s[k]))
+        out = {"sq_error": tf.reduce_sum(tf.square(s["mean"] - yb)),
+               "log_density": tf.reduce_sum(predictive.log_predictive_density(s["per_sample"], yb)),
+               "covered": tf.reduce_sum(tf.cast((yb >= s["lower"]) & (yb <= s["upper"]), tf.float64)),
+               "width": tf.reduce_sum(s["upper"] - s["lower"])}
+        out.update({k: tf.reduce_sum(s[k]) for k in ("stddev", "epistemic_stddev", "aleatoric_stddev")})
+        return out
+
+    if len(x) > batch_size:  # As in `elbo_metrics`: one graph for every batch of the split.
+        batch_sums = tf.function(batch_sums, input_signature=[_spec(x), _spec(y_original), _SEED_SPEC])
+    sums = {}
+    for b, (xb, yb) in enumerate(_batches(x, y_original, batch_size)):
+        for k, v in batch_sums(xb, yb, seeds(b)).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
     count = float(y_original.size)
     return {
         f"{split}/rmse": math.sqrt(sums["sq_error"] / count),
@@ -89,7 +103,9 @@ def elbo_metrics(model, dataset, split: str, seed: int, batch_size: int, num_tra
         return tf.reduce_sum(terms.nll), tf.reduce_sum(terms.kl_per_example(num_train))
 
     if len(x) > batch_size:  # Several batches: a graph runs them ~2x faster than eager; one batch can't repay tracing.
-        batch_sums = tf.function(batch_sums, reduce_retracing=True)
+        # One trace for all of them, the shorter last batch included (tracing a TFP model costs about a second).
+        batch_spec = _spec(x) if y is None else (_spec(x), _spec(y))
+        batch_sums = tf.function(batch_sums, input_signature=[batch_spec, _SEED_SPEC])
 
     nll = kl = 0.0
     for b, (xb, yb) in enumerate(_batches(x, y, batch_size)):
