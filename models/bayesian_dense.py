@@ -25,7 +25,8 @@ signature): the means and variances of the pre-activations are pushed through th
 Gaussians, and S draws of those alone feed the same head and the same `models.predictive` statistics. It costs about
 three deterministic passes for any S, against roughly one per sample for every layer after the first by exact
 sampling. Exact in the output's means and variances with one hidden layer; deeper, it ignores the correlation of
-hidden units that share inputs (measured against the exact predictive in `benchmarks/predictive.py`).
+hidden units that share inputs (its latency in `benchmarks/predictive.py`, its accuracy against the exact
+predictive in `benchmarks/mnist_uncertainty.py`).
 
 Architectures (`Config.arch`): `mlp` (dense layers of `hidden_units`, ReLU) and `lenet5` (two 5x5 Bayesian
 convolutions with 2x2 max pooling, then the dense layers), for image inputs.

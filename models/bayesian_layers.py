@@ -239,18 +239,6 @@ class DenseMeanField(MeanFieldLayer):
     def _flipout(self, x, seed, num_samples):
         x, s, shared = self._shared(x, num_samples)
         kernel_seed, bias_seed, in_seed, out_seed = _split(seed, 4)
-        if (shared and isinstance(s, int) and s == 1) or (not shared and x.shape[0] == 1):
-            # One sample (a training step): the same numbers through 2-D matrix products, not batched ones.
-            x2 = x if shared else x[0]
-            mean = tf.matmul(x2, self.kernel_loc)
-            one = lambda shape: tf.concat([[1], shape], 0)  # noqa: E731 - the general path's shapes at S = 1
-            delta = self.kernel_scale * tf.random.stateless_normal(
-                one(tf.shape(self.kernel_loc)), kernel_seed, dtype=x2.dtype)[0]
-            sign_in = _rademacher(one(tf.shape(x2)), in_seed, x2.dtype)[0]
-            sign_out = _rademacher(one(tf.shape(mean)), out_seed, x2.dtype)[0]
-            bias = self.bias_loc + self.bias_scale * tf.random.stateless_normal(
-                [1, self.units], bias_seed, dtype=x2.dtype)[0]
-            return (mean + tf.matmul(x2 * sign_in, delta) * sign_out + bias)[None]
         if shared:
             x = tf.broadcast_to(x, tf.concat([[s], tf.shape(x)], 0))
         mean = dense(x, self.kernel_loc)

@@ -39,7 +39,8 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_float("clip_norm", d["clip_norm"], "Clip gradients to this global norm (0: no clipping).",
                        lower_bound=0.0)
     flags.DEFINE_integer("steps_per_execution", d["steps_per_execution"], "Training steps per call of the "
-                         "compiled step function (fewer Python round trips; calls stop at epoch ends).",
+                         "compiled step function (fewer Python round trips; calls stop at epoch ends, except that "
+                         "epochs shorter than this run whole, several to a call).",
                          lower_bound=1)
     flags.DEFINE_bool("jit_compile", d["jit_compile"], "Compile the training step with XLA (one device only).")
     flags.DEFINE_integer("seed", d["seed"], "Seeds data order, initialization and every Monte Carlo draw.")
