@@ -187,6 +187,9 @@ m = tf.saved_model.load(sys.argv[1])
 x = tf.constant(np.load(sys.argv[2]))
 a = m.signatures["serving_default"](x=x)
 b = m.signatures["predict_mc"](x=x, num_samples=tf.constant(16), seed=tf.constant([7, 7]))
+if "predict_moments" in m.signatures:
+    c = m.signatures["predict_moments"](x=x, num_samples=tf.constant(16), seed=tf.constant([7, 7]))
+    assert np.isfinite(c["upper"].numpy()).all()
 assert a["mean"].shape == x.shape[:1] + [1], a["mean"].shape
 assert "tensorflow_probability" not in sys.modules
 print("OK", float(a["mean"][0, 0]), float(b["upper"][0, 0]))
@@ -225,7 +228,8 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
     concrete = data.load("uci/concrete", data_dir, split=0)
     tf.random.set_seed(1)
     model = bayesian_dense.build_model(bayesian_dense.Config(hidden_units=(50,), init_rho=-1.5), concrete)
-    signatures = tf.saved_model.load(str(export.export(model, concrete, tmp_path / "bnn"))).signatures
+    path = export.export(model, concrete, tmp_path / "bnn")
+    signatures = tf.saved_model.load(str(path)).signatures
     x = tf.constant(_raw_inputs(concrete, rows=20))
     args = dict(x=x, num_samples=tf.constant(20000), seed=tf.constant([4, 2]))
     exact, approx = signatures["predict_mc"](**args), signatures["predict_moments"](**args)
@@ -234,6 +238,10 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
     np.testing.assert_allclose(approx["epistemic_stddev"], spread, rtol=0.03)
     # The noise head's softplus of a Gaussian-approximated pre-activation: close, not exact.
     np.testing.assert_allclose(approx["aleatoric_stddev"], exact["aleatoric_stddev"], rtol=0.1)
+    np.save(tmp_path / "x.npy", _raw_inputs(concrete))
+    out = subprocess.run([sys.executable, "-c", NO_TFP_SCRIPT, str(path), str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert out.returncode == 0 and out.stdout.startswith("OK"), out.stderr[-3000:]  # predict_moments without TFP
 
     mnist_like = data.Dataset(name="stand-in", task="classification", num_classes=10,
                               x_train=np.zeros((2, 28, 28, 1), np.float32), y_train=np.zeros(2, np.int32),
