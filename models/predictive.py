@@ -34,6 +34,9 @@ import math
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
 
 # Iteration cap of the mixture quantile search. Each step keeps a bracket and falls back to bisection when Newton
 # would leave it, so even the worst case shrinks the bracket by half per step; typical cases stop after a few
@@ -49,12 +52,24 @@ def mixture_quantiles(per_sample, probs, mean=None, stddev=None) -> list:
     """Quantiles of the uniform mixture (1/S) sum_s per_sample[s].
 
     Args:
-      per_sample: a distribution with batch shape [S, ...] and `cdf`, `prob`, `mean`, `stddev`.
+      per_sample: a distribution with batch shape [S, ...] and `cdf`, `prob`, `mean`, `stddev` (and `quantile`,
+        for a tight starting bracket).
       probs: Python floats in (0, 1).
       mean, stddev: the mixture's mean and standard deviation [...] if already computed.
 
     Returns:
       One tensor [...] per entry of `probs`.
+    """
+    quantiles, _ = mixture_quantile_search(per_sample, probs, mean, stddev)
+    return tf.unstack(quantiles, axis=0)
+
+
+def mixture_quantile_search(per_sample, probs, mean=None, stddev=None):
+    """The search behind `mixture_quantiles`: (quantiles [P, ...] for P = len(probs), number of steps taken).
+
+    Safeguarded Newton on F(t) - p, F(t) = (1/S) sum_s F_s(t), from the moment-matched Normal's quantile inside
+    the bracket [min_s F_s^{-1}(p), max_s F_s^{-1}(p)]; a step that would leave the bracket bisects instead.
+    Entries stop one by one; the loop runs until the slowest has.
     """
     loc, scale = per_sample.mean(), per_sample.stddev()
     dtype = loc.dtype
@@ -71,34 +86,77 @@ def mixture_quantiles(per_sample, probs, mean=None, stddev=None) -> list:
     z = tf.reshape(tf.constant([math.sqrt(2.0) * _erfinv(2.0 * p - 1.0) for p in probs], dtype), shape)
     eps = tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype)
     tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
-    # Every component puts at most 1/k^2 of its mass beyond k standard deviations (Chebyshev), so with k = 1e3
-    # the bracket holds the quantiles for any probs in [1e-6, 1 - 1e-6].
-    width = tf.constant(1e3, dtype) * scale
-    lo = tf.broadcast_to(tf.reduce_min(loc - width, axis=0), tf.shape(mean + target))
-    hi = tf.broadcast_to(tf.reduce_max(loc + width, axis=0), tf.shape(mean + target))
+    lo, hi = _quantile_bracket(per_sample, target, loc, scale, tf.shape(mean + target))
     # Start from the moment-matched Normal's quantile; it is exact for S = 1 with a Normal component.
     q = tf.clip_by_value(mean + z * stddev, lo, hi)
 
+    component_cdf_and_density = _component_cdf_and_density(per_sample, loc, scale)
+
     def mixture_cdf_and_density(q):
-        t = q[:, None]  # [P, 1, ...] against components [S, ...]
-        return (tf.reduce_mean(per_sample.cdf(t), axis=1), tf.reduce_mean(per_sample.prob(t), axis=1))
+        cdf, density = component_cdf_and_density(q[:, None])  # [P, 1, ...] against components [S, ...]
+        return tf.reduce_mean(cdf, axis=1), tf.reduce_mean(density, axis=1)
+
+    def searching(q, lo, hi, cdf):
+        # An entry is done when its CDF is within a few ulps of the target or its bracket has closed to a few
+        # ulps of q; done entries are frozen, so later steps taken for other entries cannot move them.
+        open_bracket = (hi - lo) > 4.0 * eps * tf.maximum(tf.abs(q), 1.0)
+        return (tf.abs(cdf - target) > 8.0 * eps) & open_bracket
 
     def not_done(i, q, lo, hi, cdf, density):
         del density
-        open_bracket = (hi - lo) > 4.0 * eps * tf.maximum(tf.abs(q), 1.0)
-        return (i < _QUANTILE_MAX_STEPS) & tf.reduce_any((tf.abs(cdf - target) > 8.0 * eps) & open_bracket)
+        return (i < _QUANTILE_MAX_STEPS) & tf.reduce_any(searching(q, lo, hi, cdf))
 
     def step(i, q, lo, hi, cdf, density):
+        active = searching(q, lo, hi, cdf)
         excess = cdf - target
-        lo = tf.where(excess < 0, q, lo)
-        hi = tf.where(excess < 0, hi, q)
+        lo = tf.where(active & (excess < 0), q, lo)
+        hi = tf.where(active & (excess > 0), q, hi)
         newton = q - excess / tf.maximum(density, tiny)
         inside = (newton > lo) & (newton < hi) & (density > tiny)
-        q = tf.where(inside, newton, 0.5 * (lo + hi))
+        q = tf.where(active, tf.where(inside, newton, 0.5 * (lo + hi)), q)
         return (i + 1, q, lo, hi) + mixture_cdf_and_density(q)
 
-    _, q, _, _, _, _ = tf.while_loop(not_done, step, (tf.constant(0), q, lo, hi) + mixture_cdf_and_density(q))
-    return tf.unstack(q, axis=0)
+    steps, q, _, _, _, _ = tf.while_loop(not_done, step,
+                                         (tf.constant(0), q, lo, hi) + mixture_cdf_and_density(q))
+    return q, steps
+
+
+def _component_cdf_and_density(per_sample, loc, scale):
+    """t -> (F_s(t), f_s(t)) for every component s, broadcasting t against the batch shape [S, ...].
+
+    Normal components take the closed forms, with z = (t - mu_s) / sigma_s:
+        F_s(t) = erfc(-z / sqrt 2) / 2,    f_s(t) = exp(-z^2 / 2) / (sigma_s sqrt(2 pi)),
+    in a few fused-friendly ops sharing z (about half the time of the distribution's own `cdf` and `prob`, which
+    each standardize, and whose `cdf` evaluates both tails); other families use their `cdf` and `prob`.
+    """
+    if isinstance(per_sample, tfd.Normal):
+        inverse_scale = tf.math.reciprocal(scale)
+        density_scale = inverse_scale * (1.0 / math.sqrt(2.0 * math.pi))
+
+        def normal(t):
+            z = (t - loc) * inverse_scale
+            return 0.5 * tf.math.erfc(z * (-1.0 / math.sqrt(2.0))), tf.exp(-0.5 * tf.square(z)) * density_scale
+
+        return normal
+    return lambda t: (per_sample.cdf(t), per_sample.prob(t))
+
+
+def _quantile_bracket(per_sample, target, loc, scale, shape):
+    """[lo, hi] holding the mixture's p-quantile for each p in `target` [P, 1, ...]; each [P, ...].
+
+    The mixture CDF F = (1/S) sum_s F_s is at most p where every component's CDF is, and at least p where every
+    component's CDF is, so the smallest and largest component p-quantiles bracket the mixture's p-quantile.
+    Without a component quantile function, Chebyshev's bound gives a wider bracket: every component puts at most
+    1/k^2 of its mass beyond k standard deviations, so k = 1e3 holds any p in [1e-6, 1 - 1e-6].
+    """
+    try:
+        component = per_sample.quantile(target[:, None])  # [P, S, ...]
+        return (tf.broadcast_to(tf.reduce_min(component, axis=1), shape),
+                tf.broadcast_to(tf.reduce_max(component, axis=1), shape))
+    except NotImplementedError:
+        width = tf.constant(1e3, loc.dtype) * scale
+        return (tf.broadcast_to(tf.reduce_min(loc - width, axis=0), shape),
+                tf.broadcast_to(tf.reduce_max(loc + width, axis=0), shape))
 
 
 def _erfinv(y: float) -> float:

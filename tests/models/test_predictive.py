@@ -56,6 +56,21 @@ def test_mixture_quantiles_hold_for_extreme_spread_between_components():
     assert _normal_cdf(float(upper[0]), loc[:, 0], scale[:, 0]).mean() == pytest.approx(0.6, abs=1e-8)
 
 
+def test_mixture_quantile_search_stops_every_entry_within_a_few_newton_steps():
+    # A batch of overlapping mixtures in float64, as the linear model's signatures see them. Entries that have
+    # converged must stay put while others are still searching (they once bisected away from their root and the
+    # batch took 65 steps); from the bracket of component quantiles Newton needs a handful.
+    rng = np.random.default_rng(2)
+    loc = 30.0 + rng.normal(scale=0.6, size=(10, 1024, 1))
+    scale = np.full((10, 1024, 1), 0.62 * 6.0)
+    quantiles, steps = predictive.mixture_quantile_search(tfd.Normal(loc, scale), [0.025, 0.975])
+    assert int(steps) <= 6
+    for k, p in enumerate([0.025, 0.975]):
+        cdf = np.mean([_normal_cdf(quantiles[k, :, 0].numpy(), loc[s, :, 0], scale[s, :, 0]) for s in range(10)],
+                      axis=0)
+        np.testing.assert_allclose(cdf, p, atol=1e-12)
+
+
 def test_log_predictive_density_is_log_of_mean_density():
     rng = np.random.default_rng(1)
     loc, scale = rng.normal(size=(50, 4, 1)), rng.uniform(0.1, 1.0, size=(50, 4, 1))
