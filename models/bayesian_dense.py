@@ -15,9 +15,9 @@ with the expectation estimated by `mc_samples` draws through the chosen estimato
 `models/bayesian_layers.py`) and the KL in closed form. The KL is divided by N, the training-set size (see
 `models/objective.py`), optionally warmed up by the shared loop.
 
-Posterior predictive: S draws of the per-example output distribution, sampled by local reparameterization (exact
-per example for mean-field Gaussian layers, whatever estimator trained the network), averaged by
-`models.predictive`.
+Posterior predictive: S draws of the per-example output distribution, sampled by local reparameterization with
+noise shared across the batch (exact per example for mean-field Gaussian dense layers, whatever estimator trained
+the network; convolutions sample their kernels), averaged by `models.predictive`.
 
 Moment-propagated predictive (opt-in, approximate; `moment_predictive`, exported as the `predict_moments`
 signature): the means and variances of the pre-activations are pushed through the dense layers in closed form
@@ -147,8 +147,10 @@ class BayesianNetwork(heads.LikelihoodHead):
         return self.forward(x, num_samples, seed, self.config.estimator)
 
     def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
-        """Outputs by local reparameterization: exact per example, and the cheapest (see bayesian_layers)."""
-        return self.forward(x, num_samples, seed, "local_reparameterization")
+        """Outputs [S, batch, head_units] by the layers' predictive route: local reparameterization with noise
+        shared across the batch for dense layers, sampled kernels for convolutions; exact per example, and an
+        example's outputs depend on its input and the seed only (see bayesian_layers)."""
+        return self.forward(x, num_samples, seed, bayesian_layers.PREDICTIVE)
 
     @property
     def supports_moments(self) -> bool:
@@ -169,7 +171,8 @@ class BayesianNetwork(heads.LikelihoodHead):
         """S draws [S, batch, head_units] of the output pre-activations from N(mean, diag var) of
         `output_moments`: the Monte Carlo part is only the head's."""
         mean, var = self.output_moments(x)
-        noise = tf.random.stateless_normal(tf.concat([[num_samples], tf.shape(mean)], 0), seed, dtype=mean.dtype)
+        # Noise shared across the batch, as in the exact route: an example's draws depend on it and the seed only.
+        noise = tf.random.stateless_normal(tf.stack([num_samples, 1, tf.shape(mean)[-1]]), seed, dtype=mean.dtype)
         return mean + tf.sqrt(var) * noise
 
     def moment_predictive(self, x, num_samples, seed) -> tfd.Distribution:

@@ -29,6 +29,19 @@ which per-example predictive statistics (mean, variances, intervals, entropies) 
 every mean-field network here therefore samples pre-activations: S samples cost two deterministic passes plus the
 noise, not S weight matrices.
 
+The predictive route (`estimator="predictive"`) goes one step further: since only each example's own joint
+distribution matters, its noise eps [S, 1, units] is drawn once per sample and unit and shared by every example of
+the batch, a_snj = m_nj + sqrt(v_nj) eps_sj. For one example this is exactly the distribution above (its eps are
+still independent across samples, units and layers); examples now share their Monte Carlo noise, as they do under
+weight sampling. Two gains: the noise no longer grows with the batch (drawing S x batch x units normals was most
+of the predictive's time at batch 1024), and an example's answer depends only on its input and the seed, not on
+its batch or its position in it, so batched serving returns what a single request returns.
+
+Not for convolutions: one example's output positions share the kernel, so they are correlated and a convolution's
+local reparameterization (used in training, as an approximation) is not exact per example. The predictive route
+of `Conv2DMeanField` samples S kernels instead (exact; with a shared input, one convolution with the S kernels
+side by side).
+
 Moment propagation (an opt-in approximation for deep networks; Wu et al. 2019, "Deterministic Variational Inference
 for Robust Bayesian Neural Networks"; Gast and Roth 2018). Exact sampling must still run every layer after the
 first once per sample, because the first layer's output differs per sample. Instead, `DenseMeanField.moments`
@@ -60,6 +73,8 @@ import tf_keras
 tfd = tfp.distributions
 
 ESTIMATORS = ("flipout", "reparameterization", "local_reparameterization")
+# The posterior predictive's route through a layer: exact per example and invariant to the batch (see above).
+PREDICTIVE = "predictive"
 
 
 def _split(seed, n: int):
@@ -188,8 +203,8 @@ class MeanFieldLayer(tf_keras.layers.Layer):
 
     def call(self, inputs, seed, estimator: str = "local_reparameterization", num_samples=1):
         """Pre-activations [S, batch, ..., units] for inputs [S, batch, ...] or [batch, ...] (shared by all S)."""
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if estimator not in ESTIMATORS + (PREDICTIVE,):
+            raise ValueError(f"estimator must be one of {ESTIMATORS + (PREDICTIVE,)}, got {estimator!r}")
         return getattr(self, f"_{estimator}")(inputs, seed, num_samples)
 
 
@@ -219,12 +234,22 @@ class DenseMeanField(MeanFieldLayer):
             out_var += dense(var, tf.square(self.kernel_loc))
         return out_mean, out_var
 
-    def _local_reparameterization(self, x, seed, num_samples):
+    def _pre_activations(self, x, seed, num_samples, per_example: bool):
+        """Local reparameterization: m + sqrt(v) * eps, eps [S, batch, units] if `per_example`, else [S, 1, units]."""
         x, s, shared = self._shared(x, num_samples)
         mean = dense(x, self.kernel_loc) + self.bias_loc
         var = dense(tf.square(x), tf.square(self.kernel_scale)) + tf.square(self.bias_scale)
-        shape = tf.concat([[s], tf.shape(mean)], 0) if shared else tf.shape(mean)
+        if per_example:
+            shape = tf.concat([[s], tf.shape(mean)], 0) if shared else tf.shape(mean)
+        else:
+            shape = tf.stack([s, 1, self.units])
         return mean + tf.sqrt(var) * tf.random.stateless_normal(shape, seed, dtype=mean.dtype)
+
+    def _local_reparameterization(self, x, seed, num_samples):
+        return self._pre_activations(x, seed, num_samples, per_example=True)
+
+    def _predictive(self, x, seed, num_samples):
+        return self._pre_activations(x, seed, num_samples, per_example=False)
 
     def _reparameterization(self, x, seed, num_samples):
         x, s, shared = self._shared(x, num_samples)
@@ -255,7 +280,9 @@ class DenseMeanField(MeanFieldLayer):
 class Conv2DMeanField(MeanFieldLayer):
     """A 2-D convolution ('SAME' padding) with a mean-field Gaussian posterior over kernel [kh, kw, in, filters].
 
-    Local reparameterization convolves the means and the variances (x^2 with sigma^2): vectorized over S.
+    Local reparameterization convolves the means and the variances (x^2 with sigma^2): vectorized over S; it
+    treats one example's output positions as independent although they share the kernel, so it is an
+    approximation here (a training option), and the predictive samples kernels (`_predictive`).
     Reparameterization and Flipout need one kernel per sample and run the samples one after another
     (`tf.map_fn`); training uses one sample per step, so this costs nothing there.
     """
@@ -308,6 +335,29 @@ class Conv2DMeanField(MeanFieldLayer):
             return self._conv(xs, kernel) + bias
 
         return self._per_sample(x, seed, num_samples, body)
+
+    def _predictive(self, x, seed, num_samples):
+        """S sampled kernels (exact), all in one convolution: the kernels side by side along the output channels,
+        [kh, kw, in, S * filters]; a shared input [B, H, W, C] is convolved with all of them, per-sample inputs
+        [S, B, H, W, C] go in as S groups of channels, [B, H, W, S * C], each meeting its own kernel (a grouped
+        convolution)."""
+        shared = x.shape.rank == 4
+        s = num_samples if shared else tf.shape(x)[0]
+        if not shared:
+            shape = tf.shape(x)
+            x = tf.reshape(tf.transpose(x, [1, 2, 3, 0, 4]), tf.concat([shape[1:4], [s * shape[4]]], 0))
+        kernel_seed, bias_seed = _split(seed, 2)
+        kernel_shape = tf.shape(self.kernel_loc)
+        kernels = self.kernel_loc + self.kernel_scale * tf.random.stateless_normal(
+            tf.concat([[s], kernel_shape], 0), kernel_seed, dtype=x.dtype)  # [S, kh, kw, in, out]
+        stacked = tf.reshape(tf.transpose(kernels, [1, 2, 3, 0, 4]),
+                             tf.concat([kernel_shape[:3], [s * self.units]], 0))
+        y = self._conv(x, stacked)  # [B, H', W', S * out]
+        shape = tf.shape(y)
+        y = tf.transpose(tf.reshape(y, tf.concat([shape[:3], [s, self.units]], 0)), [3, 0, 1, 2, 4])
+        bias = self.bias_loc + self.bias_scale * tf.random.stateless_normal(
+            tf.stack([s, self.units]), bias_seed, dtype=x.dtype)
+        return y + bias[:, None, None, None, :]
 
     def _flipout(self, x, seed, num_samples):
         def body(xs, s):

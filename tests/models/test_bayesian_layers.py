@@ -26,7 +26,10 @@ def _conv(rho=-1.0):
     return layer
 
 
-@pytest.mark.parametrize("estimator", bayesian_layers.ESTIMATORS)
+ROUTES = bayesian_layers.ESTIMATORS + (bayesian_layers.PREDICTIVE,)
+
+
+@pytest.mark.parametrize("estimator", ROUTES)
 @pytest.mark.parametrize("make, shape", [(_dense, [5, 4]), (_conv, [5, 6, 6, 1])])
 def test_passes_differ_when_scale_positive_and_agree_when_zero(estimator, make, shape):
     x = tf.random.stateless_normal(shape, [0, 0])
@@ -42,7 +45,7 @@ def test_passes_differ_when_scale_positive_and_agree_when_zero(estimator, make, 
     np.testing.assert_allclose(a[0], a[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("estimator", bayesian_layers.ESTIMATORS)
+@pytest.mark.parametrize("estimator", ROUTES)
 def test_each_estimator_has_the_exact_marginal_of_a_preactivation(estimator):
     layer = _dense(units=2, inputs=3, rho=-0.5)
     x = tf.constant([[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]])
@@ -55,7 +58,8 @@ def test_each_estimator_has_the_exact_marginal_of_a_preactivation(estimator):
     np.testing.assert_allclose(y.var(0), var, rtol=0.05)
 
 
-def test_local_reparameterization_matches_weight_sampling_for_one_example_through_two_layers():
+@pytest.mark.parametrize("route", ["local_reparameterization", bayesian_layers.PREDICTIVE])
+def test_local_reparameterization_matches_weight_sampling_for_one_example_through_two_layers(route):
     first, second = _dense(units=4, inputs=2, rho=-0.7), _dense(units=1, inputs=4, rho=-0.7)
     x = tf.constant([[0.7, -1.3]])
     s = 40000
@@ -64,12 +68,69 @@ def test_local_reparameterization_matches_weight_sampling_for_one_example_throug
         seeds = tfp.random.split_seed(seed, 2)
         return second(tf.nn.relu(first(x, seeds[0], estimator, s)), seeds[1], estimator, s).numpy()[:, 0, 0]
 
-    local, weights = net("local_reparameterization", SEED_A), net("reparameterization", SEED_B)
+    local, weights = net(route, SEED_A), net("reparameterization", SEED_B)
     # The output is non-Gaussian (ReLU in between); compare mean, variance and a few quantiles.
     assert abs(local.mean() - weights.mean()) < 5 * weights.std() / math.sqrt(s)
     assert local.var() == pytest.approx(weights.var(), rel=0.04)
     np.testing.assert_allclose(np.quantile(local, [0.1, 0.5, 0.9]), np.quantile(weights, [0.1, 0.5, 0.9]),
                                atol=0.03 * weights.std() + 0.01)
+
+
+@pytest.mark.parametrize("route, invariant", [(bayesian_layers.PREDICTIVE, True),
+                                              ("local_reparameterization", False)])
+def test_predictive_route_answers_an_example_the_same_in_any_batch(route, invariant):
+    first, second = _dense(units=5, inputs=3, rho=-0.7), _dense(units=2, inputs=5, rho=-0.7)
+    x = tf.random.stateless_normal([6, 3], [5, 5])
+
+    def net(inputs):
+        seeds = tfp.random.split_seed(SEED_A, 2)
+        return second(tf.nn.relu(first(inputs, seeds[0], route, 7)), seeds[1], route, 7).numpy()
+
+    batch = net(x)  # [S, 6, 2]
+    for i in (0, 4):
+        alone = net(x[i:i + 1])[:, 0]
+        assert np.allclose(alone, batch[:, i], rtol=1e-5, atol=1e-6) == invariant
+    # Reordering the batch reorders the answers and changes nothing else.
+    reordered = net(tf.reverse(x, [0]))
+    assert np.allclose(reordered[:, ::-1], batch, rtol=1e-5, atol=1e-6) == invariant
+
+
+def _conv_position_covariance(layer, x, p, q):
+    """Closed-form Cov(y_p, y_q) of two output positions of one example under weight sampling, one filter:
+    y_p = sum_k x_pk W_k + b, so Cov = sum_k x_pk x_qk sigma_k^2 + tau^2 (patches x_p from 'SAME' padding)."""
+    patches = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME").numpy()[0]
+    sigma2 = layer.kernel_scale.numpy()[..., 0].reshape(-1) ** 2
+    return float(np.sum(patches[p] * patches[q] * sigma2) + layer.bias_scale.numpy()[0] ** 2)
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_conv_predictive_keeps_the_correlation_between_positions_that_local_reparameterization_drops(
+        shared_input):
+    layer = bayesian_layers.Conv2DMeanField(1, kernel_size=3, init_rho=-0.3)
+    layer(tf.zeros([1, 5, 5, 1]), SEED_A)
+    x = tf.random.stateless_normal([1, 5, 5, 1], [7, 7])
+    s = 20000
+    inputs = x if shared_input else tf.broadcast_to(x, [s, 1, 5, 5, 1])
+    p, q = (2, 2), (2, 3)  # neighbouring positions: their 3x3 patches overlap
+    expected = _conv_position_covariance(layer, x, p, q)
+    assert expected > 0.1
+    for route, covariance in ((bayesian_layers.PREDICTIVE, expected), ("local_reparameterization", 0.0)):
+        y = layer(inputs, SEED_B, route, s).numpy()[:, 0, :, :, 0]  # [S, 5, 5]
+        got = np.cov(y[:, p[0], p[1]], y[:, q[0], q[1]])[0, 1]
+        assert got == pytest.approx(covariance, abs=0.05 * expected + 5 * float(np.sqrt(
+            y[:, p[0], p[1]].var() * y[:, q[0], q[1]].var() / s)))
+
+
+def test_conv_predictive_convolves_each_sample_input_with_its_own_kernel():
+    layer = _conv(rho=-1e4)  # zero posterior scale: every sampled kernel is the mean
+    layer.bias_loc.assign([0.5, -0.25])
+    x = tf.random.stateless_normal([1, 6, 6, 1], [9, 9])
+    inputs = tf.stack([tf.zeros_like(x), x, 2.0 * x])  # [S = 3, B = 1, 6, 6, 1]
+    y = layer(inputs, SEED_A, bayesian_layers.PREDICTIVE).numpy()
+    expected = tf.nn.conv2d(x, layer.kernel_loc, 1, "SAME").numpy()[0] + layer.bias_loc.numpy()
+    np.testing.assert_allclose(y[0, 0], np.broadcast_to(layer.bias_loc.numpy(), y[0, 0].shape), atol=1e-6)
+    np.testing.assert_allclose(y[1, 0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[2, 0], 2.0 * expected - layer.bias_loc.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mean, var", [(0.7, 0.5), (-1.2, 0.3), (0.0, 2.0), (3.0, 1e-4), (-3.0, 1e-4)])
