@@ -238,6 +238,8 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
     np.testing.assert_allclose(approx["epistemic_stddev"], spread, rtol=0.03)
     # The noise head's softplus of a Gaussian-approximated pre-activation: close, not exact.
     np.testing.assert_allclose(approx["aleatoric_stddev"], exact["aleatoric_stddev"], rtol=0.1)
+    # An example's answer depends on its input and the seed, not on the rest of its batch (as batching needs).
+    _assert_batch_invariant(signatures, ("predict_mc", "predict_moments"), x)
     np.save(tmp_path / "x.npy", _raw_inputs(concrete))
     out = subprocess.run([sys.executable, "-c", NO_TFP_SCRIPT, str(path), str(tmp_path / "x.npy")],
                          capture_output=True, text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -247,5 +249,15 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
                               x_train=np.zeros((2, 28, 28, 1), np.float32), y_train=np.zeros(2, np.int32),
                               x_test=np.zeros((2, 28, 28, 1), np.float32), y_test=np.zeros(2, np.int32))
     lenet = bayesian_dense.build_model(bayesian_dense.Config(arch="lenet5", hidden_units=(16,)), mnist_like)
-    assert "predict_moments" not in tf.saved_model.load(str(export.export(lenet, mnist_like, tmp_path / "lenet"))
-                                                        ).signatures
+    lenet_signatures = tf.saved_model.load(str(export.export(lenet, mnist_like, tmp_path / "lenet"))).signatures
+    assert "predict_moments" not in lenet_signatures
+    _assert_batch_invariant(lenet_signatures, ("predict_mc",), tf.random.stateless_uniform([5, 28, 28, 1], [3, 3]))
+
+
+def _assert_batch_invariant(signatures, names, x):
+    args = dict(num_samples=tf.constant(64), seed=tf.constant([4, 2]))
+    for name in names:
+        batch = signatures[name](x=x, **args)
+        alone = signatures[name](x=x[3:4], **args)
+        for key in batch:
+            np.testing.assert_allclose(alone[key], batch[key][3:4], rtol=1e-4, atol=1e-5, err_msg=f"{name} {key}")
