@@ -22,7 +22,7 @@ is maximized over q (the codes' means and scales) and g together. Its KL is over
 mean-field network's 2 * (number of weights). Sampling is vectorized: codes [S, units, D] -> all pairs of a layer
 [S, n_in + 1, n_out, 2D] -> weight means and scales in one pass of g. Given z_s the weights are independent
 Gaussians, so the pre-activations are sampled by local reparameterization (exact per example, see
-`models/bayesian_layers.py`).
+`models/bayesian_layers.py`); the predictive shares that noise across the batch, as the mean-field networks do.
 
 `bayesian_hypernetwork` (Krueger, Huang, Islam, Turner, Lacoste and Courville 2017, "Bayesian Hypernetworks").
 The target network is weight-normalized, W_l[:, j] = c_lj v_lj / ||v_lj||, with directions v and biases as point
@@ -123,17 +123,22 @@ class _MetaNetwork(heads.LikelihoodHead):
     def _flat_inputs(self, x):
         return tf.reshape(tf.convert_to_tensor(x, tf.float32), [tf.shape(x)[0], -1])
 
-    def forward(self, x, num_samples, seed) -> tf.Tensor:
-        """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape]."""
+    def forward(self, x, num_samples, seed, per_example_noise: bool = True) -> tf.Tensor:
+        """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape].
+
+        `per_example_noise`: whether noise drawn below the weight level is independent per example (training:
+        lower gradient variance) or shared by the batch (predictive: the same per-example distribution, and an
+        example's answer does not depend on its batch)."""
         raise NotImplementedError
 
     def kl(self, seed=None, num_samples=None) -> tf.Tensor:
         raise NotImplementedError
 
     def training_outputs(self, x, num_samples, seed) -> tf.Tensor:
-        return self.forward(x, num_samples, seed)
+        return self.forward(x, num_samples, seed, per_example_noise=True)
 
-    predictive_outputs = training_outputs
+    def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
+        return self.forward(x, num_samples, seed, per_example_noise=False)
 
 
 class MetaRepresentationNetwork(_MetaNetwork):
@@ -207,7 +212,7 @@ class MetaRepresentationNetwork(_MetaNetwork):
         seeds = tfp.random.split_seed(seed, len(self.code_loc))
         return [q.sample(num_samples, seed=s) for q, s in zip(self.posterior(), tf.unstack(seeds))]
 
-    def forward(self, x, num_samples, seed) -> tf.Tensor:
+    def forward(self, x, num_samples, seed, per_example_noise: bool = True) -> tf.Tensor:
         code_seed, noise_seed = tfp.random.split_seed(seed, 2)
         weights = self.generate_weights(self.sample_codes(num_samples, code_seed))
         noise_seeds = tf.unstack(tfp.random.split_seed(noise_seed, len(weights)))
@@ -217,7 +222,8 @@ class MetaRepresentationNetwork(_MetaNetwork):
             h = tf.concat([h, tf.ones_like(h[..., :1])], axis=-1)  # the bias unit
             mean = tf.einsum("sbi,sio->sbo", h, loc)  # per-sample weights: a batched product (measured faster
             var = tf.einsum("sbi,sio->sbo", tf.square(h), tf.square(scale))  # than "bi,sio" on shared inputs)
-            h = mean + tf.sqrt(var) * tf.random.stateless_normal(tf.shape(mean), s)
+            shape = tf.shape(mean) if per_example_noise else tf.stack([num_samples, 1, tf.shape(mean)[2]])
+            h = mean + tf.sqrt(var) * tf.random.stateless_normal(shape, s)
             if l < len(weights) - 1:
                 h = tf.nn.relu(h)
         return h
@@ -285,7 +291,8 @@ class BayesianHypernetwork(_MetaNetwork):
     def num_variational_parameters(self) -> int:
         return sum(int(tf.size(v)) for c in self.couplings for v in c.trainable_variables) + 2 * self.num_scales
 
-    def forward(self, x, num_samples, seed) -> tf.Tensor:
+    def forward(self, x, num_samples, seed, per_example_noise: bool = True) -> tf.Tensor:
+        del per_example_noise  # no noise below the weights: every example of a sample sees the same network
         scales = self.posterior().sample(num_samples, seed=seed)  # [S, G]
         h = self._flat_inputs(x)  # [B, n_0], shared by all samples until the first scaling
         start = 0

@@ -64,6 +64,28 @@ def test_meta_representation_passes_differ_when_the_codes_are_uncertain():
     assert np.abs(a - b).max() < 0.05 * uncertain
 
 
+@pytest.mark.parametrize("variant", ["meta_representation", "bayesian_hypernetwork"])
+def test_predictive_answers_an_example_the_same_in_any_batch(variant):
+    tf.random.set_seed(0)
+    model = hn.build_model(hn.Config(variant=variant, hidden_units=(5, 4), code_dim=3, init_code_scale=0.5),
+                           _regression_stand_in())
+    x = tf.random.stateless_normal([6, 2], [0, 0])
+    batch = model.predictive_outputs(x, 4, SEED_A).numpy()
+    np.testing.assert_allclose(model.predictive_outputs(x[2:3], 4, SEED_A)[:, 0], batch[:, 2], rtol=1e-5,
+                               atol=1e-6)
+    # Training keeps per-example noise where there is any (lower-variance gradients), so there it differs.
+    training = model.training_outputs(x[2:3], 4, SEED_A)[:, 0].numpy()
+    assert np.allclose(training, model.training_outputs(x, 4, SEED_A)[:, 2]) == (variant != "meta_representation")
+
+
+def _regression_stand_in():
+    from training import data
+    x, y = np.zeros((2, 2), np.float32), np.zeros((2, 1), np.float32)
+    return data.Dataset(name="stand-in", task="regression", x_train=x, y_train=y, x_test=x, y_test=y,
+                        x_scaler=data.Standardizer(np.zeros(2, np.float32), np.ones(2, np.float32)),
+                        y_scaler=data.Standardizer(np.zeros(1, np.float32), np.ones(1, np.float32)))
+
+
 def test_meta_representation_needs_far_fewer_variational_parameters_than_mean_field():
     shape = dict(hidden_units=(400, 400))
     meta = hn.MetaRepresentationNetwork(hn.Config(code_dim=16, **shape), (784,), "classification", 10)
