@@ -42,7 +42,9 @@ Binarization: Bernoulli models of grey-level data (`--dataset=mnist`) binarize d
 a new draw every training step from the step's stateless seed (Salakhutdinov and Murray 2008; Burda et al.
 2015), so resumed runs are exact. Evaluation and serving use ONE fixed binarization, `fixed_binarization`: pixel j
 of image x is 1[u_j < x_j] with u drawn from a stateless seed that is a hash of the image itself, so an image's
-binarization does not depend on its batch, its position or the process. Already-binary data (`binarized_mnist`,
+binarization does not depend on its batch, its position or the process. Likewise evaluation and serving draw
+the latents with noise shared by the batch (`sample_latents`: exact draws from each q(z | x)), so an image's
+answers depend on it and the seed only; training draws independent noise per image. Already-binary data (`binarized_mnist`,
 Larochelle's fixed binarization) is used as it is.
 
 Networks (encoder and decoder are `tf_keras` layers ending in TFP distribution layers: `tfp.layers`
@@ -413,6 +415,39 @@ class VariationalAutoencoder(tf.Module):
         """KL(q(z | x) || p(z)) [batch] in nats, in closed form for every latent (see the module docstring)."""
         return tfd.kl_divergence(q, self.prior)
 
+    def latent_noise(self, num_samples, seed) -> tf.Tensor:
+        """Standard noise for S latent draws, [S, *noise_shape], shared by every example of a batch.
+
+        N(0, 1) [S, D] for the Gaussian latents; Gumbel(0, 1) [S, M, K] for the categorical one, g = -log(-log u).
+        """
+        if self.config.latent == "gumbel_softmax":
+            tiny = np.finfo(np.float32).tiny
+            u = tf.random.stateless_uniform(tf.concat([[num_samples], self.latent_shape], 0), seed, minval=tiny,
+                                            maxval=1.0)
+            return -tf.math.log(-tf.math.log(u))
+        return tf.random.stateless_normal(tf.concat([[num_samples], self.latent_shape], 0), seed)
+
+    def latents_from_noise(self, q, noise) -> tf.Tensor:
+        """z [S, batch, *latent] from q(z | x) [batch] and `latent_noise` [S, ...] by reparameterization:
+
+            normal: z = mu + sigma * eps;   full covariance: z = mu + L eps;
+            categorical: z_m = one_hot(argmax_k(l_mk + g_mk))   (Gumbel-max: an exact categorical draw).
+
+        Each example's S draws are exact draws from its q(z | x); the examples share the noise, so an example's
+        draws depend on its input and the noise only, not on its batch (as the predictive networks do, see
+        `models/bayesian_layers.py`). Training draws independent noise per example instead (`elbo_terms`).
+        """
+        if self.config.latent == "gumbel_softmax":
+            logits = q.distribution.logits_parameter()  # [batch, M, K]
+            return tf.one_hot(tf.argmax(logits + noise[:, None], axis=-1), self.latent_shape[-1], dtype=tf.float32)
+        if self.config.latent == "full_covariance":
+            return q.mean() + tf.linalg.matvec(q.scale.to_dense(), noise[:, None, :])
+        return q.mean() + q.stddev() * noise[:, None]
+
+    def sample_latents(self, q, num_samples, seed) -> tf.Tensor:
+        """S draws z [S, batch, *latent] from q(z | x) with noise shared across the batch (`latents_from_noise`)."""
+        return self.latents_from_noise(q, self.latent_noise(num_samples, seed))
+
     # -- training -----------------------------------------------------------------------------------------------
 
     def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
@@ -444,16 +479,18 @@ class VariationalAutoencoder(tf.Module):
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
-    def log_weights(self, x, q, num_samples, seed):
-        """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) and log p(x | z_k), z_k ~ q: each [K, batch]."""
-        z = q.sample(num_samples, seed=seed)
+    def log_weights(self, x, q, z):
+        """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) and log p(x | z_k) for z [K, batch, ...] drawn
+        from q: each [K, batch]."""
         log_likelihood = self.decode(z).log_prob(x)
         return log_likelihood + self.prior.log_prob(z) - q.log_prob(z), log_likelihood
 
     def importance_weighted(self, x, num_samples, seed, activation_budget: int = IW_ACTIVATION_BUDGET) -> dict:
         """The importance-weighted bound L_K of observed x, in chunks of samples (bounded memory for any K).
 
-        Chunk c draws its samples with the seed fold_in(seed, c); chunks are combined by a running log-sum-exp,
+        The K draws' noise is drawn at once from `seed` ([K, *latent], shared by the batch: `sample_latents`), so
+        the bound of an example does not depend on its batch, nor on the chunking, which does; chunk c takes its
+        slice of the noise, and chunks are combined by a running log-sum-exp,
         log sum_k w_k = logsumexp_c(logsumexp_{k in c} log w_k).
 
         Args:
@@ -474,10 +511,12 @@ class VariationalAutoencoder(tf.Module):
         chunk = tf.clip_by_value(activation_budget // rows, 1, num_samples)
         num_chunks = (num_samples + chunk - 1) // chunk
         batch_shape = tf.shape(x)[:1]
+        noise = self.latent_noise(num_samples, seed)
 
         def body(c, log_sum, sum_log_likelihood):
             n = tf.minimum(chunk, num_samples - c * chunk)
-            log_w, log_likelihood = self.log_weights(x, q, n, tf.random.experimental.stateless_fold_in(seed, c))
+            z = self.latents_from_noise(q, noise[c * chunk:c * chunk + n])
+            log_w, log_likelihood = self.log_weights(x, q, z)
             log_sum = tf.reduce_logsumexp(tf.stack([log_sum, tf.reduce_logsumexp(log_w, axis=0)]), axis=0)
             return c + 1, log_sum, sum_log_likelihood + tf.reduce_sum(log_likelihood, axis=0)
 
@@ -495,7 +534,7 @@ class VariationalAutoencoder(tf.Module):
         binarization where the model binarizes).
         """
         q = self.encode(self.observe(x))
-        return self.decode(q.sample(num_samples, seed=seed))
+        return self.decode(self.sample_latents(q, num_samples, seed))
 
     def evaluate_split(self, dataset, split: str, config, workdir=None) -> dict:
         """`split/rate`, `split/distortion` (nats per example; the ELBO is -(rate + distortion)); on the test split
@@ -689,7 +728,7 @@ class VAEServable(tf.Module):
 
     def _encode(self, x, seed):
         q = self.model.encode(self._observed(x))
-        return {"z": q.sample(seed=seed), **self._moments(q)}
+        return {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
 
     def _decode(self, z):
         z = tf.debugging.assert_all_finite(z, "z must be finite")
@@ -699,7 +738,7 @@ class VAEServable(tf.Module):
         x = self._observed(x)
         with tf.control_dependencies([self._positive(num_samples)]):
             q = self.model.encode(x)
-            means = self.model.decode(q.sample(num_samples, seed=seed)).mean()  # [S, batch, *image]
+            means = self.model.decode(self.model.sample_latents(q, num_samples, seed)).mean()  # [S, batch, *image]
         # Spread of the decoded means across z ~ q(z|x) (the epistemic part in models.predictive's terms); the
         # pixel noise of p(x|z) itself is left out: it says what a sample looks like, not how sure the model is.
         return {"mean": tf.reduce_mean(means, axis=0), "stddev": tf.math.reduce_std(means, axis=0)}

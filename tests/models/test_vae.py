@@ -142,12 +142,17 @@ def test_beta_scales_the_rate_in_training_only(mnist):
 # ----------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("latent", vae.LATENTS)
-def test_closed_form_kl_agrees_with_monte_carlo_within_its_error(latent, mnist):
+@pytest.mark.parametrize("sampler", ["tfp", "shared_noise"])
+def test_closed_form_kl_agrees_with_monte_carlo_within_its_error(latent, sampler, mnist):
+    """Also checks that the serving path's draws (noise shared across the batch) are exact draws from each q(z|x):
+    from any other distribution the average log ratio would not be the KL."""
     model = _small(latent, seed=3)
     q = model.encode(model.observe(mnist.x_test[:6]))
     closed_form = model.rate(q).numpy()
     n = 20000
-    z = q.sample(n, seed=[4, 2])  # hard one-hot draws for the categorical latent
+    seed = tf.constant([4, 2])
+    # Hard one-hot draws for the categorical latent.
+    z = q.sample(n, seed=seed) if sampler == "tfp" else model.sample_latents(q, n, seed)
     log_ratio = (q.log_prob(z) - model.prior.log_prob(z)).numpy()  # [n, 6]
     monte_carlo, stderr = log_ratio.mean(0), log_ratio.std(0) / np.sqrt(n)
     assert np.all(closed_form > 0.05)
@@ -190,14 +195,14 @@ def test_importance_weighted_chunks_combine_to_the_bound_of_all_samples(binarize
     per_row = model.decoder.activations_per_row
     chunked = model.importance_weighted(x, k, seed, activation_budget=5 * 5 * per_row)  # chunks of 5, 5, 2
     q = model.encode(x)
-    parts = [model.log_weights(x, q, n, tf.random.experimental.stateless_fold_in(seed, c))
-             for c, n in enumerate((5, 5, 2))]
-    log_w = tf.concat([p[0] for p in parts], 0)
-    log_likelihood = tf.concat([p[1] for p in parts], 0)
+    log_w, log_likelihood = model.log_weights(x, q, model.sample_latents(q, k, seed))  # all K at once
     np.testing.assert_allclose(chunked["log_likelihood"], tf.reduce_logsumexp(log_w, 0) - np.log(k), rtol=1e-6)
     np.testing.assert_allclose(chunked["expected_log_likelihood"], tf.reduce_mean(log_likelihood, 0), rtol=1e-6)
-    whole = model.importance_weighted(x, k, seed)  # one chunk: other draws, the same bound in expectation
-    assert whole["log_likelihood"].shape == (5,)
+    # The draws do not depend on the chunking, nor on the batch: one chunk, and one image alone, agree.
+    whole = model.importance_weighted(x, k, seed)
+    np.testing.assert_allclose(whole["log_likelihood"], chunked["log_likelihood"], rtol=1e-5)
+    alone = model.importance_weighted(x[3:4], k, seed)
+    np.testing.assert_allclose(alone["log_likelihood"], whole["log_likelihood"][3:4], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -151,6 +151,19 @@ def test_serving_default_is_the_models_bound_with_the_export_seed(exports, mnist
     assert np.all(out["latent_stddev"] >= 0)
 
 
+@pytest.mark.parametrize("latent", vae.LATENTS)
+def test_an_image_gets_the_same_answer_alone_or_in_a_batch(exports, mnist, latent):
+    """The fixed binarization hashes the image and the latent noise is shared by the batch, so batching requests
+    (TF Serving's --enable_batching concatenates them) changes no answer."""
+    _, path = exports["models"][latent]
+    for signature in ("serving_default", "encode", "reconstruct", "log_likelihood"):
+        inputs = _inputs(mnist, signature, latent, n=4)
+        batch = _call(path, signature, **inputs)
+        alone = _call(path, signature, **dict(inputs, x=inputs["x"][2:3]))
+        for key, value in batch.items():
+            np.testing.assert_allclose(alone[key], value[2:3], rtol=1e-5, atol=1e-6, err_msg=f"{signature} {key}")
+
+
 def test_seeded_signatures_repeat_with_a_seed_and_change_with_another(exports, mnist):
     _, path = exports["models"]["normal"]
     x = _images(mnist)
