@@ -8,7 +8,8 @@ Each layer holds a factorized Gaussian posterior over its kernel W and bias b an
 as `tfd.Distribution`s (`posterior()`, `prior()`, `kl()` = KL(q || p) in closed form). A forward pass takes inputs
 with a leading Monte Carlo axis, x: [S, batch, ...] (or [batch, ...], shared by all S), and a stateless seed, and
 returns pre-activations [S, batch, units]. The estimator decides how the posterior is sampled; all three are
-unbiased for E_q[f(W)] and differ in variance and cost:
+unbiased for E_q[f(W)] in dense layers (for convolutions see `Conv2DMeanField`) and differ in variance and
+cost:
 
 * `reparameterization` (Kingma and Welling 2014; Blundell et al. 2015): one weight draw per sample,
       W_s = mu + sigma * eps_s,   y_s = x_s W_s + b_s;
