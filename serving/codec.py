@@ -248,6 +248,34 @@ _SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2
 
 
 _HUGE_INTEGER = re.compile(r"-?\d{4301,}")
+# Where a number beyond double range may be: a three-digit exponent, or 300 digits in a row.
+_MAYBE_HUGE = re.compile(r"[eE]\+?\d{3}|\d{300}")
+# A JSON number literal (for finding where an overflowing one starts).
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+class _NumberTooBig(Exception):
+    def __init__(self, literal: str):
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _parse_float(literal: str) -> float:
+    """A number with a fraction or exponent; rapidjson refuses one beyond double range (1e999999), where
+    Python's float() would return inf. NaN and Infinity are constants and do not come here."""
+    value = float(literal)
+    if math.isinf(value):
+        raise _NumberTooBig(literal)
+    return value
+
+
+def _parse_int(literal: str) -> int:
+    """An integer literal; rapidjson stores one beyond 64 bits as a double, and refuses it beyond double
+    range."""
+    value = int(literal)
+    if abs(value) >= 2 ** 64 and math.isinf(float(literal)):
+        raise _NumberTooBig(literal)
+    return value
 
 
 def _byte_offset(text: str, index: int) -> int:
@@ -284,7 +312,8 @@ def _check_surrogate_escapes(text: str):
 def parse_json_document(body) -> dict:
     """Parses a REST request body; like TF Serving it must be one JSON object.
 
-    NaN and (-)Infinity are accepted, as rapidjson's `kParseNanAndInfFlag` does.
+    NaN and (-)Infinity are accepted, as rapidjson's `kParseNanAndInfFlag` does; a number literal beyond double
+    range (1e999999) is refused, as rapidjson refuses it.
     """
     if isinstance(body, (bytes, bytearray)):
         try:
@@ -295,7 +324,14 @@ def parse_json_document(body) -> dict:
     if not body:
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
+        # Checking every number costs a Python call each, so only bodies that may hold a huge one pay it.
+        doc = (json.loads(body, parse_float=_parse_float, parse_int=_parse_int) if _MAYBE_HUGE.search(body)
+               else json.loads(body))
+    except _NumberTooBig as exc:
+        start = next((m.start() for m in _NUMBER.finditer(body) if m.group(0) == exc.literal), 0)
+        raise errors.InvalidArgument(
+            "JSON Parse error: Number too big to be stored in double. at offset: "
+            f"{_byte_offset(body, start)}") from None
     except json.JSONDecodeError as exc:
         reason = _PARSE_ERRORS.get(exc.msg, "Invalid value.")
         raise errors.InvalidArgument(

@@ -195,6 +195,24 @@ def test_complex_infinities_round_trip_through_typed_fields():
     np.testing.assert_array_equal(back, array)  # not nan+infj: 1j * inf is nan in the real part
 
 
+@pytest.mark.parametrize("body, offset", [('{"instances": [1.5, 1e999999]}', 20),
+                                          ('{"instances": [[-2E+400]]}', 16),
+                                          ('{"instances": [' + "9" * 400 + "]}", 15)])
+def test_a_number_beyond_double_range_is_a_parse_error_not_infinity(body, offset):
+    with pytest.raises(errors.InvalidArgument) as info:
+        codec.parse_json_document(body)
+    assert info.value.message == (
+        f"JSON Parse error: Number too big to be stored in double. at offset: {offset}")
+
+
+def test_large_finite_numbers_and_the_infinity_constant_still_parse():
+    doc = codec.parse_json_document('{"instances": [1e308, -1.7976931348623157e308, 1e-400, Infinity, '
+                                    + "9" * 300 + "]}")
+    values = doc["instances"]
+    assert values[0] == 1e308 and values[1] == -1.7976931348623157e308 and values[2] == 0.0
+    assert values[3] == float("inf") and values[4] == int("9" * 300)
+
+
 def test_an_integer_python_cannot_convert_is_a_parse_error():
     # Python refuses int literals of more than 4300 digits with a ValueError; rapidjson refuses
     # numbers beyond double range. Either way the client sent it: INVALID_ARGUMENT, not INTERNAL.
