@@ -214,6 +214,23 @@ def _learning_rate(config, total_steps: int):
     return config.learning_rate
 
 
+def checkpoints_newest_first(directory: pathlib.Path, recorded) -> list:
+    """The checkpoints in `directory` to resume from, newest first.
+
+    The manager records a checkpoint in its `checkpoint` file only after writing it, so a run killed in between
+    leaves a newer checkpoint than the recorded one: every `ckpt-N` with an index counts. The index is written
+    last but not atomically, so one killed mid-write may not read; the caller then tries the next.
+    """
+    def number(prefix):
+        return int(prefix.rsplit("-", 1)[1])
+
+    written = {str(p)[:-len(".index")] for p in pathlib.Path(directory).glob("ckpt-*.index")}
+    written = {p for p in written if p.rsplit("-", 1)[1].isdigit()}
+    if recorded:
+        written.add(recorded)
+    return sorted(written, key=number, reverse=True)
+
+
 def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=None) -> float:
     """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`.
 
@@ -242,9 +259,20 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step))
+    candidates = checkpoints_newest_first(workdir / "checkpoints", manager.latest_checkpoint)
+    for candidate in candidates:
+        try:
+            checkpoint.restore(candidate)
+        except tf.errors.OpError as exc:  # an unreadable file: a truncated index, a missing data shard
+            logging.warning("checkpoint %s cannot be read (%s); trying an older one", candidate,
+                            str(exc).splitlines()[0])
+            continue
+        logging.info("resumed from %s at step %d", candidate, int(step))
+        break
+    else:
+        if candidates:  # never train afresh over checkpoints that exist: someone should look at them
+            raise RuntimeError(f"no checkpoint in {workdir / 'checkpoints'} can be read ({', '.join(candidates)}); "
+                               "move them away to train from scratch")
     base_seed = tf.constant([config.seed, 0], tf.int32)
 
     def replica_step(batch):

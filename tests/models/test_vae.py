@@ -193,15 +193,23 @@ def test_importance_weighted_chunks_combine_to_the_bound_of_all_samples(binarize
     model = _small("full_covariance", seed=2)
     x, seed, k = tf.constant(binarized.x_test[:5]), tf.constant([3, 1]), 12
     per_row = model.decoder.activations_per_row
-    chunked = model.importance_weighted(x, k, seed, activation_budget=5 * 5 * per_row)  # chunks of 5, 5, 2
+    budget = 5 * 5 * per_row  # chunks of 5, 5, 2 samples
     q = model.encode(x)
-    log_w, log_likelihood = model.log_weights(x, q, model.sample_latents(q, k, seed))  # all K at once
+    # Evaluation: noise per example, chunk c drawn from fold_in(seed, c).
+    chunked = model.importance_weighted(x, k, seed, activation_budget=budget)
+    parts = [model.log_weights(x, q, model.latents_from_noise(q, model.latent_noise(
+        n, tf.random.experimental.stateless_fold_in(seed, c), 5))) for c, n in enumerate((5, 5, 2))]
+    log_w = tf.concat([p[0] for p in parts], 0)
+    log_likelihood = tf.concat([p[1] for p in parts], 0)
     np.testing.assert_allclose(chunked["log_likelihood"], tf.reduce_logsumexp(log_w, 0) - np.log(k), rtol=1e-6)
     np.testing.assert_allclose(chunked["expected_log_likelihood"], tf.reduce_mean(log_likelihood, 0), rtol=1e-6)
-    # The draws do not depend on the chunking, nor on the batch: one chunk, and one image alone, agree.
-    whole = model.importance_weighted(x, k, seed)
-    np.testing.assert_allclose(whole["log_likelihood"], chunked["log_likelihood"], rtol=1e-5)
-    alone = model.importance_weighted(x[3:4], k, seed)
+    # Serving: the K draws' noise shared by the batch, so neither the chunking nor the batch changes a bound.
+    shared = model.importance_weighted(x, k, seed, activation_budget=budget, shared_noise=True)
+    log_w, _ = model.log_weights(x, q, model.sample_latents(q, k, seed))  # all K at once
+    np.testing.assert_allclose(shared["log_likelihood"], tf.reduce_logsumexp(log_w, 0) - np.log(k), rtol=1e-6)
+    whole = model.importance_weighted(x, k, seed, shared_noise=True)
+    np.testing.assert_allclose(whole["log_likelihood"], shared["log_likelihood"], rtol=1e-5)
+    alone = model.importance_weighted(x[3:4], k, seed, shared_noise=True)
     np.testing.assert_allclose(alone["log_likelihood"], whole["log_likelihood"][3:4], rtol=1e-5)
 
 

@@ -130,6 +130,31 @@ def test_resuming_with_other_settings_is_refused(tmp_path, data_dir):
                                  lr.build_model)
 
 
+def test_resume_takes_the_newest_readable_checkpoint_even_one_the_manager_never_recorded(tmp_path, data_dir):
+    """A kill between writing a checkpoint and recording it in the `checkpoint` file, or in the middle of
+    writing its index, must not lose the checkpoints that are complete."""
+    from training import data
+    concrete = data.load("uci/concrete", data_dir, split=0)
+    steps_per_epoch = concrete.num_train // 64  # 14
+
+    def fit(name, epochs):
+        config = _config(tmp_path, data_dir=str(data_dir), workdir=str(tmp_path / name), epochs=epochs,
+                         checkpoint_every_steps=4).validate()
+        model = lr.build_model(lr.Config(inference="gradient"), concrete)
+        return train_lib.fit(model, concrete, config, tf.distribute.get_strategy(), pathlib.Path(config.workdir))
+
+    for name, corrupt_newest, resumed_at in (("unrecorded", False, 14), ("half_written", True, 12)):
+        assert fit(name, 1) == 1.0
+        checkpoints = tmp_path / name / "checkpoints"
+        assert sorted(p.name for p in checkpoints.glob("*.index")) == ["ckpt-12.index", "ckpt-14.index",
+                                                                       "ckpt-8.index"]
+        (checkpoints / "checkpoint").unlink()
+        if corrupt_newest:
+            (checkpoints / "ckpt-14.index").write_bytes(b"half an index")
+        # Two epochs in all: what is left after the checkpoint resumed from.
+        assert fit(name, 2) * steps_per_epoch == pytest.approx(2 * steps_per_epoch - resumed_at)
+
+
 def test_split_all_reports_mean_and_standard_error(tmp_path, data_dir):
     config = _config(tmp_path, data_dir=str(data_dir), dataset="uci/yacht", split="all")
     metrics = train_lib.train_and_evaluate(config, lr.Config(inference="exact"), lr.build_model)
