@@ -59,6 +59,10 @@ MIN_SCALE = heads.MIN_SCALE
 # Initial posterior spread per variant: enough for the KL to act on, small enough not to swamp the first steps.
 DEFAULT_INIT_SCALE = {"meta_representation": 0.05, "bayesian_hypernetwork": 0.1}
 INIT_WEIGHT_RHO = -5.0
+# Posterior samples whose weights the meta-representation predictive generates at once. g's hidden layer holds
+# [chunk, n_in + 1, n_out, hyper_units] numbers per layer (5 M for MNIST's 785 x 100 layer at 8 units): all S at
+# once would be 25 GB at S = 10000, which one request may ask for, and past cache size already at S = 100.
+PREDICTIVE_CHUNK = 8
 
 
 @dataclasses.dataclass
@@ -214,16 +218,39 @@ class MetaRepresentationNetwork(_MetaNetwork):
 
     def forward(self, x, num_samples, seed, per_example_noise: bool = True) -> tf.Tensor:
         code_seed, noise_seed = tfp.random.split_seed(seed, 2)
-        weights = self.generate_weights(self.sample_codes(num_samples, code_seed))
-        noise_seeds = tf.unstack(tfp.random.split_seed(noise_seed, len(weights)))
+        codes = self.sample_codes(num_samples, code_seed)
+        noise_seeds = tf.unstack(tfp.random.split_seed(noise_seed, len(self.heads)))
         h = self._flat_inputs(x)
-        h = tf.broadcast_to(h[None], tf.concat([[num_samples], tf.shape(h)], 0))
-        for l, ((loc, scale), s) in enumerate(zip(weights, noise_seeds)):
+        if per_example_noise:  # training: a few samples, noise per example; the weights in one go
+            return self._target_network(h, self.generate_weights(codes), lambda l, mean: tf.random.stateless_normal(
+                tf.shape(mean), noise_seeds[l]))
+        # The predictive: noise [S, 1, n_out] shared by the batch, and the weights PREDICTIVE_CHUNK samples at a
+        # time (bounded memory for any S). Codes and noise are drawn whole and sliced, so the chunking changes
+        # no draw.
+        noises = [tf.random.stateless_normal(tf.stack([num_samples, 1, self.widths[l + 1]]), s)
+                  for l, s in enumerate(noise_seeds)]
+        num_chunks = (num_samples + PREDICTIVE_CHUNK - 1) // PREDICTIVE_CHUNK
+
+        def chunk(c, outputs):
+            rows = slice(c * PREDICTIVE_CHUNK, tf.minimum((c + 1) * PREDICTIVE_CHUNK, num_samples))
+            weights = self.generate_weights([z[rows] for z in codes])
+            out = self._target_network(h, weights, lambda l, mean: noises[l][rows])
+            return c + 1, outputs.write(c, out)
+
+        _, outputs = tf.while_loop(lambda c, _: c < num_chunks, chunk,
+                                   (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)))
+        return outputs.concat()
+
+    def _target_network(self, h, weights, noise):
+        """The target network on flat inputs h [B, n_0] with sampled weight distributions [k, n_in + 1, n_out]
+        per layer, pre-activations by local reparameterization, noise(l, mean) giving layer l's standard noise;
+        returns [k, B, n_L]."""
+        h = tf.broadcast_to(h[None], tf.concat([tf.shape(weights[0][0])[:1], tf.shape(h)], 0))
+        for l, (loc, scale) in enumerate(weights):
             h = tf.concat([h, tf.ones_like(h[..., :1])], axis=-1)  # the bias unit
             mean = tf.einsum("sbi,sio->sbo", h, loc)  # per-sample weights: a batched product (measured faster
             var = tf.einsum("sbi,sio->sbo", tf.square(h), tf.square(scale))  # than "bi,sio" on shared inputs)
-            shape = tf.shape(mean) if per_example_noise else tf.stack([num_samples, 1, tf.shape(mean)[2]])
-            h = mean + tf.sqrt(var) * tf.random.stateless_normal(shape, s)
+            h = mean + tf.sqrt(var) * noise(l, mean)
             if l < len(weights) - 1:
                 h = tf.nn.relu(h)
         return h

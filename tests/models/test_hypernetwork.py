@@ -78,6 +78,18 @@ def test_predictive_answers_an_example_the_same_in_any_batch(variant):
     assert np.allclose(training, model.training_outputs(x, 4, SEED_A)[:, 2]) == (variant != "meta_representation")
 
 
+def test_meta_representation_predictive_in_chunks_of_samples_equals_all_at_once(monkeypatch):
+    tf.random.set_seed(0)
+    model = _meta(init_code_scale=0.5)
+    x = tf.random.stateless_normal([5, 2], [0, 0])
+    chunked = model.predictive_outputs(x, 19, SEED_A).numpy()  # chunks of 8, 8 and 3 samples
+    monkeypatch.setattr(hn, "PREDICTIVE_CHUNK", 1000)
+    whole = model.predictive_outputs(x, 19, SEED_A).numpy()
+    assert chunked.shape == (19, 5, 2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(chunked[0], chunked[8])  # the chunks hold different samples
+
+
 def _regression_stand_in():
     from training import data
     x, y = np.zeros((2, 2), np.float32), np.zeros((2, 1), np.float32)
