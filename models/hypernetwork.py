@@ -239,7 +239,9 @@ class MetaRepresentationNetwork(_MetaNetwork):
 
         _, outputs = tf.while_loop(lambda c, _: c < num_chunks, chunk,
                                    (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)))
-        return outputs.concat()
+        out = outputs.concat()
+        out.set_shape([None, None, self.widths[-1]])  # the chunks' shapes are not inferred: rank for the heads
+        return out
 
     def _target_network(self, h, weights, noise):
         """The target network on flat inputs h [B, n_0] with sampled weight distributions [k, n_in + 1, n_out]

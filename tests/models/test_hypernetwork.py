@@ -88,6 +88,9 @@ def test_meta_representation_predictive_in_chunks_of_samples_equals_all_at_once(
     assert chunked.shape == (19, 5, 2)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
     assert not np.allclose(chunked[0], chunked[8])  # the chunks hold different samples
+    traced = tf.function(model.predictive_outputs).get_concrete_function(
+        tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32))
+    assert traced.output_shapes.as_list() == [None, None, 2]  # a known rank, as the heads and exports need
 
 
 def _regression_stand_in():
