@@ -13,8 +13,8 @@ i.e. minimizing `ElboTerms(nll=E_q[-log p(x|z)], local_kl=KL(q(z|x) || p(z)))` p
 example, averaged like the likelihood; see `models/objective.py`). Information-theoretic reading (Alemi et al.
 2018, "Fixing a Broken ELBO"): the KL is the RATE, the nats the encoder spends describing x in z, and the expected
 reconstruction NLL is the DISTORTION; -ELBO = rate + distortion. The beta-VAE objective (Higgins et al. 2017)
-distortion + beta * rate moves along the rate-distortion curve: `Config.beta` is the ElboTerms' `kl_scale` in training only
-(the shared loop's KL warm-up multiplies it further), while evaluation reports the true rate and ELBO.
+distortion + beta * rate moves along the rate-distortion curve: `Config.beta` is the ElboTerms' `kl_scale` in
+training only (the shared loop's KL warm-up multiplies it further), while evaluation reports the true rate and ELBO.
 
 Latents (`Config.latent`), each sampled by reparameterization so gradients flow through z:
   * `normal`: q(z | x) = N(mu, diag(sigma^2)), z = mu + sigma * eps, eps ~ N(0, I); KL in closed form,
@@ -44,8 +44,8 @@ a new draw every training step from the step's stateless seed (Salakhutdinov and
 of image x is 1[u_j < x_j] with u drawn from a stateless seed that is a hash of the image itself, so an image's
 binarization does not depend on its batch, its position or the process. Likewise serving draws the latents with
 noise shared by the batch (`sample_latents`: exact draws from each q(z | x)), so an image's answers depend on it
-and the seed only; training and data-set evaluation draw independent noise per image. Already-binary data (`binarized_mnist`,
-Larochelle's fixed binarization) is used as it is.
+and the seed only; training and data-set evaluation draw independent noise per image. Already-binary data
+(`binarized_mnist`, Larochelle's fixed binarization) is used as it is.
 
 Networks (encoder and decoder are `tf_keras` layers ending in TFP distribution layers: `tfp.layers`
 IndependentNormal, MultivariateNormalTriL, IndependentBernoulli, DistributionLambda): `mlp`, dense layers of
