@@ -122,13 +122,17 @@ class BayesianNetwork(heads.LikelihoodHead):
     def layers_with_posterior(self) -> list:
         return self.conv_layers + self.hidden_layers + [self.output_layer]
 
-    def forward(self, x, num_samples, seed, estimator: str) -> tf.Tensor:
-        """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape]."""
+    def forward(self, x, num_samples, seed, estimator: str, posteriors=None) -> tf.Tensor:
+        """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape].
+
+        `posteriors`: each layer's `posterior_parameters()` for this step, when the caller takes the KL from them.
+        """
         seeds = tfp.random.split_seed(seed, n=len(self.layers_with_posterior))
+        posteriors = posteriors or [None] * len(self.layers_with_posterior)
         h = tf.convert_to_tensor(x, tf.float32)
         i = 0
         for conv in self.conv_layers:
-            h = tf.nn.relu(conv(h, seeds[i], estimator, num_samples))
+            h = tf.nn.relu(conv(h, seeds[i], estimator, num_samples, posterior=posteriors[i]))
             shape = tf.shape(h)  # [S, B, H, W, C]: pool over the merged sample and batch axes
             pooled = tf.nn.max_pool2d(tf.reshape(h, tf.concat([[-1], shape[2:]], 0)), 2, 2, "SAME")
             h = tf.reshape(pooled, tf.concat([shape[:2], tf.shape(pooled)[1:]], 0))
@@ -138,13 +142,21 @@ class BayesianNetwork(heads.LikelihoodHead):
         else:
             h = tf.reshape(h, [tf.shape(h)[0], -1])  # [B, features]: shared by all samples
         for layer in self.hidden_layers:
-            h = tf.nn.relu(layer(h, seeds[i], estimator, num_samples))
+            h = tf.nn.relu(layer(h, seeds[i], estimator, num_samples, posterior=posteriors[i]))
             i += 1
-        return self.output_layer(h, seeds[i], estimator, num_samples)
+        return self.output_layer(h, seeds[i], estimator, num_samples, posterior=posteriors[i])
 
     def training_outputs(self, x, num_samples, seed) -> tf.Tensor:
         """Outputs through the training estimator (`Config.estimator`)."""
         return self.forward(x, num_samples, seed, self.config.estimator)
+
+    def training_outputs_and_kl(self, x, num_samples, seed, kl_seed):
+        """(`training_outputs`, `kl()`) from one read of the posterior: each layer's scales and KL share their
+        softplus (`bayesian_layers.scale_and_kl`)."""
+        del kl_seed  # the KL is in closed form
+        posteriors = [layer.posterior_parameters(with_kl=True) for layer in self.layers_with_posterior]
+        outputs = self.forward(x, num_samples, seed, self.config.estimator, posteriors)
+        return outputs, tf.add_n([q.kl for q in posteriors])
 
     def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
         """Outputs [S, batch, head_units] by the layers' predictive route: local reparameterization with noise

@@ -63,7 +63,13 @@ class LikelihoodHead(tf.Module):
         x, y = batch
         forward_seed, kl_seed = tf.unstack(tfp.random.split_seed(seed, 2))
         samples = self.config.mc_samples
-        log_lik = self.likelihood(self.training_outputs(x, samples, forward_seed)).log_prob(y)
+        outputs, kl = self.training_outputs_and_kl(x, samples, forward_seed, kl_seed)
+        log_lik = self.likelihood(outputs).log_prob(y)
         if self.task == "regression":
             log_lik = tf.reduce_sum(log_lik, axis=-1)  # independent outputs
-        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0), global_kl=self.kl(kl_seed, samples))
+        return ElboTerms(nll=-tf.reduce_mean(log_lik, axis=0), global_kl=kl)
+
+    def training_outputs_and_kl(self, x, num_samples, seed, kl_seed):
+        """(`training_outputs(x, num_samples, seed)`, `kl(kl_seed, num_samples)`); a family whose forward pass
+        and KL share work computes both at once."""
+        return self.training_outputs(x, num_samples, seed), self.kl(kl_seed, num_samples)

@@ -198,6 +198,35 @@ def test_kl_gradient_written_out_equals_autodiff_of_tfp_kl():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", bayesian_layers.ESTIMATORS)
+@pytest.mark.parametrize("make, shape", [(_dense, [5, 4]), (_conv, [5, 6, 6, 1])])
+def test_training_gradient_through_shared_scales_and_kl_equals_autodiff(estimator, make, shape):
+    """Training reads the scales and the KL from one `scale_and_kl` (its backward pass written out, the sample's
+    and the KL's gradients of sigma meeting in it); autodiff of the plain route -- a softplus for the sample,
+    TFP's KL -- must give the same gradient for every variable, the prior scale included."""
+    layer = make(rho=-1.0)
+    layer.kernel_loc.assign(tf.random.stateless_normal(layer.kernel_loc.shape, [5, 5]))
+    layer.kernel_rho.assign(tf.random.stateless_normal(layer.kernel_rho.shape, [6, 6]) - 1.0)
+    layer.bias_rho.assign(tf.random.stateless_normal(layer.bias_rho.shape, [7, 7]) - 1.0)
+    layer.log_prior_scale.assign(math.log(0.7))
+    x = tf.random.stateless_normal(shape, [0, 0])
+    variables = [layer.kernel_loc, layer.kernel_rho, layer.bias_loc, layer.bias_rho, layer.log_prior_scale]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(layer.log_prior_scale)
+        fused = layer.posterior_parameters(with_kl=True)
+        out = layer(x, SEED_A, estimator, 2, posterior=fused)
+        weights = tf.random.stateless_normal(tf.shape(out), [8, 8])
+        ours = tf.reduce_sum(weights * out) + 0.3 * fused.kl
+        plain = bayesian_layers.Posterior(tf.convert_to_tensor(layer.kernel_loc), tf.nn.softplus(layer.kernel_rho),
+                                          tf.convert_to_tensor(layer.bias_loc), tf.nn.softplus(layer.bias_rho))
+        (qw, qb), (pw, pb) = layer.posterior(), layer.prior()
+        reference = (tf.reduce_sum(weights * layer(x, SEED_A, estimator, 2, posterior=plain))
+                     + 0.3 * (tfd.kl_divergence(qw, pw) + tfd.kl_divergence(qb, pb)))
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+    for variable, got, want in zip(variables, tape.gradient(ours, variables), tape.gradient(reference, variables)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=variable.name)
+
+
 def test_learned_prior_scale_converges_to_its_closed_form_optimum():
     layer = bayesian_layers.DenseMeanField(5, init_rho=-1.0, learn_prior_scale=True, prior_scale=3.0)
     layer(tf.zeros([1, 4]), SEED_A)
