@@ -108,7 +108,7 @@ class Posterior(NamedTuple):
 
 @tf.custom_gradient
 def scale_and_kl(loc, rho, log_prior_scale):
-    """(sigma, KL) of prod_i N(mu_i, sigma_i^2) against prod_i N(0, s^2), sigma = softplus(rho), s = exp(log_prior_scale):
+    """(sigma, KL) of prod_i N(mu_i, sigma_i^2) against N(0, s^2), sigma = softplus(rho), s = exp(log_prior_scale):
 
         sigma_i = log(1 + e^rho_i),
         KL = sum_i [log s - log sigma_i + (sigma_i^2 + mu_i^2) / (2 s^2) - 1/2].
@@ -124,8 +124,9 @@ def scale_and_kl(loc, rho, log_prior_scale):
     Against a softplus for the sample and a separate KL with its own softplus and sigmoid, a local
     reparameterization training step of a 784-400-400-10 network on a batch of 128 went from 13.8 to 10.7 ms here.
     """
-    e = tf.exp(rho)
-    sigma = tf.math.log1p(e)
+    # Past rho = 30, softplus(rho) = rho to float precision; capping the exponent keeps e^rho finite.
+    e = tf.exp(tf.minimum(rho, 30.0))
+    sigma = tf.where(rho > 30.0, rho, tf.math.log1p(e))
     inv_prior_var = tf.exp(-2.0 * log_prior_scale)
     n = tf.cast(tf.size(loc), loc.dtype)
     second_moment = tf.reduce_sum(tf.square(sigma) + tf.square(loc))

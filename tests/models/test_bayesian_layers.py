@@ -227,6 +227,20 @@ def test_training_gradient_through_shared_scales_and_kl_equals_autodiff(estimato
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=variable.name)
 
 
+def test_scale_and_kl_stays_finite_where_e_to_the_rho_overflows():
+    rho = tf.constant([-20.0, 0.0, 29.0, 31.0, 95.0, 200.0])
+    with tf.GradientTape() as tape:
+        tape.watch(rho)
+        sigma, kl = bayesian_layers.scale_and_kl(tf.zeros([6]), rho, tf.constant(math.log(300.0)))
+        loss = tf.reduce_sum(sigma) + kl
+    np.testing.assert_allclose(sigma, tf.nn.softplus(rho), rtol=1e-6)
+    gradient = tape.gradient(loss, rho).numpy()
+    assert np.all(np.isfinite(gradient)) and np.isfinite(float(kl))
+    s2 = 300.0 ** 2  # dL/drho = (1 + sigma / s^2 - 1 / sigma) sigmoid(rho)
+    want = (1 + sigma.numpy() / s2 - 1 / sigma.numpy()) * tf.sigmoid(rho).numpy()
+    np.testing.assert_allclose(gradient, want, rtol=1e-5)
+
+
 def test_learned_prior_scale_converges_to_its_closed_form_optimum():
     layer = bayesian_layers.DenseMeanField(5, init_rho=-1.0, learn_prior_scale=True, prior_scale=3.0)
     layer(tf.zeros([1, 4]), SEED_A)
