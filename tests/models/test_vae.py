@@ -82,6 +82,30 @@ def test_distributions_are_batch_first_with_the_latent_as_event(latent, latent_s
     assert terms.nll.shape == (3,) and terms.local_kl.shape == (3,) and terms.global_kl is None
 
 
+def test_decoder_bernoulli_log_prob_and_gradient_equal_tfp_bernoulli(mnist):
+    """The decoder's one-softplus log-probability is TFP's Bernoulli log-probability (value and gradient) for
+    binary and grey-level x, logits from small to saturated."""
+    tfd = vae.tfd
+    model = _small("normal")
+    z = tf.random.stateless_normal([2, 5, SMALL["latent_dim"]], [3, 3])
+    pixels = model.decode(z)
+    assert isinstance(pixels.distribution, vae.LogitBernoulli)
+    logits = tf.concat([tf.reshape(pixels.distribution.logits, [-1]),
+                        tf.constant([-40.0, -15.0, -1e-3, 0.0, 2.0, 15.0, 40.0])], 0)
+    n = int(logits.shape[0])
+    x_grey = tf.random.stateless_uniform([n], [4, 4])
+    for x in (tf.cast(x_grey > 0.5, tf.float32), x_grey):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(logits)
+            ours = vae.LogitBernoulli(logits=logits, dtype=tf.float32).log_prob(x)
+            reference = tfd.Bernoulli(logits=logits, dtype=tf.float32).log_prob(x)
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(reference, logits), atol=1e-6)
+    x = model.observe(mnist.x_test[:5])
+    reference = tfd.Independent(tfd.Bernoulli(logits=pixels.distribution.logits, dtype=tf.float32), 3)
+    np.testing.assert_allclose(pixels.log_prob(x), reference.log_prob(x), rtol=1e-5)
+
+
 def test_elbo_terms_are_a_function_of_the_seed_and_ignore_labels(mnist):
     model = _small("normal")
     x, y = mnist.x_train[:16], mnist.y_train[:16]
