@@ -114,28 +114,29 @@ def scale_and_kl(loc, rho, log_prior_scale):
         KL = sum_i [log s - log sigma_i + (sigma_i^2 + mu_i^2) / (2 s^2) - 1/2].
 
     Training needs sigma (to sample) and the KL (its gradient) of the same parameters every step; computed
-    together, sigma and its derivative sigmoid(rho) = e^rho / (1 + e^rho) are taken once, from one exp, and the
-    gradient is written out, one elementwise pass per tensor (for d = upstream gradient of sigma, k = of the KL):
+    together, sigma is taken once, its derivative sigmoid(rho) = 1 - e^-sigma comes from it, and the gradient is
+    written out (for d = upstream gradient of sigma, k = of the KL):
 
         dL/dmu_i   = k mu_i / s^2,
-        dL/drho_i  = (d_i + k (sigma_i / s^2 - 1 / sigma_i)) sigmoid(rho_i),
+        dL/drho_i  = (d_i + k sigma_i / s^2 - k / sigma_i) sigmoid(rho_i),
         dL/dlog s  = k sum_i [1 - (sigma_i^2 + mu_i^2) / s^2].
 
-    Against a softplus for the sample and a separate KL with its own softplus and sigmoid, a local
-    reparameterization training step of a 784-400-400-10 network on a batch of 128 went from 13.8 to 10.7 ms here.
+    Each elementwise pass over a layer's parameters counts (a 784 x 400 kernel is 313,600 of them): a softplus for
+    the sample and a separate KL with its own softplus and sigmoid took a local reparameterization training step
+    of a 784-400-400-10 network (batch 128) 13.8 ms here, this 10.7 ms.
     """
-    # Past rho = 30, softplus(rho) = rho to float precision; capping the exponent keeps e^rho finite.
-    e = tf.exp(tf.minimum(rho, 30.0))
-    sigma = tf.where(rho > 30.0, rho, tf.math.log1p(e))
+    sigma = tf.nn.softplus(rho)
     inv_prior_var = tf.exp(-2.0 * log_prior_scale)
     n = tf.cast(tf.size(loc), loc.dtype)
-    second_moment = tf.reduce_sum(tf.square(sigma) + tf.square(loc))
+    second_moment = 2.0 * (tf.nn.l2_loss(sigma) + tf.nn.l2_loss(loc))  # sum_i sigma_i^2 + mu_i^2
     kl = n * (log_prior_scale - 0.5) - tf.reduce_sum(tf.math.log(sigma)) + 0.5 * inv_prior_var * second_moment
 
     def grad(d_sigma, d_kl):
         d_sigma = tf.zeros_like(sigma) if d_sigma is None else d_sigma
         d_kl = tf.zeros_like(kl) if d_kl is None else d_kl
-        return (d_kl * inv_prior_var * loc, (d_sigma + d_kl * (sigma * inv_prior_var - 1.0 / sigma)) * (e / (1.0 + e)),
+        scaled = d_kl * inv_prior_var
+        sigmoid = -tf.math.expm1(-sigma)
+        return (scaled * loc, (d_sigma + scaled * sigma - d_kl / sigma) * sigmoid,
                 d_kl * (n - inv_prior_var * second_moment))
 
     return (sigma, kl), grad
