@@ -184,7 +184,7 @@ class BayesianNetwork(heads.LikelihoodHead):
         `output_moments`: the Monte Carlo part is only the head's."""
         mean, var = self.output_moments(x)
         # Noise shared across the batch, as in the exact route: an example's draws depend on it and the seed only.
-        noise = tf.random.stateless_normal(tf.stack([num_samples, 1, tf.shape(mean)[-1]]), seed, dtype=mean.dtype)
+        noise = bayesian_layers.normal(tf.stack([num_samples, 1, tf.shape(mean)[-1]]), seed, dtype=mean.dtype)
         return mean + tf.sqrt(var) * noise
 
     def moment_predictive(self, x, num_samples, seed) -> tfd.Distribution:

@@ -222,12 +222,12 @@ class MetaRepresentationNetwork(_MetaNetwork):
         noise_seeds = tf.unstack(tfp.random.split_seed(noise_seed, len(self.heads)))
         h = self._flat_inputs(x)
         if per_example_noise:  # training: a few samples, noise per example; the weights in one go
-            return self._target_network(h, self.generate_weights(codes), lambda l, mean: tf.random.stateless_normal(
+            return self._target_network(h, self.generate_weights(codes), lambda l, mean: bayesian_layers.normal(
                 tf.shape(mean), noise_seeds[l]))
         # The predictive: noise [S, 1, n_out] shared by the batch, and the weights PREDICTIVE_CHUNK samples at a
         # time (bounded memory for any S). Codes and noise are drawn whole and sliced, so the chunking changes
         # no draw.
-        noises = [tf.random.stateless_normal(tf.stack([num_samples, 1, self.widths[l + 1]]), s)
+        noises = [bayesian_layers.normal(tf.stack([num_samples, 1, self.widths[l + 1]]), s)
                   for l, s in enumerate(noise_seeds)]
         num_chunks = (num_samples + PREDICTIVE_CHUNK - 1) // PREDICTIVE_CHUNK
 

@@ -14,6 +14,42 @@ tfd = tfp.distributions
 SEED_A, SEED_B = tf.constant([1, 2]), tf.constant([3, 4])
 
 
+def _normal_cdf(z):
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_normal_draws_are_standard_normal_and_the_pairs_independent(dtype):
+    """Kolmogorov-Smirnov distance to the N(0, 1) CDF below the 0.1% critical value (1.95 / sqrt(n)), moments up to
+    the fourth, and the two halves of each Box-Muller pair uncorrelated, in their values and their squares (a
+    shared radius would correlate the squares)."""
+    n = 200_001  # odd: the last pair is cut
+    z = bayesian_layers.normal([n], SEED_A, dtype).numpy()
+    assert z.dtype == dtype.as_numpy_dtype and np.all(np.isfinite(z))
+    ks = np.max(np.abs(np.arange(1, n + 1) / n - _normal_cdf(np.sort(z))))
+    assert ks < 1.95 / math.sqrt(n)
+    assert abs(z.mean()) < 4 / math.sqrt(n) and abs(z.var() - 1) < 4 * math.sqrt(2 / n)
+    assert abs(np.mean(z ** 4) - 3) < 4 * math.sqrt(96 / n)
+    first, second = z[: n // 2], z[n // 2 + 1:]
+    for a, b in ((first, second), (first ** 2, second ** 2)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 4 / math.sqrt(n // 2)
+
+
+def test_normal_is_deterministic_in_seed_and_shape_and_keeps_shapes():
+    a = bayesian_layers.normal([3, 5], SEED_A)
+    np.testing.assert_array_equal(a, bayesian_layers.normal(tf.constant([3, 5]), SEED_A))
+    assert not np.allclose(a, bayesian_layers.normal([3, 5], SEED_B))
+    assert bayesian_layers.normal([], SEED_A).shape == [] and bayesian_layers.normal([0, 4], SEED_A).shape == [0, 4]
+    assert bayesian_layers.normal([2, 3], SEED_A, tf.float16).dtype == tf.float16
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 7], tf.float32)])
+    def like(x):
+        return bayesian_layers.normal(tf.shape(x), SEED_A)
+
+    assert like(tf.zeros([4, 7])).shape == [4, 7]
+    assert like.get_concrete_function().structured_outputs.shape.as_list() in ([None, None], [None, 7])
+
+
 def _dense(units=3, inputs=4, rho=-1.0):
     layer = bayesian_layers.DenseMeanField(units, init_rho=rho)
     layer(tf.zeros([1, inputs]), SEED_A)
