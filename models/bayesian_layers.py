@@ -68,6 +68,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -178,9 +179,23 @@ def relu_moments(mean, var):
     return first, tf.maximum(second - tf.square(first), 0.0)
 
 
-def _rademacher(shape, seed, dtype):
-    return tf.where(tf.random.stateless_uniform(shape, seed) < 0.5, tf.constant(-1.0, dtype),
-                    tf.constant(1.0, dtype))
+def rademacher(shape, seed, dtype=tf.float32) -> tf.Tensor:
+    """Uniform random signs in {-1, +1} of `shape` from a stateless seed [2], 32 from each uniform uint32 word:
+    bit k of a word, shifted into the sign bit and OR-ed into the bits of 1.0f (0x3F800000), is the float -1 or +1.
+    The bits of a Philox word are independent and fair, so the signs are; one random word per 32 signs instead of
+    a uniform float per sign (flipout draws batch x (inputs + units) signs per layer per step). Deterministic in
+    (shape, seed)."""
+    size = tf.reduce_prod(tf.cast(shape, tf.int32))
+    words = tf.random.stateless_uniform(tf.reshape((size + 31) // 32, [1]), seed, minval=None, maxval=None,
+                                        dtype=tf.uint32)
+    bits = tf.bitwise.left_shift(words[:, None], tf.constant(_BIT_SHIFTS))  # bit k of word i -> bit 31 of [i, k]
+    floats = tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(bits, tf.constant(0x80000000, tf.uint32)),
+                                   tf.constant(0x3F800000, tf.uint32))
+    signs = tf.reshape(tf.bitcast(floats, tf.float32), [-1])[:size]
+    return tf.cast(tf.reshape(signs, shape), dtype)
+
+
+_BIT_SHIFTS = np.arange(32, dtype=np.uint32)
 
 
 class MeanFieldLayer(tf_keras.layers.Layer):
@@ -334,8 +349,8 @@ class DenseMeanField(MeanFieldLayer):
         mean = dense(x, q.kernel_loc)
         delta = q.kernel_scale * normal(
             tf.concat([[s], tf.shape(q.kernel_loc)], 0), kernel_seed, dtype=x.dtype)
-        sign_in = _rademacher(tf.shape(x), in_seed, x.dtype)
-        sign_out = _rademacher(tf.shape(mean), out_seed, x.dtype)
+        sign_in = rademacher(tf.shape(x), in_seed, x.dtype)
+        sign_out = rademacher(tf.shape(mean), out_seed, x.dtype)
         perturbation = tf.einsum("sbi,sio->sbo", x * sign_in, delta) * sign_out
         bias = q.bias_loc + q.bias_scale * normal(
             tf.stack([s, self.units]), bias_seed, dtype=x.dtype)
@@ -430,8 +445,8 @@ class Conv2DMeanField(MeanFieldLayer):
             mean = self._conv(xs, q.kernel_loc)
             delta = q.kernel_scale * normal(
                 tf.shape(q.kernel_loc), kernel_seed, dtype=xs.dtype)
-            sign_in = _rademacher(tf.shape(xs), in_seed, xs.dtype)
-            sign_out = _rademacher(tf.shape(mean), out_seed, xs.dtype)
+            sign_in = rademacher(tf.shape(xs), in_seed, xs.dtype)
+            sign_out = rademacher(tf.shape(mean), out_seed, xs.dtype)
             bias = q.bias_loc + q.bias_scale * normal(
                 [self.units], bias_seed, dtype=xs.dtype)
             return mean + self._conv(xs * sign_in, delta) * sign_out + bias

@@ -87,6 +87,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from models import bayesian_layers
 from models.objective import ElboTerms
 
 tfd = tfp.distributions
@@ -448,7 +449,7 @@ class VariationalAutoencoder(tf.Module):
         if self.config.latent == "gumbel_softmax":
             u = tf.random.stateless_uniform(shape, seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
             return -tf.math.log(-tf.math.log(u))
-        return tf.random.stateless_normal(shape, seed)
+        return bayesian_layers.normal(shape, seed)
 
     def latents_from_noise(self, q, noise) -> tf.Tensor:
         """z [S, batch, *latent] from q(z | x) [batch] and `latent_noise` [S, batch or 1, ...] by reparameterization:

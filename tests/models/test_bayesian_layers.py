@@ -50,6 +50,22 @@ def test_normal_is_deterministic_in_seed_and_shape_and_keeps_shapes():
     assert like.get_concrete_function().structured_outputs.shape.as_list() in ([None, None], [None, 7])
 
 
+def test_rademacher_signs_are_fair_and_independent_within_and_across_words():
+    """Only -1 and +1; mean 0; no correlation between neighbours (bits k, k + 1 of one word), between the same
+    bit of neighbouring words (lag 32), or between the last bit of a word and the first of the next."""
+    n = 320_007
+    r = bayesian_layers.rademacher([n], SEED_A).numpy()
+    assert set(np.unique(r)) == {-1.0, 1.0}
+    assert abs(r.mean()) < 4 / math.sqrt(n)
+    for lag in (1, 31, 32, 33):
+        assert abs(np.mean(r[:-lag] * r[lag:])) < 4 / math.sqrt(n)
+    by_bit = r[: n // 32 * 32].reshape(-1, 32)
+    assert np.all(np.abs(by_bit.mean(axis=0)) < 4 / math.sqrt(n // 32))
+    signs = bayesian_layers.rademacher([3, 70], SEED_B, tf.float64)
+    assert signs.shape == [3, 70] and signs.dtype == tf.float64
+    np.testing.assert_array_equal(signs, bayesian_layers.rademacher(tf.constant([3, 70]), SEED_B, tf.float64))
+
+
 def _dense(units=3, inputs=4, rho=-1.0):
     layer = bayesian_layers.DenseMeanField(units, init_rho=rho)
     layer(tf.zeros([1, inputs]), SEED_A)
