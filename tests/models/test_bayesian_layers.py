@@ -51,13 +51,13 @@ def test_normal_is_deterministic_in_seed_and_shape_and_keeps_shapes():
 
 
 def test_rademacher_signs_are_fair_and_independent_within_and_across_words():
-    """Only -1 and +1; mean 0; no correlation between neighbours (bits k, k + 1 of one word), between the same
-    bit of neighbouring words (lag 32), or between the last bit of a word and the first of the next."""
+    """Only -1 and +1; mean 0 at every bit position of a word; no correlation between neighbours (bits of one
+    byte), across bytes (lag 8) and words (lag 32), or between the last bit of a byte or word and the next's first."""
     n = 320_007
     r = bayesian_layers.rademacher([n], SEED_A).numpy()
     assert set(np.unique(r)) == {-1.0, 1.0}
     assert abs(r.mean()) < 4 / math.sqrt(n)
-    for lag in (1, 31, 32, 33):
+    for lag in (1, 7, 8, 9, 31, 32, 33):
         assert abs(np.mean(r[:-lag] * r[lag:])) < 4 / math.sqrt(n)
     by_bit = r[: n // 32 * 32].reshape(-1, 32)
     assert np.all(np.abs(by_bit.mean(axis=0)) < 4 / math.sqrt(n // 32))
