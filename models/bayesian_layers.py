@@ -91,9 +91,9 @@ def normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
 
     gives two independent N(0, 1) draws (r^2 = -2 log(1 - u) is Exp(1/2), i.e. chi^2 with 2 degrees of freedom,
     and the angle 2 pi v is uniform and independent of it: the polar form of a 2-D standard normal). It is the
-    transform TF's normal kernel applies one pair at a time, here as whole-tensor ops that Eigen vectorizes: about
-    10 ns per draw on this project's CPU against 13 ns for `tf.random.stateless_normal`, which matters where the
-    draws are weight-sized (flipout and weight sampling draw a normal per weight per step: 478,000 for the MNIST
+    transform TF's normal kernel applies one pair at a time, here as whole-tensor ops that Eigen vectorizes: 1.2-1.3x
+    the speed of `tf.random.stateless_normal` on this project's CPU (`benchmarks/random_numbers.py`), which matters
+    where the draws are weight-sized (flipout and weight sampling draw a normal per weight per step: 478,000 for the MNIST
     784-400-400-10 network). Finite: 1 - u >= 2^-23 in float32 (2^-52 in float64), so |z| <= 5.65 (8.5), the
     same range as TF's kernel. Half-precision dtypes are drawn in float32 and cast. Deterministic in (shape,
     seed); a different stream from `tf.random.stateless_normal`'s for the same seed.
@@ -184,8 +184,9 @@ def rademacher(shape, seed, dtype=tf.float32) -> tf.Tensor:
 
     The draw is size / 32 uniform uint32 words, read as bytes b; each byte picks the row of a [256, 8] table whose
     k-th entry is 1 - 2 * bit_k(b). The bits of a Philox word are independent and fair, so the signs are. One
-    gather writes the signs, against one uniform float drawn per sign (~6 ns each on this project's CPU) plus a
-    comparison and a select before; flipout draws batch x (inputs + units) signs per layer per step.
+    gather writes the signs: about 3 ns a sign on this project's CPU against 11 ns for `tfp.random.rademacher`'s
+    uniform integer per sign (`benchmarks/random_numbers.py`); flipout draws batch x (inputs + units) signs per
+    layer per step.
     Deterministic in (shape, seed).
     """
     size = tf.reduce_prod(tf.cast(shape, tf.int32))
