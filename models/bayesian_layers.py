@@ -91,16 +91,16 @@ def normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
 
     gives two independent N(0, 1) draws (r^2 = -2 log(1 - u) is Exp(1/2), i.e. chi^2 with 2 degrees of freedom,
     and the angle 2 pi v is uniform and independent of it: the polar form of a 2-D standard normal). It is the
-    transform TF's normal kernel applies one pair at a time, here as whole-tensor ops that Eigen vectorizes: 1.2-1.3x
-    the speed of `tf.random.stateless_normal` on this project's CPU (`benchmarks/random_numbers.py`), which matters
-    where the draws are weight-sized (flipout and weight sampling draw a normal per weight per step: 478,000 for the MNIST
-    784-400-400-10 network). Finite: 1 - u >= 2^-23 in float32 (2^-52 in float64), so |z| <= 5.65 (8.5), the
-    same range as TF's kernel. Half-precision dtypes are drawn in float32 and cast. Deterministic in (shape,
-    seed); a different stream from `tf.random.stateless_normal`'s for the same seed.
+    transform TF's normal kernel applies one pair at a time, here as whole-tensor ops that Eigen vectorizes:
+    1.2-1.3x the speed of `tf.random.stateless_normal` on this project's CPU (`benchmarks/random_numbers.py`),
+    which matters where the draws are weight-sized (flipout and weight sampling draw a normal per weight per step:
+    478,000 for the MNIST 784-400-400-10 network). Finite: 1 - u >= 2^-23 in float32 (2^-52 in float64), so
+    |z| <= 5.65 (8.5), the same range as TF's kernel. Half-precision dtypes are drawn in float32 and cast.
+    Deterministic in (shape, seed); a different stream from `tf.random.stateless_normal`'s for the same seed.
     """
     dtype = tf.as_dtype(dtype)
     compute = dtype if dtype in (tf.float32, tf.float64) else tf.float32
-    size = tf.reduce_prod(tf.cast(shape, tf.int32))
+    size = tf.reduce_prod(tf.cast(shape, tf.int64))  # int64: S x units may pass 2^31
     half = (size + 1) // 2
     u = tf.random.stateless_uniform(tf.stack([2, half]), seed, dtype=compute)
     radius = tf.sqrt(-2.0 * tf.math.log1p(-u[0]))
@@ -186,10 +186,9 @@ def rademacher(shape, seed, dtype=tf.float32) -> tf.Tensor:
     k-th entry is 1 - 2 * bit_k(b). The bits of a Philox word are independent and fair, so the signs are. One
     gather writes the signs: about 3 ns a sign on this project's CPU against 11 ns for `tfp.random.rademacher`'s
     uniform integer per sign (`benchmarks/random_numbers.py`); flipout draws batch x (inputs + units) signs per
-    layer per step.
-    Deterministic in (shape, seed).
+    layer per step. Deterministic in (shape, seed).
     """
-    size = tf.reduce_prod(tf.cast(shape, tf.int32))
+    size = tf.reduce_prod(tf.cast(shape, tf.int64))  # int64: S x units may pass 2^31
     words = tf.random.stateless_uniform(tf.reshape((size + 31) // 32, [1]), seed, minval=None, maxval=None,
                                         dtype=tf.uint32)
     random_bytes = tf.cast(tf.reshape(tf.bitcast(words, tf.uint8), [-1]), tf.int32)
