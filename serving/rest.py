@@ -13,6 +13,7 @@ Errors are `{"error": "<message>"}` with the HTTP status TF Serving maps the sta
 """
 
 import http.server
+import os
 import re
 import socketserver
 import threading
@@ -38,6 +39,8 @@ _STATUS = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
 _INT64_MAX = 2 ** 63 - 1
+# TF Serving's default for --rest_api_num_threads (`http_num_threads`): four per schedulable CPU.
+DEFAULT_NUM_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def _fill_model_spec(spec, name: str, version: Optional[str], label: Optional[str]):
@@ -181,7 +184,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except errors.ResourceExhausted as error:
             self._refuse(errors.http_status(error.code), error.message)
             return
-        status, content_type, text = api.handle(method, self.path, body)
+        # At most --rest_api_num_threads requests are parsed and run at once; the rest wait their turn
+        # with their bodies read, as TF Serving's event loop queues them for its HTTP worker threads.
+        with self.server.workers:
+            status, content_type, text = api.handle(method, self.path, body)
         self._reply(status, content_type, text)
 
     def _read_body(self) -> bytes:
@@ -247,6 +253,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         logging.vlog(1, "REST %s", format % args)
 
 
+class WorkerSlots:
+    """A counting semaphore that also tells how many requests hold a slot and how many wait for one."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"--rest_api_num_threads must be at least 1, got {size}")
+        self.size = size
+        self.busy = 0
+        self.waiting = 0
+        self._free = threading.Condition()
+
+    def __enter__(self):
+        with self._free:
+            self.waiting += 1
+            while self.busy >= self.size:
+                self._free.wait()
+            self.waiting -= 1
+            self.busy += 1
+
+    def __exit__(self, *exc_info):
+        with self._free:
+            self.busy -= 1
+            self._free.notify()
+
+
 class _HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -262,11 +293,18 @@ class RestServer:
       cors: answer with CORS headers.
       host: address to listen on.
       idle_timeout: seconds a connection may stay silent before it is closed (None: forever).
+      num_threads: `--rest_api_num_threads`, how many requests are processed (JSON parsed, signature
+        run, answer encoded) at once; connections are not limited, and requests beyond it wait with
+        their bodies read. It bounds the memory of parsing: a JSON body takes up to ~25 times its
+        size as Python objects, so the peak is about num_threads x 25 x the largest body.
     """
 
     def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,
-                 host: str = "0.0.0.0", idle_timeout: Optional[float] = None):
+                 host: str = "0.0.0.0", idle_timeout: Optional[float] = None,
+                 num_threads: int = DEFAULT_NUM_THREADS):
+        workers = WorkerSlots(num_threads)  # fails before the port is bound
         self._httpd = _HttpServer((host, port), _Handler)
+        self._httpd.workers = workers
         self._httpd.api = api
         self._httpd.max_body_bytes = max_body_bytes
         self._httpd.cors = cors
@@ -277,6 +315,10 @@ class RestServer:
     @property
     def port(self) -> int:
         return self._httpd.server_address[1]
+
+    @property
+    def workers(self) -> WorkerSlots:
+        return self._httpd.workers
 
     def start(self):
         self._thread.start()

@@ -37,6 +37,10 @@ flags.DEFINE_integer("port", 8500, "TCP port to listen on for gRPC API.")
 flags.DEFINE_integer("rest_api_port", 0,
                      "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will not "
                      "be exported. This port must be different than the one specified in --port.")
+flags.DEFINE_integer("rest_api_num_threads", 4 * (os.cpu_count() or 1),
+                     "Number of threads for HTTP/REST API processing: requests parsed and run "
+                     "at once (more wait their turn). Default: four per CPU, as TF Serving.",
+                     lower_bound=1)
 flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Timeout for HTTP/REST API calls.")
 flags.DEFINE_bool("rest_api_enable_cors_support", False, "Enable CORS headers in response")
 flags.DEFINE_string("model_name", "default",
@@ -139,7 +143,7 @@ _IGNORED_BOOL_FLAGS = (
     "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
 )
 _IGNORED_VALUE_FLAGS = (
-    "grpc_socket_path", "rest_api_num_threads", "num_load_threads", "num_unload_threads",
+    "grpc_socket_path", "num_load_threads", "num_unload_threads",
     "tensorflow_session_config_file", "platform_config_file", "per_process_gpu_memory_fraction",
     "num_tflite_pools", "num_tflite_interpreters_per_pool", "thread_pool_factory_config_file",
     "mixed_precision", "model_warmup_num_threads",
@@ -233,6 +237,7 @@ class ServerOptions:
 
     port: int = 8500
     rest_api_port: int = 0
+    rest_api_num_threads: int = 4 * (os.cpu_count() or 1)
     rest_api_timeout_in_ms: int = 30000
     rest_api_enable_cors_support: bool = False
     model_name: str = "default"
@@ -451,7 +456,10 @@ class Server:
         try:
             self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
                                          opts.rest_api_enable_cors_support, opts.bind_host,
-                                         idle_timeout=timeout)
+                                         idle_timeout=timeout,
+                                         num_threads=opts.rest_api_num_threads)
+        except ValueError as exc:  # a bad --rest_api_num_threads
+            raise errors.InvalidArgument(str(exc)) from None
         except OSError as exc:
             # As TF Serving: the gRPC API keeps serving without REST.
             logging.error("Failed to start HTTP Server at localhost:%d: %s", opts.rest_api_port,
@@ -492,7 +500,12 @@ def _parse_flags(argv: List[str]) -> List[str]:
     Arguments no flag matches are reported ("unknown argument: ...") and dropped, and flags of
     the real server that this one does not implement are accepted with a warning.
     """
-    remaining = FLAGS(argv, known_only=True)
+    try:
+        remaining = FLAGS(argv, known_only=True)
+    except flags.Error as error:  # a bad value: one line naming the flag, as absl's own parser says it
+        sys.stderr.write(f"FATAL Flags parsing error: {error}\n"
+                         "Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
     for arg in remaining[1:]:
         logging.warning("unknown argument: %s (ignored)", arg)
     for name in _IGNORED_FLAGS:

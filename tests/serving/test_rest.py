@@ -1,6 +1,9 @@
 """Every REST route, its JSON formats and its errors (TF Serving's HTTP codes and bodies)."""
 
 import base64
+import concurrent.futures
+import threading
+import time
 
 import hypothesis
 from hypothesis import strategies as st
@@ -250,3 +253,52 @@ def test_half_plus_two_is_exact_over_rest(fixture_server, values):
     response = _post(fixture_server, "/v1/models/half_plus_two:predict", {"instances": values})
     expected = (np.float32(0.5) * np.asarray(values, np.float32) + np.float32(2)).tolist()
     assert response.json()["predictions"] == pytest.approx(expected, rel=1e-6)
+
+
+class _BlockingApi:
+    """A stand-in `RestApi` whose requests wait inside `handle` until released; counts how many are inside."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = self.most_inside = 0
+
+    def handle(self, method, raw_path, body):
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        self.release.wait(30)
+        with self._lock:
+            self.inside -= 1
+        return 200, "application/json", '{"predictions": []}'
+
+
+def _wait_for(condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_rest_api_num_threads_bounds_the_requests_processed_at_once():
+    # Two worker slots, three concurrent requests: two are processed, the third waits with its body read
+    # (memory of JSON parsing is bounded by the slots, not by the connections) and is answered once a slot frees.
+    from serving import rest
+
+    api = _BlockingApi()
+    server = rest.RestServer(api, 0, max_body_bytes=1 << 20, host="127.0.0.1", num_threads=2)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/v1/models/m:predict"
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = [pool.submit(requests.post, url, data=b'{"instances": [1]}', timeout=60) for _ in range(3)]
+            _wait_for(lambda: server.workers.busy == 2 and server.workers.waiting == 1)
+            assert api.inside == 2
+            api.release.set()
+            assert [a.result().status_code for a in answers] == [200, 200, 200]
+        assert api.most_inside == 2
+        assert (server.workers.busy, server.workers.waiting) == (0, 0)
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="rest_api_num_threads must be at least 1"):
+        rest.RestServer(api, 0, max_body_bytes=1 << 20, host="127.0.0.1", num_threads=0)

@@ -140,3 +140,11 @@ def test_a_taken_grpc_port_is_a_clear_startup_error(mc_base_path):
                       "--file_system_poll_wait_seconds=0")
     assert result.returncode != 0
     assert "Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC server" in result.stderr
+
+
+def test_rest_api_num_threads_below_one_is_refused_before_start():
+    result = _run("--rest_api_num_threads=0", "--model_base_path=/nonexistent", "--rest_api_port=1")
+    assert result.returncode != 0
+    assert "FATAL Flags parsing error: flag --rest_api_num_threads=0: 0 is not a positive integer" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Could not find base path" not in result.stderr  # refused before anything was loaded
