@@ -295,8 +295,8 @@ class RestServer:
       idle_timeout: seconds a connection may stay silent before it is closed (None: forever).
       num_threads: `--rest_api_num_threads`, how many requests are processed (JSON parsed, signature
         run, answer encoded) at once; connections are not limited, and requests beyond it wait with
-        their bodies read. It bounds the memory of parsing: a JSON body takes up to ~25 times its
-        size as Python objects, so the peak is about num_threads x 25 x the largest body.
+        their bodies read. It bounds the memory of parsing: a JSON body takes up to ~27 times its
+        size as Python objects, so the peak is about num_threads x 27 x the largest body.
     """
 
     def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,
