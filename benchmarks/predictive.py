@@ -1,6 +1,7 @@
 """Latency of the exported posterior predictive against the per-sample loop and a deterministic pass.
 
-For each family and each S in {1, 10, 100, 1000} and batch in {1, 32, 1024}, in one process, medians of:
+For each family and each S in {1, 10, 100, 1000} and batch in {1, 32, 1024}, in one process, medians of calls
+timed in alternation (one call of each per round, so that the ratios do not fold in the machine's drift):
 
   * ours: the exported SavedModel's `predict_mc` (the same graph as `serving_default`, with S as an input),
     loaded with `tf.saved_model.load`: S posterior samples in one vectorized computation, plus the statistics of
@@ -139,16 +140,26 @@ def deterministic_baseline(setting: str):
     return tf.function(lambda x: _head(keras_model(x), task))
 
 
-def median_seconds(fn, budget: float = 1.0, min_runs: int = 3, max_runs: int = 50) -> float:
-    """Median wall time of fn() over repeated runs (after one warm-up call), within a time budget."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < budget and len(times) < max_runs):
-        t = time.perf_counter()
+def interleaved_medians(fns: dict, budget: float = 1.0, min_rounds: int = 3, max_rounds: int = 50) -> dict:
+    """Median wall time of each fn() in `fns` (name -> fn), timed in alternation: one call of each per round.
+
+    After one warm-up call each, rounds run until every fn has `min_rounds` calls and the rounds have taken
+    `budget` seconds per fn (or `max_rounds`). Alternating makes each ratio between two fns robust to the
+    machine's speed drifting during the run (a shared 2-core VM here: the same call can read 20 ms in one
+    minute and 35 ms in the next); timing each fn in a block of its own would fold that drift into the ratio.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() - start < budget * len(fns) and rounds < max_rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+        rounds += 1
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def main():
@@ -163,7 +174,7 @@ def main():
     args = parser.parse_args()
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
-    print(f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; medians of repeated calls\n")
+    print(f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; medians of calls timed in alternation\n")
     checks = []
     for setting in args.settings.split(","):
         family, input_shape, outputs, hidden, task = SETTINGS[setting]
@@ -191,24 +202,32 @@ def main():
             print("|---" * (header.count("|") - 1) + "|")
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = tf.constant(rng.uniform(size=(batch,) + input_shape).astype(np.float32))
-                det = median_seconds(lambda: deterministic(x), args.budget)
                 for s in [int(v) for v in args.samples.split(",")]:
                     seed = tf.constant([1, 2], tf.int32)
-                    ours = median_seconds(lambda: signature(x=x, num_samples=tf.constant(s), seed=seed), args.budget)
-                    baseline = median_seconds(lambda: loop(x, s), args.budget, min_runs=1 if s >= 100 else 3)
-                    row = (f"| {batch} | {s} | {1e3 * ours:.2f} | {1e3 * baseline:.2f} | {baseline / ours:.1f}x | "
-                           f"{1e3 * det:.3f} | {ours / det:.1f} |")
+                    fns = {"ours": lambda: signature(x=x, num_samples=tf.constant(s), seed=seed),
+                           "loop": lambda: loop(x, s), "det": lambda: deterministic(x)}
+                    if moments is not None:
+                        fns["moments"] = lambda: moments(x=x, num_samples=tf.constant(s), seed=seed)
+                    xla_note = ""
                     if jitted is not None:
+                        fns["xla"] = lambda: jitted(x, tf.constant(s))
                         try:
-                            xla = median_seconds(lambda: jitted(x, tf.constant(s)), args.budget)
-                            row += f" {1e3 * xla:.2f} |"
+                            fns["xla"]()
                         except (tf.errors.InternalError, tf.errors.InvalidArgumentError,
                                 tf.errors.UnimplementedError):
                             # XLA cannot compile every graph: the meta-representation predictive's loop over
                             # chunks of samples has a dynamic trip count and slice sizes.
-                            row += " does not compile |"
+                            del fns["xla"]
+                            xla_note = " does not compile |"
+                    # The loop at S = 1000 takes up to a minute a call: one round of everything there.
+                    t = interleaved_medians(fns, args.budget, min_rounds=1 if s > 100 else 3)
+                    ours, baseline, det = t["ours"], t["loop"], t["det"]
+                    row = (f"| {batch} | {s} | {1e3 * ours:.2f} | {1e3 * baseline:.2f} | {baseline / ours:.1f}x | "
+                           f"{1e3 * det:.3f} | {ours / det:.1f} |")
+                    if jitted is not None:
+                        row += f" {1e3 * t['xla']:.2f} |" if "xla" in t else xla_note
                     if moments is not None:
-                        fast = median_seconds(lambda: moments(x=x, num_samples=tf.constant(s), seed=seed), args.budget)
+                        fast = t["moments"]
                         row += f" {1e3 * fast:.2f} | {fast / det:.1f} |"
                     print(row, flush=True)
                     if s == 100:
