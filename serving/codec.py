@@ -519,7 +519,7 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
     if not objects:
         # One input, rows of plain values: converted whole, the rows are the array's first axis. That holds
         # the parsed JSON and one flat list of its leaves, not one small array per row (those cost ~400
-        # bytes per number: 180 MB for a 4 MB body). A body that fails is walked row by row below, which
+        # bytes per number: ~180 MiB for a 3.7 MiB body). A body that fails is walked row by row below, which
         # names the element at fault as TF Serving does.
         name = next(iter(sorted(input_dtypes)))
         try:
