@@ -750,21 +750,66 @@ def _write_value(value, np_type, as_bytes: bool) -> str:
     return str(int(value))
 
 
-def _write_nested(array, as_bytes: bool, np_type=None) -> str:
-    if not isinstance(array, np.ndarray):
-        # A single element of an object (string) array comes out of indexing as plain bytes.
-        return _write_value(array, np_type or object, as_bytes)
-    np_type = array.dtype.type if array.dtype != object else object
-    if array.ndim == 0:
-        return _write_value(array[()], np_type, as_bytes)
-    if array.ndim == 1:
-        return "[" + ", ".join(_write_value(v, np_type, as_bytes) for v in array) + "]"
-    return "[" + ", ".join(_write_nested(sub, as_bytes) for sub in array) + "]"
+def _decimal_texts(array: np.ndarray) -> list:
+    """`format_decimal` of every element of a float array, flat in C order, formatted all at once.
+
+    The same text as `format_decimal` element by element (a test holds them equal), at a fraction of the cost:
+    one C-level `%g` over the whole tuple of values, one vectorized round-trip check in the array's precision
+    (float16 is written as float32, as TF Serving does), and full precision only where `%g` loses the value.
+    """
+    np_type = np.float64 if array.dtype == np.float64 else np.float32
+    flat = np.asarray(array, np.float64).ravel()
+    values = flat.tolist()
+    if not values:
+        return []
+    texts = ("%g\n" * len(values) % tuple(values)).split("\n")
+    texts.pop()
+    finite = np.isfinite(flat)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lossy = finite & (np.array(texts, np.float64).astype(np_type) != flat.astype(np_type))
+    precise = "%.9g" if np_type == np.float32 else "%.17g"
+    for i in np.flatnonzero(lossy).tolist():
+        texts[i] = precise % values[i]
+    # Whole numbers keep a trailing ".0"; "inf" and "nan" contain an "n" and are replaced below.
+    texts = [t if ("." in t or "e" in t or "n" in t) else t + ".0" for t in texts]
+    for i in np.flatnonzero(~finite).tolist():
+        value = values[i]
+        texts[i] = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    return texts
 
 
-def _write_row(array: np.ndarray, name: str, index: int) -> str:
+def _leaf_texts(array: np.ndarray, as_bytes: bool) -> list:
+    """The JSON text of every element of `array`, flat in C order."""
+    if array.dtype in (np.float16, np.float32, np.float64):
+        return _decimal_texts(array)
+    if array.dtype == np.bool_:
+        return ["true" if v else "false" for v in array.ravel().tolist()]
+    if array.dtype.kind in "iu":
+        return list(map(str, array.ravel().tolist()))
     np_type = object if array.dtype == object else array.dtype.type
-    return _write_nested(array[index], _is_bytes_output(name, array), np_type)
+    return [_write_value(v, np_type, as_bytes) for v in array.ravel()]
+
+
+def _nest(texts: list, shape: tuple) -> str:
+    """Leaf texts (flat, C order) as the nested JSON array of `shape`."""
+    if not shape:
+        return texts[0]
+    if len(shape) == 1:
+        return "[" + ", ".join(texts) + "]"
+    step = len(texts) // shape[0] if shape[0] else 0
+    return "[" + ", ".join(_nest(texts[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])) + "]"
+
+
+def _write_nested(array, as_bytes: bool) -> str:
+    """One tensor as a JSON value: a scalar, or nested arrays of its elements."""
+    return _nest(_leaf_texts(array, as_bytes), array.shape)
+
+
+def _row_texts(array: np.ndarray, name: str) -> list:
+    """The JSON value of each row (index along the batch dimension 0) of a row-format output."""
+    texts = _leaf_texts(array, _is_bytes_output(name, array))
+    step = len(texts) // array.shape[0] if array.shape[0] else 0
+    return [_nest(texts[i * step:(i + 1) * step], array.shape[1:]) for i in range(array.shape[0])]
 
 
 def _is_bytes_output(name: str, array: np.ndarray) -> bool:
@@ -802,13 +847,13 @@ def arrays_to_predict_json(outputs: dict, fmt: str) -> str:
                 f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: "
                 f"{batch_size}")
         batch_size = array.shape[0]
-    rows = []
-    for i in range(batch_size):
-        if len(names) == 1:
-            rows.append(_write_row(outputs[names[0]], names[0], i))
-        else:
-            rows.append("{" + ", ".join(
-                f"{json.dumps(n)}: {_write_row(outputs[n], n, i)}" for n in names) + "}")
+    columns = [_row_texts(outputs[n], n) for n in names]
+    if len(names) == 1:
+        rows = columns[0]
+    else:
+        keys = [json.dumps(n) + ": " for n in names]
+        rows = ["{" + ", ".join(key + column[i] for key, column in zip(keys, columns)) + "}"
+                for i in range(batch_size)]
     return '{"predictions": [' + ", ".join(rows) + "]}"
 
 
