@@ -516,18 +516,19 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
         return isinstance(value, dict) and not _is_b64_object(value)
 
     objects = is_element_object(instances[0])
-    if not objects:
-        # One input, rows of plain values: converted whole, the rows are the array's first axis. That holds
-        # the parsed JSON and one flat list of its leaves, not one small array per row (those cost ~400
-        # bytes per number: ~180 MiB for a 3.7 MiB body). A body that fails is walked row by row below, which
-        # names the element at fault as TF Serving does.
-        name = next(iter(sorted(input_dtypes)))
-        try:
-            whole = json_to_ndarray(instances, input_dtypes[name])
-        except errors.ServingError:
-            whole = None
-        if whole is not None:
-            return {name: whole}
+    # Each input converted whole, its rows the array's first axis: that holds the parsed JSON and one flat list
+    # of its leaves, not one small array per row (those cost ~400 bytes per number: ~180 MiB for a 3.7 MiB
+    # body). A body that fails is walked row by row below, which names the element at fault as TF Serving does.
+    try:
+        if not objects:
+            name = next(iter(sorted(input_dtypes)))
+            return {name: json_to_ndarray(instances, input_dtypes[name])}
+        keys = set(input_dtypes)
+        if all(is_element_object(element) and element.keys() == keys for element in instances):
+            return {name: json_to_ndarray([element[name] for element in instances], dtype)
+                    for name, dtype in input_dtypes.items()}
+    except errors.ServingError:
+        pass
     rows = {name: [] for name in input_dtypes}
     shapes = {}
 

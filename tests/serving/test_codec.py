@@ -99,23 +99,31 @@ def test_row_format_stacks_instances_and_checks_shapes():
 
 
 @pytest.mark.parametrize("row_shape", [(), (3,), (2, 2)])
-def test_row_format_converts_a_large_body_in_bounded_memory(row_shape):
-    # 100,000 rows of plain numbers: the rows become one array, without a small array per row on the way
-    # (that route peaked at ~400 bytes per number, ~180 MiB for a 3.7 MiB body; the parsed JSON is ~32).
+@pytest.mark.parametrize("named", [False, True])
+def test_row_format_converts_a_large_body_in_bounded_memory(row_shape, named):
+    # 100,000 rows of plain numbers (or of objects naming two inputs): each input becomes one array, without a
+    # small array per row on the way (that route peaked at ~400 bytes per number, ~180 MiB for a 3.7 MiB body;
+    # the parsed JSON is ~32).
     import tracemalloc
 
     rows = 100_000
     values = np.round(np.random.default_rng(0).uniform(-1, 1, (rows,) + row_shape), 4)
-    doc = {"instances": values.tolist()}
+    if named:
+        doc = {"instances": [{"x": v, "w": 2} for v in values.tolist()]}
+        dtypes = {"x": codec.DT_FLOAT, "w": codec.DT_INT32}
+    else:
+        doc, dtypes = {"instances": values.tolist()}, {"x": codec.DT_FLOAT}
     tracemalloc.start()
     try:
-        arrays, fmt = codec.json_to_predict_inputs(doc, {"x": codec.DT_FLOAT}, "")
+        arrays, fmt = codec.json_to_predict_inputs(doc, dtypes, "")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert fmt == codec.ROW_FORMAT
     assert arrays["x"].dtype == np.float32 and arrays["x"].shape == values.shape
     np.testing.assert_array_equal(arrays["x"], values.astype(np.float32))
+    if named:
+        assert arrays["w"].dtype == np.int32 and arrays["w"].tolist() == [2] * rows
     assert peak < 40 * values.size, f"{peak / values.size:.0f} bytes per number"
 
 
