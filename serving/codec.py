@@ -248,8 +248,10 @@ _SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2
 
 
 _HUGE_INTEGER = re.compile(r"-?\d{4301,}")
-# Where a number beyond double range may be: a three-digit exponent, or 300 digits in a row.
-_MAYBE_HUGE = re.compile(r"[eE]\+?\d{3}|\d{300}")
+# Where a number beyond double range may be: a three-digit exponent, or 300 digits in a row. Two ASCII-class
+# searches: half the time of one `\d` alternation over a large body (JSON digits are ASCII).
+_THREE_DIGIT_EXPONENT = re.compile(r"[eE]\+?[0-9]{3}")
+_LONG_DIGIT_RUN = re.compile(r"[0-9]{300}")
 # A JSON number literal (for finding where an overflowing one starts).
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
@@ -325,7 +327,8 @@ def parse_json_document(body) -> dict:
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
     try:
         # Checking every number costs a Python call each, so only bodies that may hold a huge one pay it.
-        doc = (json.loads(body, parse_float=_parse_float, parse_int=_parse_int) if _MAYBE_HUGE.search(body)
+        maybe_huge = _THREE_DIGIT_EXPONENT.search(body) or _LONG_DIGIT_RUN.search(body)
+        doc = (json.loads(body, parse_float=_parse_float, parse_int=_parse_int) if maybe_huge
                else json.loads(body))
     except _NumberTooBig as exc:
         start = next((m.start() for m in _NUMBER.finditer(body) if m.group(0) == exc.literal), 0)
