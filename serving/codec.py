@@ -497,6 +497,11 @@ def json_to_ndarray(value, dtype: int) -> np.ndarray:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
+    if np_type in (np.int8, np.uint8, np.int16):
+        # TF Serving stores these in the TensorProto's int32 `int_val`, and TensorFlow narrows it with a C
+        # cast (300 is 44 as int8), as the gRPC path here does; numpy would refuse the value with an
+        # OverflowError (a 500).
+        return np.asarray(flat, np.int64).astype(np_type).reshape(shape)
     return np.asarray(flat, dtype=np_type).reshape(shape)
 
 
@@ -521,7 +526,8 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
     objects = is_element_object(instances[0])
     # Each input converted whole, its rows the array's first axis: that holds the parsed JSON and one flat list
     # of its leaves, not one small array per row (those cost ~400 bytes per number: ~180 MiB for a 3.7 MiB
-    # body). A body that fails is walked row by row below, which names the element at fault as TF Serving does.
+    # body). A body that fails is walked row by row below, which names the element at fault as TF Serving does;
+    # the walk keeps each row's shape only, so a bad body costs no more memory than a good one.
     try:
         if not objects:
             name = next(iter(sorted(input_dtypes)))
@@ -530,12 +536,12 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
         if all(is_element_object(element) and element.keys() == keys for element in instances):
             return {name: json_to_ndarray([element[name] for element in instances], dtype)
                     for name, dtype in input_dtypes.items()}
-    except errors.ServingError:
+    except Exception:  # pylint: disable=broad-except -- the walk below raises what the row-by-row rules raise
         pass
     rows = {name: [] for name in input_dtypes}
     shapes = {}
 
-    def add(item, name, index, key_in_message):
+    def add(item, name, index, key_in_message, keep):
         if name not in input_dtypes:
             raise errors.InvalidArgument(f"JSON object: does not have named input: {name}")
         try:
@@ -555,25 +561,31 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
             raise errors.InvalidArgument(
                 f"Failed to process element: {index}{key} of 'instances' list. Error: "
                 f"{_status_string(exc)}") from None
-        rows[name].append(array)
+        if keep:
+            rows[name].append(array)
 
-    for index, element in enumerate(instances):
-        if objects:
-            if not is_element_object(element):
-                raise errors.InvalidArgument(
-                    f"Expecting object but got list at item {index} of input list")
-            for name, item in element.items():
-                add(item, name, index, True)
-            if set(element) != set(input_dtypes):
-                raise errors.InvalidArgument(
-                    f"Failed to process element: {index} of 'instances' list. JSON object: "
-                    f"{json_value_to_string(element)} keys must be equal to: "
-                    f"{','.join(sorted(input_dtypes))}")
-        else:
-            if is_element_object(element):
-                raise errors.InvalidArgument(
-                    f"Expecting value/list but got object at item {index} of input list")
-            add(element, next(iter(sorted(input_dtypes))), index, False)
+    def walk(keep: bool):
+        for index, element in enumerate(instances):
+            if objects:
+                if not is_element_object(element):
+                    raise errors.InvalidArgument(
+                        f"Expecting object but got list at item {index} of input list")
+                for name, item in element.items():
+                    add(item, name, index, True, keep)
+                if set(element) != set(input_dtypes):
+                    raise errors.InvalidArgument(
+                        f"Failed to process element: {index} of 'instances' list. JSON object: "
+                        f"{json_value_to_string(element)} keys must be equal to: "
+                        f"{','.join(sorted(input_dtypes))}")
+            else:
+                if is_element_object(element):
+                    raise errors.InvalidArgument(
+                        f"Expecting value/list but got object at item {index} of input list")
+                add(element, next(iter(sorted(input_dtypes))), index, False, keep)
+
+    walk(keep=False)  # raises at the element at fault, holding one row's array at a time
+    shapes.clear()
+    walk(keep=True)  # only if the whole conversion failed for a reason no row shows
     return {name: np.stack(arrays) for name, arrays in rows.items() if arrays}
 
 
@@ -762,7 +774,8 @@ def _decimal_texts(array: np.ndarray) -> list:
     (float16 is written as float32, as TF Serving does), and full precision only where `%g` loses the value.
     """
     np_type = np.float64 if array.dtype == np.float64 else np.float32
-    flat = np.asarray(array, np.float64).ravel()
+    with np.errstate(invalid="ignore"):  # a signalling NaN widens quietly
+        flat = np.asarray(array, np.float64).ravel()
     values = flat.tolist()
     if not values:
         return []

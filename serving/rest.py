@@ -13,7 +13,6 @@ Errors are `{"error": "<message>"}` with the HTTP status TF Serving maps the sta
 """
 
 import http.server
-import os
 import re
 import socketserver
 import threading
@@ -39,8 +38,6 @@ _STATUS = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
 _INT64_MAX = 2 ** 63 - 1
-# TF Serving's default for --rest_api_num_threads (`http_num_threads`): four per schedulable CPU.
-DEFAULT_NUM_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def _fill_model_spec(spec, name: str, version: Optional[str], label: Optional[str]):
@@ -296,12 +293,13 @@ class RestServer:
       num_threads: `--rest_api_num_threads`, how many requests are processed (JSON parsed, signature
         run, answer encoded) at once; connections are not limited, and requests beyond it wait with
         their bodies read. It bounds the memory of parsing: a JSON body takes up to ~27 times its
-        size as Python objects, so the peak is about num_threads x 27 x the largest body.
+        size as Python objects, so the peak is about num_threads x 27 x the largest body, plus the
+        raw bodies of the requests waiting (each at most `max_body_bytes`). Waiting is not FIFO and
+        has no time limit of its own; every request ahead ends within its own deadline.
     """
 
     def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,
-                 host: str = "0.0.0.0", idle_timeout: Optional[float] = None,
-                 num_threads: int = DEFAULT_NUM_THREADS):
+                 host: str = "0.0.0.0", idle_timeout: Optional[float] = None, *, num_threads: int):
         workers = WorkerSlots(num_threads)  # fails before the port is bound
         self._httpd = _HttpServer((host, port), _Handler)
         self._httpd.workers = workers

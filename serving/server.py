@@ -28,6 +28,9 @@ from absl import logging
 from serving import errors
 
 VERSION = "vizoo-model-server 0.1.0 (TensorFlow Serving 2.21 API)"
+# TF Serving's `port::NumSchedulableCPUs()`, which its thread-count defaults multiply: the CPUs this process may
+# run on (its affinity mask; fewer than the machine's in a pinned container).
+SCHEDULABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 # --------------------------------------------------------------------------------------------
 # Flags: tensorflow_model_server's names and defaults.
@@ -37,7 +40,7 @@ flags.DEFINE_integer("port", 8500, "TCP port to listen on for gRPC API.")
 flags.DEFINE_integer("rest_api_port", 0,
                      "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will not "
                      "be exported. This port must be different than the one specified in --port.")
-flags.DEFINE_integer("rest_api_num_threads", 4 * (os.cpu_count() or 1),
+flags.DEFINE_integer("rest_api_num_threads", 4 * SCHEDULABLE_CPUS,
                      "Number of threads for HTTP/REST API processing: requests parsed and run "
                      "at once (more wait their turn). Default: four per CPU, as TF Serving.",
                      lower_bound=1)
@@ -67,7 +70,7 @@ flags.DEFINE_string("batching_parameters_file", "",
 flags.DEFINE_string("grpc_channel_arguments", "",
                     "A comma separated list of arguments to be passed to the grpc server. (e.g. "
                     "grpc.max_connection_age_ms=2000)")
-flags.DEFINE_integer("grpc_max_threads", 4 * (os.cpu_count() or 1),
+flags.DEFINE_integer("grpc_max_threads", 4 * SCHEDULABLE_CPUS,
                      "Max grpc server threads to handle grpc messages.")
 flags.DEFINE_string("monitoring_config_file", "",
                     "If non-empty, read an ascii MonitoringConfig protobuf from the supplied file "
@@ -237,7 +240,7 @@ class ServerOptions:
 
     port: int = 8500
     rest_api_port: int = 0
-    rest_api_num_threads: int = 4 * (os.cpu_count() or 1)
+    rest_api_num_threads: int = 4 * SCHEDULABLE_CPUS
     rest_api_timeout_in_ms: int = 30000
     rest_api_enable_cors_support: bool = False
     model_name: str = "default"
@@ -248,7 +251,7 @@ class ServerOptions:
     enable_batching: bool = False
     batching_parameters_file: str = ""
     grpc_channel_arguments: str = ""
-    grpc_max_threads: int = 4 * (os.cpu_count() or 1)
+    grpc_max_threads: int = 4 * SCHEDULABLE_CPUS
     monitoring_config_file: str = ""
     ssl_config_file: str = ""
     enable_model_warmup: bool = True
@@ -453,13 +456,14 @@ class Server:
             path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
         timeout = opts.rest_api_timeout_in_ms / 1000 if opts.rest_api_timeout_in_ms > 0 else None
         api = rest.RestApi(self.plane, timeout, metrics, path)
+        if opts.rest_api_num_threads < 1:
+            raise errors.InvalidArgument(
+                f"--rest_api_num_threads must be at least 1, got {opts.rest_api_num_threads}")
         try:
             self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
                                          opts.rest_api_enable_cors_support, opts.bind_host,
                                          idle_timeout=timeout,
                                          num_threads=opts.rest_api_num_threads)
-        except ValueError as exc:  # a bad --rest_api_num_threads
-            raise errors.InvalidArgument(str(exc)) from None
         except OSError as exc:
             # As TF Serving: the gRPC API keeps serving without REST.
             logging.error("Failed to start HTTP Server at localhost:%d: %s", opts.rest_api_port,

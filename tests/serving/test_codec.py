@@ -127,6 +127,42 @@ def test_row_format_converts_a_large_body_in_bounded_memory(row_shape, named):
     assert peak < 40 * values.size, f"{peak / values.size:.0f} bytes per number"
 
 
+def test_a_bad_row_is_named_and_costs_no_more_memory_than_a_good_body():
+    # The whole-array conversion fails, the row-by-row walk names the row at fault as TF Serving does -- holding
+    # one row's array at a time, not all of them (that had taken ~220 bytes per number for a bad body).
+    import tracemalloc
+
+    rows = 100_000
+    doc = {"instances": [[v] for v in np.round(np.random.default_rng(0).uniform(-1, 1, rows), 4).tolist()]}
+    doc["instances"][-1] = ["x"]
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.InvalidArgument) as info:
+            codec.json_to_predict_inputs(doc, {"x": codec.DT_FLOAT}, "")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.message == (
+        f"Failed to process element: {rows - 1} of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: "
+        '"x" Type: String is not of expected type: float')
+    assert peak < 40 * rows, f"{peak / rows:.0f} bytes per row"
+
+
+def test_narrow_integer_inputs_wrap_as_tensorflow_narrows_int_val():
+    # TF Serving puts int8/uint8/int16 values in the int32 `int_val` field and TensorFlow casts them down, as
+    # this server's gRPC path does; an out-of-range value is not a server error.
+    arrays, _ = codec.json_to_predict_inputs({"instances": [300, -1, 127]}, {"x": codec.DT_INT8}, "")
+    assert arrays["x"].dtype == np.int8 and arrays["x"].tolist() == [44, -1, 127]
+    arrays, _ = codec.json_to_predict_inputs({"inputs": [256, -1]}, {"x": codec.DT_UINT8}, "")
+    assert arrays["x"].tolist() == [0, 255]
+    grpc_side = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(np.array([300, -1], np.int32)))
+    assert grpc_side.astype(np.int8).tolist() == [44, -1]
+    # With a real type error in another input, the answer is that error (400), whatever the order of keys.
+    with pytest.raises(errors.InvalidArgument, match="key: b of 'instances' list.*String is not of expected"):
+        codec.json_to_predict_inputs({"instances": [{"b": "x", "a": 300}]},
+                                     {"a": codec.DT_INT8, "b": codec.DT_INT32}, "")
+
+
 def test_columnar_format_and_ragged_lists():
     arrays, fmt = codec.json_to_predict_inputs(
         {"inputs": {"a": [[1.0]], "b": 3}}, {"a": codec.DT_FLOAT, "b": codec.DT_INT32}, "")
