@@ -127,25 +127,70 @@ def test_row_format_converts_a_large_body_in_bounded_memory(row_shape, named):
     assert peak < 40 * values.size, f"{peak / values.size:.0f} bytes per number"
 
 
+_JSON_LEAVES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-2 ** 60, 2 ** 60),
+    st.integers(-2 ** 1100, 2 ** 1100), st.sampled_from([2 ** 24, 2 ** 24 - 1, 2 ** 53, -(2 ** 53) + 1, 3.5e38, 1e39]),
+    st.booleans(), st.text(max_size=2), st.none(), st.just({"b64": "AA=="}))
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(value=st.one_of(
+    st.recursive(_JSON_LEAVES, lambda children: st.lists(children, max_size=4), max_leaves=16),
+    hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4),
+               elements=st.floats(-1e6, 1e6)).map(lambda a: a.tolist())),
+    dtype=st.sampled_from([codec.DT_FLOAT, codec.DT_DOUBLE]))
+@hypothesis.example(value=[1.5, 2 ** 24], dtype=codec.DT_FLOAT)  # an integer float32 cannot hold exactly
+@hypothesis.example(value=[[1e30], [2 ** 53]], dtype=codec.DT_DOUBLE)
+@hypothesis.example(value=[1.0, 3.5e38], dtype=codec.DT_FLOAT)  # beyond float32's range
+@hypothesis.example(value=[[1.0, True]], dtype=codec.DT_DOUBLE)
+@hypothesis.example(value=[[1.0], [2.0, 3.0]], dtype=codec.DT_FLOAT)
+@hypothesis.example(value=[2 ** 1100], dtype=codec.DT_DOUBLE)
+def test_bulk_number_conversion_matches_the_leaf_by_leaf_walk(value, dtype):
+    # JSON numbers for float tensors are checked in bulk; the answer -- array or error -- must be the walk's.
+    def walk():
+        shape = codec._dense_shape(value)
+        codec._check_rank(len(shape), "JSON Value")
+        flat = []
+        codec._fill(value, 0, shape, dtype, flat)
+        return np.asarray(flat, codec.numpy_dtype(dtype)).reshape(shape)
+
+    outcomes = []
+    for convert in (walk, lambda: codec.json_to_ndarray(value, dtype)):
+        try:
+            outcomes.append(convert())
+        except errors.ServingError as exc:
+            outcomes.append((type(exc), exc.message))
+    expected, got = outcomes
+    if isinstance(expected, tuple):
+        assert got == expected
+    else:
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_a_bad_row_is_named_and_costs_no_more_memory_than_a_good_body():
     # The whole-array conversion fails, the row-by-row walk names the row at fault as TF Serving does -- holding
     # one row's array at a time, not all of them (that had taken ~220 bytes per number for a bad body).
     import tracemalloc
 
     rows = 100_000
-    doc = {"instances": [[v] for v in np.round(np.random.default_rng(0).uniform(-1, 1, rows), 4).tolist()]}
-    doc["instances"][-1] = ["x"]
-    tracemalloc.start()
-    try:
-        with pytest.raises(errors.InvalidArgument) as info:
-            codec.json_to_predict_inputs(doc, {"x": codec.DT_FLOAT}, "")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert info.value.message == (
+    good = {"instances": [[v] for v in np.round(np.random.default_rng(0).uniform(-1, 1, rows), 4).tolist()]}
+    bad = {"instances": good["instances"][:-1] + [["x"]]}
+    peaks = []
+    for doc in (good, bad):
+        tracemalloc.start()
+        try:
+            try:
+                codec.json_to_predict_inputs(doc, {"x": codec.DT_FLOAT}, "")
+            except errors.InvalidArgument as exc:
+                error = exc
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert error.message == (
         f"Failed to process element: {rows - 1} of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: "
         '"x" Type: String is not of expected type: float')
-    assert peak < 40 * rows, f"{peak / rows:.0f} bytes per row"
+    assert peaks[1] < 1.25 * peaks[0], f"bad body {peaks[1] / rows:.0f}, good {peaks[0] / rows:.0f} bytes per row"
 
 
 def test_narrow_integer_inputs_wrap_as_tensorflow_narrows_int_val():
