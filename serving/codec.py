@@ -784,22 +784,6 @@ def format_decimal(value, np_type) -> str:
     return text
 
 
-def _write_value(value, np_type, as_bytes: bool) -> str:
-    if np_type in (np.float32, np.float64, np.float16):
-        return format_decimal(value, np.float32 if np_type == np.float16 else np_type)
-    if np_type is object:
-        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
-        if as_bytes:
-            return '{"b64": "%s"}' % base64.b64encode(raw).decode("ascii")
-        return json.dumps(raw.decode("utf-8", errors="replace"), ensure_ascii=False)
-    if np_type == np.bool_:
-        return "true" if value else "false"
-    if np_type in (np.complex64, np.complex128):
-        raise errors.InvalidArgument(
-            f"Failed to write JSON value for tensor type: {'complex64' if np_type == np.complex64 else 'complex128'}")
-    return str(int(value))
-
-
 def _decimal_texts(array: np.ndarray) -> list:
     """`format_decimal` of every element of a float array, flat in C order, formatted all at once.
 
@@ -807,7 +791,7 @@ def _decimal_texts(array: np.ndarray) -> list:
     one C-level `%g` over the whole tuple of values, one vectorized round-trip check in the array's precision
     (float16 is written as float32, as TF Serving does), and full precision only where `%g` loses the value.
     """
-    np_type = np.float64 if array.dtype == np.float64 else np.float32
+    np_type = np.float64 if array.dtype.type == np.float64 else np.float32  # any byte order
     with np.errstate(invalid="ignore"):  # a signalling NaN widens quietly
         flat = np.asarray(array, np.float64).ravel()
     values = flat.tolist()
@@ -829,16 +813,27 @@ def _decimal_texts(array: np.ndarray) -> list:
     return texts
 
 
+def _string_text(value, as_bytes: bool) -> str:
+    """One element of a string tensor: base64 in `{"b64": ...}` for `*_bytes` outputs, else a JSON string."""
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    if as_bytes:
+        return '{"b64": "%s"}' % base64.b64encode(raw).decode("ascii")
+    return json.dumps(raw.decode("utf-8", errors="replace"), ensure_ascii=False)
+
+
 def _leaf_texts(array: np.ndarray, as_bytes: bool) -> list:
-    """The JSON text of every element of `array`, flat in C order."""
-    if array.dtype in (np.float16, np.float32, np.float64):
+    """The JSON text of every element of `array`, flat in C order (`WriteDecimal` and friends)."""
+    kind = array.dtype.type
+    if kind in (np.float16, np.float32, np.float64):
         return _decimal_texts(array)
-    if array.dtype == np.bool_:
+    if kind == np.bool_:
         return ["true" if v else "false" for v in array.ravel().tolist()]
-    if array.dtype.kind in "iu":
-        return list(map(str, array.ravel().tolist()))
-    np_type = object if array.dtype == object else array.dtype.type
-    return [_write_value(v, np_type, as_bytes) for v in array.ravel()]
+    if array.dtype == object:
+        return [_string_text(v, as_bytes) for v in array.ravel()]
+    if kind in (np.complex64, np.complex128) and array.size:
+        raise errors.InvalidArgument(
+            f"Failed to write JSON value for tensor type: {'complex64' if kind == np.complex64 else 'complex128'}")
+    return [str(int(v)) for v in array.ravel().tolist()]
 
 
 def _nest(texts: list, shape: tuple) -> str:

@@ -42,7 +42,8 @@ flags.DEFINE_integer("rest_api_port", 0,
                      "be exported. This port must be different than the one specified in --port.")
 flags.DEFINE_integer("rest_api_num_threads", 4 * SCHEDULABLE_CPUS,
                      "Number of threads for HTTP/REST API processing: requests parsed and run "
-                     "at once (more wait their turn). Default: four per CPU, as TF Serving.",
+                     "at once (more wait their turn). Default: four per CPU this process may run "
+                     "on, as TF Serving.",
                      lower_bound=1)
 flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Timeout for HTTP/REST API calls.")
 flags.DEFINE_bool("rest_api_enable_cors_support", False, "Enable CORS headers in response")

@@ -61,12 +61,12 @@ def test_floats_print_as_tf_serving_prints_them(value, expected):
 def _reference_json(array) -> str:
     """A tensor written element by element with `format_decimal`, the definition the fast writer must match."""
     if array.ndim == 0:
-        return codec.format_decimal(array[()], np.float64 if array.dtype == np.float64 else np.float32)
+        return codec.format_decimal(array[()], np.float64 if array.dtype.type == np.float64 else np.float32)
     return "[" + ", ".join(_reference_json(sub) for sub in array) + "]"
 
 
 @hypothesis.settings(max_examples=80, deadline=None)
-@hypothesis.given(data=st.data(), dtype=st.sampled_from([np.float16, np.float32, np.float64]))
+@hypothesis.given(data=st.data(), dtype=st.sampled_from([np.float16, np.float32, np.float64, ">f4", ">f8"]))
 def test_float_outputs_are_written_as_format_decimal_writes_each_value(data, dtype):
     # Outputs are formatted all at once (one %g over the tuple, a vectorized round-trip check); the text must be
     # what TF Serving's per-value rule gives: %g when it round-trips, full precision when not, ".0" on whole
