@@ -6,8 +6,10 @@ the benchmarks and the demo.
     server.kill(); server.start()                                               # SIGKILL, same flags and ports
     server.stop()
 
-The server opens its gRPC port only once every model has loaded, so "ready" means the port accepts a channel.
-Output goes to `log_path`, appended across restarts.
+The server opens its gRPC port only once every model has loaded, and its REST port right after, so "ready" means
+the gRPC port accepts a channel and the REST port a connection. Ports are picked free but may be taken by another
+process before the server binds them; a first start that loses that race starts again on new ports. Output goes to
+`log_path`, appended across restarts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ import time
 from typing import Mapping, Optional, Sequence, Union
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# What the server logs when a port it was given is taken (gRPC: it exits; REST: it serves gRPC only), and once
+# its REST port listens. A connection is no proof: whoever took the port accepts it too.
+PORT_TAKEN_MESSAGES = ("Cannot listen on", "Failed to start HTTP Server")
+REST_LISTENING_MESSAGE = "Exporting HTTP/REST API at:"
 
 
 def free_port() -> int:
@@ -58,6 +66,10 @@ def write_model_config(path, models: Union[Mapping[str, object], Sequence[Mappin
     return path
 
 
+class PortTakenError(RuntimeError):
+    """The server could not bind a port it was given (another process took it after `free_port`)."""
+
+
 class ServerProcess:
     """A `python -m serving.server` child process on free ports, which can be killed and started again.
 
@@ -65,21 +77,36 @@ class ServerProcess:
       args: flags besides `--port` and `--rest_api_port`.
       log_path: where its output goes (appended across restarts).
       rest: open the REST port too.
-      wait: wait until the gRPC port accepts calls (`start` is called by the constructor unless `start=False`).
+      wait: wait until the server is ready (`start` is called by the constructor unless `start=False`); a
+        server that could not bind its ports is started again on new ones, up to `port_attempts` times.
       timeout: seconds to wait for that.
     """
 
     def __init__(self, args, log_path, rest: bool = True, wait: bool = True, timeout: float = 90.0,
-                 start: bool = True):
+                 start: bool = True, port_attempts: int = 3):
         self.args = list(args)
         self.log_path = pathlib.Path(log_path)
-        self.grpc_port = free_port()
-        self.rest_port = free_port() if rest else 0
         self.proc: Optional[subprocess.Popen] = None
         self.channel = None
         self._log = None
-        if start:
-            self.start(wait, timeout)
+        self._pick_ports(rest)
+        if not start:
+            return
+        for attempt in range(1, port_attempts + 1):
+            try:
+                self.start(wait, timeout)
+                return
+            except PortTakenError:
+                if attempt == port_attempts:
+                    raise
+                self.stop()
+                self._pick_ports(rest)
+
+    def _pick_ports(self, rest: bool):
+        self.grpc_port = free_port()
+        self.rest_port = 0
+        while rest and self.rest_port in (0, self.grpc_port):
+            self.rest_port = free_port()
 
     @property
     def address(self) -> str:
@@ -102,6 +129,7 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self._log_start = self._log.tell()  # this start's output begins here (the log is appended across restarts)
         self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready(timeout)
@@ -116,22 +144,42 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float = 90.0) -> "ServerProcess":
-        """Waits until the gRPC port accepts a channel and keeps that channel as `self.channel`."""
+        """Waits until the gRPC port accepts a channel (kept as `self.channel`) and the server says REST listens.
+
+        Raises:
+          PortTakenError: the server could not bind a port it was given.
+          RuntimeError: it exited, or was not ready within `timeout` seconds.
+        """
         import grpc  # pylint: disable=import-outside-toplevel
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
+        while time.monotonic() < deadline and self.channel is None:
+            self._check_running()
             channel = grpc.insecure_channel(self.address)
             try:
                 grpc.channel_ready_future(channel).result(timeout=0.5)
                 self.channel = channel
-                return self
             except grpc.FutureTimeoutError:
                 channel.close()
+        while time.monotonic() < deadline and self.channel is not None:
+            if not self.rest_port or REST_LISTENING_MESSAGE in self._check_running():
+                return self
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")
+
+    def _check_running(self) -> str:
+        """This start's output; raises if it shows a port taken or the process is gone."""
+        self._log.flush()
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            output = f.read().decode(errors="replace")
+        taken = [m for m in PORT_TAKEN_MESSAGES if m in output]
+        if taken:
+            raise PortTakenError(f"server could not bind its ports ({taken[0]}):\n{output[-5000:]}")
+        if not self.alive():
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{output[-5000:]}")
+        return output
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         return self.proc.wait(timeout=timeout)

@@ -231,6 +231,34 @@ def checkpoints_newest_first(directory: pathlib.Path, recorded) -> list:
     return sorted(written, key=number, reverse=True)
 
 
+def restore_newest_readable(checkpoint, manager, directory: pathlib.Path, step) -> None:
+    """Restores the newest checkpoint in `directory` that reads, or nothing when none ever finished writing.
+
+    An unreadable checkpoint the manager never recorded is a save killed mid-write: it is skipped, and if it is
+    the only one, training starts afresh (its files are overwritten when that step is saved again). One the
+    manager recorded had been complete; if no checkpoint reads but a recorded one exists, training refuses to
+    start over it: someone should look at the files.
+    """
+    recorded = {pathlib.Path(p).name for p in manager.checkpoints}
+    candidates = checkpoints_newest_first(directory, manager.latest_checkpoint)
+    for candidate in candidates:
+        try:
+            checkpoint.restore(candidate)
+        except tf.errors.OpError as exc:  # an unreadable file: a truncated index, a missing data shard
+            logging.warning("checkpoint %s cannot be read (%s)%s", candidate, str(exc).splitlines()[0],
+                            "" if pathlib.Path(candidate).name in recorded else "; it was never recorded as saved")
+            continue
+        logging.info("resumed from %s at step %d", candidate, int(step))
+        return
+    damaged = [c for c in candidates if pathlib.Path(c).name in recorded]
+    if damaged:
+        raise RuntimeError(f"no checkpoint in {directory} can be read, and {', '.join(damaged)} had been saved "
+                           "completely; move them away to train from scratch")
+    if candidates:
+        logging.warning("no checkpoint in %s finished writing (%s): training from the start", directory,
+                        ", ".join(candidates))
+
+
 def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=None) -> float:
     """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`.
 
@@ -259,20 +287,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)
-    candidates = checkpoints_newest_first(workdir / "checkpoints", manager.latest_checkpoint)
-    for candidate in candidates:
-        try:
-            checkpoint.restore(candidate)
-        except tf.errors.OpError as exc:  # an unreadable file: a truncated index, a missing data shard
-            logging.warning("checkpoint %s cannot be read (%s); trying an older one", candidate,
-                            str(exc).splitlines()[0])
-            continue
-        logging.info("resumed from %s at step %d", candidate, int(step))
-        break
-    else:
-        if candidates:  # never train afresh over checkpoints that exist: someone should look at them
-            raise RuntimeError(f"no checkpoint in {workdir / 'checkpoints'} can be read ({', '.join(candidates)}); "
-                               "move them away to train from scratch")
+    restore_newest_readable(checkpoint, manager, workdir / "checkpoints", step)
     base_seed = tf.constant([config.seed, 0], tf.int32)
 
     def replica_step(batch):

@@ -155,6 +155,34 @@ def test_resume_takes_the_newest_readable_checkpoint_even_one_the_manager_never_
         assert fit(name, 2) * steps_per_epoch == pytest.approx(2 * steps_per_epoch - resumed_at)
 
 
+def test_a_first_checkpoint_killed_mid_write_trains_afresh_but_a_damaged_saved_one_stops(tmp_path, data_dir):
+    """The only checkpoint unreadable: never recorded means its save was killed (start over); recorded means a
+    finished checkpoint was damaged afterwards (refuse: training afresh would bury it)."""
+    from training import data
+    concrete = data.load("uci/concrete", data_dir, split=0)
+
+    def fit(name, epochs):
+        config = _config(tmp_path, data_dir=str(data_dir), workdir=str(tmp_path / name), epochs=epochs,
+                         checkpoint_every_steps=4).validate()
+        model = lr.build_model(lr.Config(inference="gradient"), concrete)
+        return train_lib.fit(model, concrete, config, tf.distribute.get_strategy(), pathlib.Path(config.workdir))
+
+    for name, recorded in (("killed", False), ("damaged", True)):
+        assert fit(name, 1) == 1.0
+        checkpoints = tmp_path / name / "checkpoints"
+        for stale in [*checkpoints.glob("ckpt-8.*"), *checkpoints.glob("ckpt-12.*")]:
+            stale.unlink()
+        if not recorded:
+            (checkpoints / "checkpoint").unlink()
+        (checkpoints / "ckpt-14.index").write_bytes(b"half an index")
+        if recorded:
+            with pytest.raises(RuntimeError, match="ckpt-14 had been saved completely"):
+                fit(name, 2)
+        else:
+            assert fit(name, 2) == 2.0  # both epochs, from step 0
+            assert int(tf.train.load_variable(str(checkpoints / "ckpt-28"), "step/.ATTRIBUTES/VARIABLE_VALUE")) == 28
+
+
 def test_split_all_reports_mean_and_standard_error(tmp_path, data_dir):
     config = _config(tmp_path, data_dir=str(data_dir), dataset="uci/yacht", split="all")
     metrics = train_lib.train_and_evaluate(config, lr.Config(inference="exact"), lr.build_model)
@@ -187,8 +215,10 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path, 
     proc = subprocess.Popen([sys.executable, "-m", "training.train_linear_regression", *args,
                              f"--workdir={workdir}"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    # Killed once a checkpoint is recorded as saved (the manager's `checkpoint` file, written atomically after
+    # it): the kill may land mid-write of the next one, which resuming must skip.
     deadline = time.time() + 120
-    while time.time() < deadline and not list((workdir / "checkpoints").glob("ckpt-*.index")):
+    while time.time() < deadline and not (workdir / "checkpoints" / "checkpoint").exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

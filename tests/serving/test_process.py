@@ -1,0 +1,34 @@
+"""The server harness: ready means both ports serve, and a port taken before the server binds it is survived."""
+
+import contextlib
+import socket
+
+import requests
+
+from serving import process
+
+
+def test_a_rest_port_taken_before_the_server_binds_it_is_replaced(tmp_path, tf_serving_testdata, monkeypatch):
+    # Another process holds a port `free_port` hands out: it listens (so connecting to it proves nothing) and
+    # never answers. The server then logs that REST failed and serves gRPC only; the harness must start it again.
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as squatter:
+        squatter.bind(("0.0.0.0", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([process.free_port(), taken])
+        real_free_port = process.free_port
+        monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())
+        server = process.ServerProcess(
+            ["--model_name=half_plus_two",
+             f"--model_base_path={tf_serving_testdata / 'saved_model_half_plus_two_cpu'}"],
+            tmp_path / "server.log")
+        try:
+            assert server.rest_port != taken
+            assert "Failed to start HTTP Server" in server.log()  # the first start did lose its port
+            # Ready means REST answers at once, not merely that gRPC does.
+            answer = requests.post(f"{server.rest}/v1/models/half_plus_two:predict",
+                                   json={"instances": [1.0, 2.0]}, timeout=10)
+            assert answer.status_code == 200
+            assert answer.json() == {"predictions": [2.5, 3.0]}
+        finally:
+            server.stop()
