@@ -112,11 +112,12 @@ def loop_baseline(setting: str, model):
         keras_model.build((None,) + input_shape)
         # Compiled, which is kinder to the baseline than the example's eager `model.predict` per sample.
         call = tf.function(lambda x: _head(keras_model(x), task))
-    elif family == "linear":  # one posterior draw of (w, beta) per call, as a TFP script samples it
+    elif family == "linear":  # one posterior draw of the weights per call, as a TFP script samples them
         @tf.function
         def call(x):
             seed = tf.random.uniform([2], maxval=2**30, dtype=tf.int32)
-            return model.predictive(x, 1, seed).mean()[0]
+            w = model.posterior().model["w"].sample(seed=seed)
+            return tf.linalg.matvec(linear_regression.features(x), w)[:, None]
     else:
         @tf.function
         def call(x):

@@ -32,9 +32,15 @@ All three share the closed-form ELBO (used by CAVI and to score the gradient sol
     E_q[log p(y | w, beta)] = N/2 (E[log beta] - log 2 pi) - E[beta]/2 (||y - Phi m||^2 + tr(Phi^T Phi S)),
     E_q(alpha)[KL(N(m, S) || N(0, I/alpha))] = 1/2 (E[alpha](tr S + m^T m) - D - D E[log alpha] - log |S|).
 
-The posterior predictive goes through `models.predictive` like every family: per posterior sample (w_s, beta_s),
-p(y | x, w_s, beta_s) = N(w_s . phi(x), 1/beta_s). Computation runs in float64 (the closed forms are compared with
-numpy to 1e-6); inputs may be float32.
+The posterior predictive goes through `models.predictive` like every family, with the weights integrated out
+exactly (Rao-Blackwellized): q(w) = N(m, S) is Gaussian and independent of beta under q, so per noise-precision
+sample beta_s ~ q(beta)
+    p(y | x, beta_s) = integral N(y; w . phi, 1/beta_s) N(w; m, S) dw = N(m . phi, phi^T S phi + 1/beta_s),
+and only the scalar beta is drawn. For `exact` (beta a point estimate) that is one Normal, the closed-form predictive,
+with no Monte Carlo error at all. The weights' share phi^T S phi of each component's variance is the epistemic
+part (`integrated_variance`, which `models.predictive.regression_predictive` reports as such).
+
+Computation runs in float64 (the closed forms are compared with numpy to 1e-6); inputs may be float32.
 """
 
 from __future__ import annotations
@@ -191,29 +197,45 @@ class BayesianLinearRegression(tf.Module):
         return tfd.JointDistributionNamed(dict(w=q_w, alpha=q_alpha, beta=q_beta))
 
     def predictive(self, x, num_samples, seed) -> tfd.Normal:
-        """Per-sample predictive p(y | x, w_s, beta_s) = N(w_s . phi(x), 1/beta_s) for S posterior samples.
+        """Per-sample predictive with the weights integrated out: p(y | x, beta_s) = N(m . phi, phi^T S phi + 1/beta_s).
+
+        Exact in w for every inference method (q(w) is Gaussian and independent of beta), so the mixture over S
+        draws of beta ~ q(beta) has Monte Carlo error only from beta's spread, and the predictive mean m . phi none.
+        For `exact`, q(beta) is a point mass: the components would all be the same Normal, so one is returned (the
+        closed-form predictive; `num_samples` and `seed` do not change it).
 
         Args:
           x: [batch, features] standardized inputs.
           num_samples: S, a scalar.
-          seed: int32 [2], a stateless seed.
+          seed: int32 [2], a stateless seed (draws beta).
 
         Returns:
-          `tfd.Normal` with batch shape [S, batch, 1].
+          `tfd.Normal` with batch shape [S, batch, 1] ([1, batch, 1] for `exact`).
         """
-        phi = features(x)
-        draw = self.posterior().sample(num_samples, seed=seed)
-        loc = tf.einsum("sd,bd->sb", draw["w"], phi)[..., None]
-        scale = tf.math.rsqrt(draw["beta"])[:, None, None] * tf.ones_like(loc)
-        return tfd.Normal(loc, scale)
+        mean, spread = self._weight_marginal(x)
+        q_beta = self.posterior().model["beta"]
+        if self.config.inference == "exact":
+            noise_var = tf.math.reciprocal(q_beta.mean())[None]  # [1]
+        else:
+            noise_var = tf.math.reciprocal(q_beta.sample(num_samples, seed=seed))  # [S]
+        scale = tf.sqrt(spread + noise_var[:, None])[..., None]  # [S, batch, 1]
+        return tfd.Normal(tf.broadcast_to(mean[:, None], tf.shape(scale)), scale)
+
+    def integrated_variance(self, x) -> tf.Tensor:
+        """[batch, 1] Var_q[w . phi] = phi^T S phi: the epistemic part every `predictive` component holds."""
+        return self._weight_marginal(x)[1][:, None]
 
     def exact_predictive(self, x) -> tfd.Normal:
         """The closed-form predictive N(m . phi, 1/E[beta] + phi^T S phi) [batch, 1] (exact for `exact`)."""
+        mean, spread = self._weight_marginal(x)
+        return tfd.Normal(mean[:, None], tf.sqrt(1.0 / self.posterior().model["beta"].mean() + spread)[:, None])
+
+    def _weight_marginal(self, x):
+        """w . phi(x) under q(w) = N(m, S): mean m . phi and variance phi^T S phi = ||L^T phi||^2, each [batch]."""
         phi = features(x)
-        q = self.posterior().model
-        mean = tf.linalg.matvec(phi, q["w"].loc)
+        mean = tf.linalg.matvec(phi, tf.convert_to_tensor(self.loc))
         spread = tf.reduce_sum(tf.square(tf.linalg.matmul(phi, self.scale_tril)), axis=-1)
-        return tfd.Normal(mean[:, None], tf.sqrt(1.0 / q["beta"].mean() + spread)[:, None])
+        return mean, spread
 
     # -- objectives ---------------------------------------------------------------------------------------------
 

@@ -84,8 +84,11 @@ class PredictiveServable(tf.Module):
             self._from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
     def _checked(self, x, num_samples):
-        tf.debugging.assert_all_finite(x, "x must be finite")
-        tf.debugging.assert_positive(num_samples, "num_samples must be positive")
+        """(x, num_samples), usable only after both are checked (so a bad request fails with the check's message)."""
+        checks = [tf.debugging.assert_all_finite(x, "x must be finite"),
+                  tf.debugging.assert_positive(num_samples, "num_samples must be positive")]
+        with tf.control_dependencies(checks):
+            return tf.identity(x), tf.identity(num_samples)
 
     def _serving_default(self, x):
         return self._summary(x, self._num_samples, self._seed)
@@ -147,12 +150,9 @@ class RegressionServable(PredictiveServable):
         super().__init__(model, dataset, num_samples, seed, name="regression_servable")
 
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
-        self._checked(x, num_samples)
-        predictive_fn = predictive_fn or self.model.predictive
-        per_sample = predictive_fn((x - self._x_mean) / self._x_std, num_samples, seed)
-        dtype = per_sample.dtype
-        per_sample = predictive.affine(per_sample, tf.cast(self._y_mean, dtype), tf.cast(self._y_std, dtype))
-        summary = predictive.regression_summary(per_sample)
+        x, num_samples = self._checked(x, num_samples)
+        summary = predictive.regression_predictive(self.model, (x - self._x_mean) / self._x_std, num_samples, seed,
+                                                   self._y_mean, self._y_std, predictive_fn)
         return {k: tf.cast(summary[k], tf.float32) for k in REGRESSION_OUTPUTS}
 
     def _from_examples(self, inputs):
@@ -179,7 +179,7 @@ class ClassificationServable(PredictiveServable):
         super().__init__(model, dataset, num_samples, seed, name="classification_servable")
 
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
-        self._checked(x, num_samples)
+        x, num_samples = self._checked(x, num_samples)
         summary = predictive.classification_summary((predictive_fn or self.model.predictive)(x, num_samples, seed))
         return {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
 

@@ -53,14 +53,10 @@ def regression_predictive(model, dataset, x, num_samples: int, seed) -> dict:
     Returns:
       The `models.predictive.regression_summary` dict plus `per_sample`, the per-sample predictive distribution.
     """
-    per_sample = model.predictive(x, num_samples, seed)
+    shift = scale = None
     if dataset.y_scaler is not None:
-        shift = tf.cast(dataset.y_scaler.mean, per_sample.dtype)
-        scale = tf.cast(dataset.y_scaler.std, per_sample.dtype)
-        per_sample = predictive.affine(per_sample, shift, scale)
-    summary = predictive.regression_summary(per_sample)
-    summary["per_sample"] = per_sample
-    return summary
+        shift, scale = dataset.y_scaler.mean, dataset.y_scaler.std
+    return predictive.regression_predictive(model, x, num_samples, seed, shift, scale)
 
 
 def regression_metrics(model, dataset, split: str, num_samples: int, seed: int, batch_size: int) -> dict:

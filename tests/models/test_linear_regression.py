@@ -81,17 +81,46 @@ def test_evidence_is_maximal_at_the_type2_estimate(concrete):
         var.assign(value)
 
 
-def test_monte_carlo_predictive_of_exact_posterior_matches_closed_form(concrete):
+def test_predictive_of_exact_posterior_is_the_closed_form_whatever_the_samples(concrete):
     model = lr.BayesianLinearRegression(concrete.input_shape[-1], lr.Config(inference="exact"))
+    alpha, beta, m, cov, _ = _numpy_evidence_maximization(_design(concrete.x_train),
+                                                          concrete.y_train[:, 0].astype(np.float64))
     model.fit_closed_form(concrete.x_train, concrete.y_train)
+    phi = _design(concrete.x_test)
+    weight_var = np.einsum("nd,de,ne->n", phi, cov, phi)
+    loc, scale = phi @ m, np.sqrt(1 / beta + weight_var)
+    for num_samples, seed in ((1, [3, 4]), (500, [5, 6])):
+        s = predictive.regression_predictive(model, concrete.x_test, num_samples, tf.constant(seed))
+        # The weights are integrated out and beta is a point estimate: no Monte Carlo error at all.
+        np.testing.assert_allclose(s["mean"][:, 0], loc, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(s["stddev"][:, 0], scale, rtol=1e-6)
+        # The law of total variance over (w, beta): Var[w . phi] is epistemic, 1/beta aleatoric.
+        np.testing.assert_allclose(s["epistemic_stddev"][:, 0] ** 2, weight_var, rtol=1e-6)
+        np.testing.assert_allclose(s["aleatoric_stddev"][:, 0] ** 2, 1 / beta, rtol=1e-6)
+        np.testing.assert_allclose(s["lower"][:, 0], loc - 1.959963984540054 * scale, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(s["upper"][:, 0], loc + 1.959963984540054 * scale, rtol=1e-6, atol=1e-9)
+
+
+def test_predictive_integrates_the_weights_exactly_and_samples_only_the_noise_precision(cavi_model):
+    model, _ = cavi_model
+    x = np.random.default_rng(0).normal(size=(50, model.num_features)).astype(np.float32)
     num_samples = 4000
-    s = predictive.regression_summary(model.predictive(concrete.x_test, num_samples, tf.constant([3, 4])))
-    exact = model.exact_predictive(concrete.x_test)
-    epistemic = np.sqrt(exact.scale.numpy() ** 2 - 1.0 / float(model.posterior().model["beta"].mean()))
-    # Monte Carlo error of a mean of S draws: epistemic std / sqrt(S); allow 5 standard errors.
-    assert np.all(np.abs(s["mean"] - exact.loc) <= 5 * epistemic / math.sqrt(num_samples))
-    np.testing.assert_allclose(s["stddev"], exact.scale, rtol=2e-3)
-    np.testing.assert_allclose(s["lower"], exact.loc - 1.959963985 * exact.scale, atol=0.01)
+    s = predictive.regression_predictive(model, x, num_samples, tf.constant([3, 4]), shift=1.5, scale=2.0)
+    q = model.posterior().model
+    a, b = float(q["beta"].concentration), float(q["beta"].rate)
+    m, cov = q["w"].loc.numpy(), q["w"].covariance().numpy()
+    phi = _design(x)
+    # Mean: m . phi exactly, whatever the draws (a Monte Carlo mean over weight samples would be off by
+    # ~ sqrt(phi^T S phi / S)).
+    # In the data's units y = 1.5 + 2 y_standardized.
+    np.testing.assert_allclose(s["mean"][:, 0], 1.5 + 2.0 * phi @ m, rtol=1e-9, atol=1e-12)
+    # Variance: phi^T S phi (epistemic, exact) + E[1/beta] = b / (a - 1) (aleatoric); the draws of beta carry
+    # the only error, relative sd of the mean of 1/beta ~ 1/sqrt((a - 2) S) (about 4e-4 here).
+    weight_var = np.einsum("nd,de,ne->n", phi, cov, phi)
+    tolerance = 5 / math.sqrt((a - 2) * num_samples)
+    np.testing.assert_allclose(s["epistemic_stddev"][:, 0] ** 2, 4.0 * weight_var, rtol=1e-9)
+    np.testing.assert_allclose(s["aleatoric_stddev"][:, 0] ** 2, 4.0 * b / (a - 1), rtol=tolerance)
+    np.testing.assert_allclose(s["stddev"][:, 0] ** 2, 4.0 * (weight_var + b / (a - 1)), rtol=tolerance)
 
 
 def test_cavi_elbo_never_decreases(cavi_model):
