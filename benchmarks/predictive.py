@@ -22,7 +22,8 @@ The networks are untrained (their latency does not depend on the weights' values
 fitted on concrete (see `build`). Settings: the MNIST classifiers of the
 families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks) and the UCI
 protocol's regression network (8-50-2, heteroscedastic; its statistics include the mixture's 95% interval), and
-Bayesian linear regression on the same 8 features (S draws of the weights and the noise precision).
+Bayesian linear regression on the same 8 features, exact and CAVI posteriors: ours integrates the weights out
+(one Normal for the exact posterior; S draws of the noise precision for CAVI), the loop draws the weights.
 
     python benchmarks/predictive.py [--settings=bnn_mnist,bnn_uci] [--jit_compile]
 """
@@ -58,6 +59,7 @@ SETTINGS = {
     "bnn_mnist": ("bnn", (28, 28, 1), 10, (400, 400), "classification"),
     "bnn_uci": ("bnn", (8,), 1, (50,), "regression"),
     "linear_uci": ("linear", (8,), 1, (), "regression"),
+    "linear_uci_cavi": ("linear", (8,), 1, (), "regression"),
     "meta_representation_mnist": ("meta_representation", (28, 28, 1), 10, (100,), "classification"),
     "bayesian_hypernetwork_mnist": ("bayesian_hypernetwork", (28, 28, 1), 10, (100,), "classification"),
 }
@@ -83,7 +85,8 @@ def build(setting: str, data_dir: str):
         # Fitted on concrete: the 95% interval's search over the mixture of S Normals takes more steps when
         # the components barely overlap, as they would under the prior, so only here do the values matter.
         dataset = data_lib.load("uci/concrete", data_dir, 0)
-        model = linear_regression.build_model(linear_regression.Config(inference="exact"), dataset)
+        inference = "cavi" if setting.endswith("_cavi") else "exact"
+        model = linear_regression.build_model(linear_regression.Config(inference=inference), dataset)
         model.fit_closed_form(dataset.x_train, dataset.y_train)
         return model, dataset
     dataset = _dataset(input_shape, outputs, task)
@@ -190,8 +193,12 @@ def main():
             jitted = tf.function(lambda x, s: model_summary(model, task, x, s),
                                  jit_compile=True) if args.jit_compile else None
             widths = " -> ".join(str(w) for w in (int(np.prod(input_shape)),) + hidden + (outputs,))
-            size = (f"variational parameters {model.num_variational_parameters():,}"
-                    if hasattr(model, "num_variational_parameters") else "exact Gaussian posterior")
+            if hasattr(model, "num_variational_parameters"):
+                size = f"variational parameters {model.num_variational_parameters():,}"
+            else:
+                size = {"exact": "exact Gaussian posterior (weights integrated out: one component)",
+                        "cavi": "CAVI posterior (weights integrated out, S draws of the noise precision)"}[
+                            model.config.inference]
             print(f"## {setting} ({widths}, {task}), {size}")
             header = ("| batch | S | ours ms | (a) loop ms | speed-up vs (a) | (b) deterministic ms | "
                       "ours in passes of (b) |")
@@ -248,10 +255,10 @@ def model_summary(model, task, x, num_samples):
     """The statistics of `predict_mc`, traced in process (for the XLA timing)."""
     from models import predictive
 
-    per_sample = model.predictive(x, num_samples, tf.constant([1, 2]))
     if task == "classification":
-        return predictive.classification_summary(per_sample)["probabilities"]
-    return predictive.regression_summary(per_sample)["upper"]
+        return predictive.classification_summary(model.predictive(x, num_samples, tf.constant([1, 2])))[
+            "probabilities"]
+    return predictive.regression_predictive(model, x, num_samples, tf.constant([1, 2]))["upper"]
 
 
 if __name__ == "__main__":
