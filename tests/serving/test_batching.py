@@ -46,7 +46,7 @@ def batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata):
 @pytest.fixture(scope="module")
 def one_slot_server(tmp_path_factory, mc_base_path, tf_serving_testdata):
     server = _batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata, "one_slot",
-                              timeout_micros=5_000_000, extra=["--max_concurrent_requests=1"])
+                              timeout_micros=15_000_000, extra=["--max_concurrent_requests=1"])
     yield server
     server.stop()
 

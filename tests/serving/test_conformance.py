@@ -209,7 +209,7 @@ def test_good_model_config_file_serves_both_models(start_server, tf_serving_test
 def test_bad_model_config_file_exits_nonzero_with_message(start_server, tf_serving_testdata):
     path = tf_serving_testdata / "bad_model_config.txt"
     server = start_server([f"--model_config_file={path}"], wait=False)
-    assert server.wait_exit() != 0
+    assert server.wait_exit(timeout=180) != 0
     log = server.log()
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in log
     assert f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{path}'" in log
@@ -223,6 +223,6 @@ def test_labels_at_startup_need_allow_flag_as_in_tf_serving(start_server, tf_ser
         "extra": "    model_version_policy { all {} }\n"
                  "    version_labels { key: \"stable\" value: 123 }\n"}])
     server = start_server([f"--model_config_file={config}"], wait=False)
-    assert server.wait_exit() != 0
+    assert server.wait_exit(timeout=180) != 0
     assert ("FAILED_PRECONDITION: Request to assign label to version 123 of model two_versions, "
             "which is not currently available for inference") in server.log()

@@ -192,7 +192,7 @@ def test_start_up_waits_for_the_first_version(start_server, tmp_path, mc_version
     base.mkdir()
     server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={base}",
                            "--file_system_poll_wait_seconds=1"], wait=False)
-    wait_until(lambda: "No versions of servable mc found" in server.log(),
+    wait_until(lambda: "No versions of servable mc found" in server.log(), timeout=180,
                what="the server to look at the empty base path")
     assert server.proc.poll() is None  # still waiting, not failed
     install_version(base, mc_versions[1], 1)

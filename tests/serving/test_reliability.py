@@ -86,7 +86,7 @@ def test_a_killed_server_restarted_with_the_same_flags_serves_again(tmp_path, ex
     server = _server(tmp_path, exports)
     probe = requests_by_model["mnist_bnn"][0][0]
     try:
-        assert reliability.answers(server.address, probe)
+        assert reliability.answers(server.address, probe, timeout=30)  # a first call on a just-started server
         server.kill()
         assert not reliability.answers(server.address, probe, timeout=1.0)
         server.start(wait=False)

@@ -292,8 +292,7 @@ def test_rest_api_num_threads_bounds_the_requests_processed_at_once():
         url = f"http://127.0.0.1:{server.port}/v1/models/m:predict"
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             answers = [pool.submit(requests.post, url, data=b'{"instances": [1]}', timeout=60) for _ in range(3)]
-            _wait_for(lambda: server.workers.busy == 2 and server.workers.waiting == 1)
-            assert api.inside == 2
+            _wait_for(lambda: server.workers.busy == 2 and server.workers.waiting == 1 and api.inside == 2)
             api.release.set()
             assert [a.result().status_code for a in answers] == [200, 200, 200]
         assert api.most_inside == 2

@@ -121,7 +121,7 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
             assert server.proc.poll() is None, server.log()
             return None
 
-    response = wait_until(status, what="the TLS server")
+    response = wait_until(status, timeout=180, what="the TLS server")
     assert response.model_version_status[0].state == 30
     channel.close()
     insecure = grpc.insecure_channel(server.address)
