@@ -44,6 +44,9 @@ import tensorflow as tf
 from models import predictive
 
 REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
+# Outputs are float32: the interval search stops once its next step is below a quarter of float32's epsilon,
+# relative (the float64 search would take one more step to reach float64's).
+OUTPUT_RESOLUTION = float(np.finfo(np.float32).eps) / 4
 CLASSIFICATION_OUTPUTS = ("probabilities", "predicted_class", "predictive_entropy", "expected_entropy",
                           "mutual_information")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -152,7 +155,8 @@ class RegressionServable(PredictiveServable):
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         x, num_samples = self._checked(x, num_samples)
         summary = predictive.regression_predictive(self.model, (x - self._x_mean) / self._x_std, num_samples, seed,
-                                                   self._y_mean, self._y_std, predictive_fn)
+                                                   self._y_mean, self._y_std, predictive_fn,
+                                                   resolution=OUTPUT_RESOLUTION)
         return {k: tf.cast(summary[k], tf.float32) for k in REGRESSION_OUTPUTS}
 
     def _from_examples(self, inputs):

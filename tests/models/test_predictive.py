@@ -71,6 +71,23 @@ def test_mixture_quantile_search_stops_every_entry_within_a_few_newton_steps():
         np.testing.assert_allclose(cdf, p, atol=1e-12)
 
 
+def test_a_coarser_resolution_stops_the_search_sooner_within_that_resolution():
+    # The signatures answer in float32: a float64 search need not go on to float64's last bits. A scale mixture
+    # as the linear model's (weights integrated out, S draws of the noise precision): N(m_b, v_b + 1/beta_s).
+    rng = np.random.default_rng(3)
+    loc = np.broadcast_to(30.0 + rng.normal(size=(1, 1024, 1)), (100, 1024, 1))
+    scale = np.sqrt(rng.uniform(0.01, 0.1, size=(1, 1024, 1)) + rng.gamma(400.0, 1 / 400.0, size=(100, 1, 1)))
+    per_sample = tfd.Normal(loc, scale)
+    exact, full_steps = predictive.mixture_quantile_search(per_sample, [0.025, 0.975])
+    resolution = np.finfo(np.float32).eps / 4
+    coarse, coarse_steps = predictive.mixture_quantile_search(per_sample, [0.025, 0.975], resolution=resolution)
+    assert int(coarse_steps) < int(full_steps)
+    stddev = np.sqrt(np.mean(scale ** 2, axis=0) + np.var(loc, axis=0))
+    np.testing.assert_array_less(np.abs(coarse - exact), resolution * np.maximum(np.abs(exact), stddev))
+    # ... and the answers round to the same float32 numbers but for the rare one on a rounding boundary.
+    assert np.mean(np.float32(coarse) == np.float32(exact)) > 0.99
+
+
 def test_log_predictive_density_is_log_of_mean_density():
     rng = np.random.default_rng(1)
     loc, scale = rng.normal(size=(50, 4, 1)), rng.uniform(0.1, 1.0, size=(50, 4, 1))
