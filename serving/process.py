@@ -35,9 +35,17 @@ REST_LISTENING_MESSAGE = "Exporting HTTP/REST API at:"
 
 def free_port() -> int:
     """A TCP port nothing listens on right now (the OS picks it)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list:
+    """`count` distinct TCP ports nothing listens on right now (bound all at once, so the OS cannot repeat one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)))
+                   for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -103,10 +111,7 @@ class ServerProcess:
                 self._pick_ports(rest)
 
     def _pick_ports(self, rest: bool):
-        self.grpc_port = free_port()
-        self.rest_port = 0
-        while rest and self.rest_port in (0, self.grpc_port):
-            self.rest_port = free_port()
+        self.grpc_port, self.rest_port = free_ports(2) if rest else (free_port(), 0)
 
     @property
     def address(self) -> str:

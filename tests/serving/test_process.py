@@ -9,15 +9,15 @@ from serving import process
 
 
 def test_a_rest_port_taken_before_the_server_binds_it_is_replaced(tmp_path, tf_serving_testdata, monkeypatch):
-    # Another process holds a port `free_port` hands out: it listens (so connecting to it proves nothing) and
+    # Another process holds a port `free_ports` hands out: it listens (so connecting to it proves nothing) and
     # never answers. The server then logs that REST failed and serves gRPC only; the harness must start it again.
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as squatter:
         squatter.bind(("0.0.0.0", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        ports = iter([process.free_port(), taken])
-        real_free_port = process.free_port
-        monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())
+        real_free_ports = process.free_ports
+        first = [[real_free_ports(1)[0], taken]]  # gRPC, REST
+        monkeypatch.setattr(process, "free_ports", lambda n: first.pop() if first else real_free_ports(n))
         server = process.ServerProcess(
             ["--model_name=half_plus_two",
              f"--model_base_path={tf_serving_testdata / 'saved_model_half_plus_two_cpu'}"],

@@ -296,7 +296,7 @@ def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
                                learning_rate=0.05, num_samples=20, seed=2, workdir=str(tmp_path / "single")),
         lr.Config(inference="gradient"), lr.build_model)
 
-    ports = [process.free_port(), process.free_port()]
+    ports = process.free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     workers = []
     for index in range(2):
