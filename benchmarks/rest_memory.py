@@ -1,8 +1,8 @@
 """Peak server memory under concurrent large REST bodies, with `--rest_api_num_threads` bounding the parses.
 
 A JSON body becomes Python objects before it becomes a tensor (a float object and a list slot per number, a
-list per row: up to ~27x the body's bytes), and that happens before the data plane's `--max_concurrent_requests` admission. With
-one thread per connection and no bound, N concurrent bodies cost N times that at once; `--rest_api_num_threads`
+list per row: up to ~27x the body's bytes), and that happens before the data plane's `--max_concurrent_requests`
+admission. With one thread per connection and no bound, N concurrent bodies cost N times that at once; `--rest_api_num_threads`
 (TF Serving's flag, default four per CPU) lets that many requests be parsed and run at once while the rest wait
 with their bodies read. The parse holds Python's GIL, so running parses side by side buys no throughput.
 

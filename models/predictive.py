@@ -72,10 +72,10 @@ def mixture_quantile_search(per_sample, probs, mean=None, stddev=None, resolutio
     quantile inside the bracket [min_s F_s^{-1}(p), max_s F_s^{-1}(p)]:
         t <- t - (g / F') / (1 - c),   c = g F'' / (2 F'^2),   F' = (1/S) sum_s f_s,   F'' = (1/S) sum_s f_s'
     (cubic convergence; f_s' = -z_s f_s / sigma_s for Normal components, 0 otherwise), Newton's step (c = 0) while
-    |c| > 1/2, and a step that would leave the bracket bisects instead. An entry stops when its CDF is within a few ulps of p, its
-    bracket has closed, or the next step |g / F'| is below `resolution * max(|t|, stddev)`: with float32 outputs
-    (the signatures') that saves the last of the usual three or four steps. Entries stop one by one; the loop runs
-    until the slowest has.
+    |c| > 1/2, and a step that would leave the bracket bisects instead. An entry stops when its CDF is within a few
+    ulps of p, its bracket has closed, or the next step |g / F'| is below `resolution * max(|t|, stddev)`: with
+    float32 outputs (the signatures') that saves the last of the usual two to four steps. Entries stop one by one;
+    the loop runs until the slowest has.
     """
     loc, scale = per_sample.mean(), per_sample.stddev()
     dtype = loc.dtype

@@ -7,7 +7,7 @@ the benchmarks and the demo.
     server.stop()
 
 The server opens its gRPC port only once every model has loaded, and its REST port right after, so "ready" means
-the gRPC port accepts a channel and the REST port a connection. Ports are picked free but may be taken by another
+the gRPC port accepts a channel and the server has logged that REST listens. Ports are picked free but may be taken by another
 process before the server binds them; a first start that loses that race starts again on new ports. Output goes to
 `log_path`, appended across restarts.
 """

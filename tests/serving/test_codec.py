@@ -75,7 +75,8 @@ def test_float_outputs_are_written_as_format_decimal_writes_each_value(data, dty
     awkward = [0.1, 1e-5, 1234.5] + ([2049.0] if dtype == np.float16 else [123456.7, 2 ** 24 + 1.0, 1e300])
     array = data.draw(hnp.arrays(dtype, shape, elements=st.one_of(
         st.floats(width=np.finfo(dtype).bits, allow_nan=True, allow_infinity=True),
-        st.integers(-60000, 60000).map(float), st.sampled_from(awkward).filter(lambda v: v < float(np.finfo(dtype).max)))))
+        st.integers(-60000, 60000).map(float),
+        st.sampled_from(awkward).filter(lambda v: v < float(np.finfo(dtype).max)))))
     columnar = codec.arrays_to_predict_json({"y": array}, codec.COLUMNAR_FORMAT)
     assert columnar == '{"outputs": ' + _reference_json(array) + "}"
     rows = codec.arrays_to_predict_json({"y": array, "z": array}, codec.ROW_FORMAT)
