@@ -85,8 +85,10 @@ class ServerProcess:
       args: flags besides `--port` and `--rest_api_port`.
       log_path: where its output goes (appended across restarts).
       rest: open the REST port too.
-      wait: wait until the server is ready (`start` is called by the constructor unless `start=False`); a
-        server that could not bind its ports is started again on new ones, up to `port_attempts` times.
+      wait: wait until the server is ready (`start` is called by the constructor unless `start=False`).
+      port_attempts: a server that could not bind its ports before it was first ready (another process took one
+        after `free_ports`) is started again on new ones, up to this many starts in all; `wait_ready` does it,
+        so a server started with `wait=False` and waited on later moves too.
       timeout: seconds to wait for that.
     """
 
@@ -97,18 +99,12 @@ class ServerProcess:
         self.proc: Optional[subprocess.Popen] = None
         self.channel = None
         self._log = None
+        # Until the server has first been ready, its ports may move (nobody has been told them yet); after that a
+        # restart keeps them, as a restarted production server would.
+        self._port_moves_left = port_attempts - 1
         self._pick_ports(rest)
-        if not start:
-            return
-        for attempt in range(1, port_attempts + 1):
-            try:
-                self.start(wait, timeout)
-                return
-            except PortTakenError:
-                if attempt == port_attempts:
-                    raise
-                self.stop()
-                self._pick_ports(rest)
+        if start:
+            self.start(wait, timeout)
 
     def _pick_ports(self, rest: bool):
         self.grpc_port, self.rest_port = free_ports(2) if rest else (free_port(), 0)
@@ -151,10 +147,27 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 90.0) -> "ServerProcess":
         """Waits until the gRPC port accepts a channel (kept as `self.channel`) and the server says REST listens.
 
+        A server that could not bind a port before it was first ready is started again on new ports (see
+        `port_attempts`); each start gets `timeout` seconds.
+
         Raises:
-          PortTakenError: the server could not bind a port it was given.
+          PortTakenError: the server could not bind a port it was given, and may not move (any more).
           RuntimeError: it exited, or was not ready within `timeout` seconds.
         """
+        while True:
+            try:
+                self._wait_ready_once(timeout)
+                self._port_moves_left = 0
+                return self
+            except PortTakenError:
+                if self._port_moves_left <= 0:
+                    raise
+                self._port_moves_left -= 1
+                self.stop()
+                self._pick_ports(bool(self.rest_port))
+                self.start(wait=False)
+
+    def _wait_ready_once(self, timeout: float):
         import grpc  # pylint: disable=import-outside-toplevel
 
         deadline = time.monotonic() + timeout
@@ -168,7 +181,7 @@ class ServerProcess:
                 channel.close()
         while time.monotonic() < deadline and self.channel is not None:
             if not self.rest_port or REST_LISTENING_MESSAGE in self._check_running():
-                return self
+                return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-5000:]}")

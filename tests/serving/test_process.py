@@ -3,28 +3,36 @@
 import contextlib
 import socket
 
+import pytest
 import requests
 
 from serving import process
 
 
-def test_a_rest_port_taken_before_the_server_binds_it_is_replaced(tmp_path, tf_serving_testdata, monkeypatch):
+@pytest.mark.parametrize("taken_port, wait", [("rest", True), ("grpc", False)])
+def test_a_port_taken_before_the_server_binds_it_is_replaced(tmp_path, tf_serving_testdata, monkeypatch,
+                                                            taken_port, wait):
     # Another process holds a port `free_ports` hands out: it listens (so connecting to it proves nothing) and
-    # never answers. The server then logs that REST failed and serves gRPC only; the harness must start it again.
+    # never answers. The server then logs that it cannot listen (gRPC: it exits; REST: it serves gRPC only); the
+    # harness must start it again on new ports, also when the caller waits for readiness only later.
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as squatter:
         squatter.bind(("0.0.0.0", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
         real_free_ports = process.free_ports
-        first = [[real_free_ports(1)[0], taken]]  # gRPC, REST
+        other = real_free_ports(1)[0]
+        first = [[other, taken] if taken_port == "rest" else [taken, other]]  # gRPC, REST
         monkeypatch.setattr(process, "free_ports", lambda n: first.pop() if first else real_free_ports(n))
         server = process.ServerProcess(
             ["--model_name=half_plus_two",
              f"--model_base_path={tf_serving_testdata / 'saved_model_half_plus_two_cpu'}"],
-            tmp_path / "server.log")
+            tmp_path / "server.log", wait=wait)
         try:
-            assert server.rest_port != taken
-            assert "Failed to start HTTP Server" in server.log()  # the first start did lose its port
+            if not wait:
+                server.wait_ready()
+            assert taken not in (server.grpc_port, server.rest_port)
+            message = "Failed to start HTTP Server" if taken_port == "rest" else "Cannot listen on"
+            assert message in server.log()  # the first start did lose its port
             # Ready means REST answers at once, not merely that gRPC does.
             answer = requests.post(f"{server.rest}/v1/models/half_plus_two:predict",
                                    json={"instances": [1.0, 2.0]}, timeout=10)
