@@ -251,7 +251,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class WorkerSlots:
-    """A counting semaphore that also tells how many requests hold a slot and how many wait for one."""
+    """A first-come, first-served counting semaphore that tells how many requests hold a slot and how many wait.
+
+    Requests take tickets in arrival order and a slot goes to the oldest ticket: one arriving just as a slot
+    frees cannot take it from requests already waiting (a plain semaphore lets it, and under sustained load
+    an unlucky request could wait indefinitely).
+    """
 
     def __init__(self, size: int):
         if size < 1:
@@ -259,20 +264,26 @@ class WorkerSlots:
         self.size = size
         self.busy = 0
         self.waiting = 0
+        self._next_ticket = 0
+        self._next_served = 0
         self._free = threading.Condition()
 
     def __enter__(self):
         with self._free:
+            ticket = self._next_ticket
+            self._next_ticket += 1
             self.waiting += 1
-            while self.busy >= self.size:
+            while self.busy >= self.size or ticket != self._next_served:
                 self._free.wait()
+            self._next_served += 1
             self.waiting -= 1
             self.busy += 1
+            self._free.notify_all()  # the next ticket may fit too
 
     def __exit__(self, *exc_info):
         with self._free:
             self.busy -= 1
-            self._free.notify()
+            self._free.notify_all()
 
 
 class _HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -294,8 +305,9 @@ class RestServer:
         run, answer encoded) at once; connections are not limited, and requests beyond it wait with
         their bodies read. It bounds the memory of parsing: a JSON body takes up to ~27 times its
         size as Python objects, so the peak is about num_threads x 27 x the largest body, plus the
-        raw bodies of the requests waiting (each at most `max_body_bytes`). Waiting is not FIFO and
-        has no time limit of its own; every request ahead ends within its own deadline.
+        raw bodies of the requests waiting (each at most `max_body_bytes`). Requests are served in
+        arrival order; waiting has no time limit of its own (every request ahead ends within its own
+        deadline).
     """
 
     def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,

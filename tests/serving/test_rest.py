@@ -280,6 +280,32 @@ def _wait_for(condition, seconds=30.0):
         time.sleep(0.01)
 
 
+def test_worker_slots_go_to_waiting_requests_in_arrival_order():
+    # One slot, held; five requests queue one after another, then a sixth arrives just as the slot frees: it must
+    # not take the slot ahead of the five (a plain condition-variable semaphore lets the newcomer barge in).
+    from serving import rest
+
+    slots = rest.WorkerSlots(1)
+    order = []
+
+    def request(name):
+        with slots:
+            order.append(name)
+
+    slots.__enter__()
+    threads = []
+    for i, name in enumerate("abcde"):
+        threads.append(threading.Thread(target=request, args=(name,)))
+        threads[-1].start()
+        _wait_for(lambda n=i + 1: slots.waiting == n)
+    slots.__exit__(None, None, None)
+    request("late")
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order == ["a", "b", "c", "d", "e", "late"]
+    assert (slots.busy, slots.waiting) == (0, 0)
+
+
 def test_rest_api_num_threads_bounds_the_requests_processed_at_once():
     # Two worker slots, three concurrent requests: two are processed, the third waits with its body read
     # (memory of JSON parsing is bounded by the slots, not by the connections) and is answered once a slot frees.
