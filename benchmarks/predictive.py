@@ -258,7 +258,8 @@ def model_summary(model, task, x, num_samples):
     if task == "classification":
         return predictive.classification_summary(model.predictive(x, num_samples, tf.constant([1, 2])))[
             "probabilities"]
-    return predictive.regression_predictive(model, x, num_samples, tf.constant([1, 2]))["upper"]
+    return predictive.regression_predictive(model, x, num_samples, tf.constant([1, 2]),
+                                            resolution=export.OUTPUT_RESOLUTION)["upper"]
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ class WorkerSlots:
 
     def __init__(self, size: int):
         if size < 1:
-            raise ValueError(f"--rest_api_num_threads must be at least 1, got {size}")
+            raise errors.InvalidArgument(f"--rest_api_num_threads must be at least 1, got {size}")
         self.size = size
         self.busy = 0
         self.waiting = 0

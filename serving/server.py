@@ -457,10 +457,7 @@ class Server:
             path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
         timeout = opts.rest_api_timeout_in_ms / 1000 if opts.rest_api_timeout_in_ms > 0 else None
         api = rest.RestApi(self.plane, timeout, metrics, path)
-        if opts.rest_api_num_threads < 1:
-            raise errors.InvalidArgument(
-                f"--rest_api_num_threads must be at least 1, got {opts.rest_api_num_threads}")
-        try:
+        try:  # an invalid --rest_api_num_threads raises InvalidArgument before the port is bound
             self._rest = rest.RestServer(api, opts.rest_api_port, opts.grpc_max_message_bytes,
                                          opts.rest_api_enable_cors_support, opts.bind_host,
                                          idle_timeout=timeout,

@@ -309,7 +309,7 @@ def test_worker_slots_go_to_waiting_requests_in_arrival_order():
 def test_rest_api_num_threads_bounds_the_requests_processed_at_once():
     # Two worker slots, three concurrent requests: two are processed, the third waits with its body read
     # (memory of JSON parsing is bounded by the slots, not by the connections) and is answered once a slot frees.
-    from serving import rest
+    from serving import errors, rest
 
     api = _BlockingApi()
     server = rest.RestServer(api, 0, max_body_bytes=1 << 20, host="127.0.0.1", num_threads=2)
@@ -325,5 +325,5 @@ def test_rest_api_num_threads_bounds_the_requests_processed_at_once():
         assert (server.workers.busy, server.workers.waiting) == (0, 0)
     finally:
         server.stop()
-    with pytest.raises(ValueError, match="rest_api_num_threads must be at least 1"):
+    with pytest.raises(errors.InvalidArgument, match="rest_api_num_threads must be at least 1"):
         rest.RestServer(api, 0, max_body_bytes=1 << 20, host="127.0.0.1", num_threads=0)
