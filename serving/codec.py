@@ -14,6 +14,7 @@ import math
 import re
 
 import numpy as np
+import orjson
 
 from serving import errors
 
@@ -248,10 +249,22 @@ _SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2
 
 
 _HUGE_INTEGER = re.compile(r"-?\d{4301,}")
-# Where a number beyond double range may be: a three-digit exponent, or 300 digits in a row. Two ASCII-class
-# searches: half the time of one `\d` alternation over a large body (JSON digits are ASCII).
-_THREE_DIGIT_EXPONENT = re.compile(r"[eE]\+?[0-9]{3}")
-_LONG_DIGIT_RUN = re.compile(r"[0-9]{300}")
+# The body's number skeleton: every digit as "0", "E" as "e", "+" dropped, and whatever may stand just before a
+# number ("[", ",", ":", "-", whitespace) as ",". Skeleton searches are substring searches (tens of ms for 15 MiB);
+# the regular expressions they replace took 0.6 s there (a `[0-9]{300}` tries 300 digits from every digit).
+_SKELETON = bytes.maketrans(b"0123456789E[:-\t\n\r ", b"0000000000e,,,,,,,")
+# In a skeleton: an integer literal of 19 digits or more, beyond what orjson keeps as an integer (it makes those
+# below -2**63 or from 2**64 floats, where json keeps Python ints); a three-digit exponent or 300 digits in a row,
+# where a number beyond double range may be.
+_WIDE_INTEGER = b"," + b"0" * 19
+_THREE_DIGIT_EXPONENT = b"e000"
+_LONG_DIGIT_RUN = b"0" * 300
+
+
+def _skeleton(raw: bytes) -> bytes:
+    return (b"," + raw).translate(_SKELETON, b"+")
+
+
 # A JSON number literal (for finding where an overflowing one starts).
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
@@ -312,22 +325,44 @@ def _check_surrogate_escapes(text: str):
 
 
 def parse_json_document(body) -> dict:
-    """Parses a REST request body; like TF Serving it must be one JSON object.
+    """Parses a REST request body (bytes or str); like TF Serving it must be one JSON object.
 
     NaN and (-)Infinity are accepted, as rapidjson's `kParseNanAndInfFlag` does; a number literal beyond double
-    range (1e999999) is refused, as rapidjson refuses it.
+    range (1e999999) is refused, as rapidjson refuses it. orjson reads the body when it reads it as the json
+    module does (about 5x faster on a large body of numbers): it refuses NaN, Infinity, numbers beyond double
+    range, unpaired surrogate escapes, invalid UTF-8 and nesting deeper than 1,023, and those bodies go to the
+    json module, whose errors are mapped to rapidjson's messages and offsets; it reads integer literals beyond
+    64 bits as floats, so a body that may hold one (19 digits or more) goes there too.
     """
-    if isinstance(body, (bytes, bytearray)):
+    if isinstance(body, bytearray):
+        body = bytes(body)
+    if not body:
+        raise errors.InvalidArgument("JSON Parse error: The document is empty")
+    skeleton = _skeleton(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass"))
+    doc = None
+    if _WIDE_INTEGER not in skeleton:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    if doc is None:  # a JSON null body is not an object either way: the json module says so
+        doc = _parse_with_json(body, skeleton)
+    if not isinstance(doc, dict):
+        raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")
+    return doc
+
+
+def _parse_with_json(body, skeleton: bytes):
+    """The json module's reading of a body orjson did not take, its errors as rapidjson's."""
+    if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise errors.InvalidArgument(
                 f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
-    if not body:
-        raise errors.InvalidArgument("JSON Parse error: The document is empty")
     try:
         # Checking every number costs a Python call each, so only bodies that may hold a huge one pay it.
-        maybe_huge = _THREE_DIGIT_EXPONENT.search(body) or _LONG_DIGIT_RUN.search(body)
+        maybe_huge = _THREE_DIGIT_EXPONENT in skeleton or _LONG_DIGIT_RUN in skeleton
         doc = (json.loads(body, parse_float=_parse_float, parse_int=_parse_int) if maybe_huge
                else json.loads(body))
     except _NumberTooBig as exc:
@@ -348,8 +383,6 @@ def parse_json_document(body) -> dict:
             "JSON Parse error: Number too big to be stored in double. at offset: "
             f"{_byte_offset(body, match.start() if match else 0)}") from None
     _check_surrogate_escapes(body)
-    if not isinstance(doc, dict):
-        raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")
     return doc
 
 
@@ -854,6 +887,8 @@ def _write_nested(array, as_bytes: bool) -> str:
 def _row_texts(array: np.ndarray, name: str) -> list:
     """The JSON value of each row (index along the batch dimension 0) of a row-format output."""
     texts = _leaf_texts(array, _is_bytes_output(name, array))
+    if array.ndim == 1:
+        return texts  # a row is one element: no slice and call per row (0.6 s for 466k rows)
     step = len(texts) // array.shape[0] if array.shape[0] else 0
     return [_nest(texts[i * step:(i + 1) * step], array.shape[1:]) for i in range(array.shape[0])]
 

@@ -1,5 +1,7 @@
 """Wire conversions: TensorProto <-> numpy, REST JSON, tf.Example inputs."""
 
+import json
+
 import hypothesis
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -72,13 +74,16 @@ def test_float_outputs_are_written_as_format_decimal_writes_each_value(data, dty
     # what TF Serving's per-value rule gives: %g when it round-trips, full precision when not, ".0" on whole
     # numbers, NaN and (-)Infinity as rapidjson writes them.
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5))
-    awkward = [0.1, 1e-5, 1234.5] + ([2049.0] if dtype == np.float16 else [123456.7, 2 ** 24 + 1.0, 1e300])
+    awkward = [0.1, 1e-5, 1234.5, -0.0] + ([2049.0] if dtype == np.float16 else [
+        123456.7, 2 ** 24 + 1.0, 1e300, 999999.0, 999999.5, 1e6, 1234567.0, 123456789.0])
     array = data.draw(hnp.arrays(dtype, shape, elements=st.one_of(
         st.floats(width=np.finfo(dtype).bits, allow_nan=True, allow_infinity=True),
         st.integers(-60000, 60000).map(float),
         st.sampled_from(awkward).filter(lambda v: v < float(np.finfo(dtype).max)))))
     columnar = codec.arrays_to_predict_json({"y": array}, codec.COLUMNAR_FORMAT)
     assert columnar == '{"outputs": ' + _reference_json(array) + "}"
+    rows = codec.arrays_to_predict_json({"y": array}, codec.ROW_FORMAT)
+    assert rows == '{"predictions": [' + ", ".join(_reference_json(r) for r in array) + "]}"
     rows = codec.arrays_to_predict_json({"y": array, "z": array}, codec.ROW_FORMAT)
     assert rows == '{"predictions": [' + ", ".join(
         '{"y": %s, "z": %s}' % (_reference_json(r), _reference_json(r)) for r in array) + "]}"
@@ -333,6 +338,65 @@ def test_complex_infinities_round_trip_through_typed_fields():
     array = np.array([complex(0, np.inf), complex(-np.inf, 1)], np.complex64)
     back = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(array))
     np.testing.assert_array_equal(back, array)  # not nan+infj: 1j * inf is nan in the real part
+
+
+def _json_module_reading(body):
+    """What the json-module path (the parser before orjson) makes of a body: ("ok", canonical text) or
+    ("error", message)."""
+    try:
+        doc = codec._parse_with_json(body, codec._skeleton(body if isinstance(body, bytes) else body.encode()))
+    except errors.InvalidArgument as exc:
+        return "error", exc.message
+    if not isinstance(doc, dict):
+        return "error", f"JSON Value: {codec.json_value_to_string(doc)} Is not object"
+    return "ok", json.dumps(doc)  # tells 1 from 1.0, keeps -0.0, NaN and key order
+
+
+def _reading(body):
+    try:
+        return "ok", json.dumps(codec.parse_json_document(body))
+    except errors.InvalidArgument as exc:
+        return "error", exc.message
+
+
+_NUMBER_LITERALS = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,22})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+_JSON_LEAVES = st.one_of(
+    _NUMBER_LITERALS, st.sampled_from(["NaN", "Infinity", "-Infinity", "true", "null", '"\\ud800"', '"\\udc00x"',
+                                       '"\\ud83d\\ude00"', '"\\\\ud800"', "01", "1.", '"\t"']),
+    st.text(max_size=5).map(json.dumps))
+
+
+@st.composite
+def _json_bodies(draw):
+    """JSON-like text: mostly valid documents of number literals of every width, with the constants, escapes
+    and near-misses the two parsers may read differently."""
+    def value(depth):
+        if depth > 2 or draw(st.booleans()):
+            return draw(_JSON_LEAVES)
+        return "[" + ", ".join(value(depth + 1) for _ in range(draw(st.integers(0, 3)))) + "]"
+    members = ", ".join(f'"k{i}": {value(0)}' for i in range(draw(st.integers(0, 3))))
+    text = "{" + members + "}"
+    if draw(st.integers(0, 9)) == 0:  # a top-level non-object, or something after the object
+        text = draw(st.sampled_from([value(0), text + " 1", text + " "]))
+    return text.encode("utf-8") if draw(st.booleans()) else text
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(body=_json_bodies())
+def test_the_fast_parser_reads_every_body_as_the_json_module_does(body):
+    """orjson takes what it reads as json does and leaves the rest to json: the same document or the same
+    error, whatever the body (wide integers stay Python ints, NaN is accepted, a lone surrogate is refused)."""
+    assert _reading(body) == _json_module_reading(body)
+
+
+@pytest.mark.parametrize("literal", ["-9223372036854775809", "18446744073709551616", "9" * 25, "-" + "1" * 40])
+def test_integers_beyond_64_bits_stay_integers(literal):
+    body = '{"instances": [%s, 0.5]}' % literal
+    assert codec.parse_json_document(body) == {"instances": [int(literal), 0.5]}
+    assert type(codec.parse_json_document(body.encode())["instances"][0]) is int
+    # ...so that a float input refuses one as TF Serving does, instead of taking its rounded double.
+    with pytest.raises(errors.InvalidArgument, match="without loss of precision"):
+        codec.json_to_ndarray(codec.parse_json_document(body)["instances"], codec.DT_FLOAT)
 
 
 @pytest.mark.parametrize("body, offset", [
