@@ -90,11 +90,14 @@ class ServerProcess:
         after `free_ports`) is started again on new ones, up to this many starts in all; `wait_ready` does it,
         so a server started with `wait=False` and waited on later moves too.
       timeout: seconds to wait for that.
+      channel_credentials: `grpc.ChannelCredentials` for a server started with `--ssl_config_file` (its
+        readiness and `self.channel` are then a TLS channel's).
     """
 
     def __init__(self, args, log_path, rest: bool = True, wait: bool = True, timeout: float = 90.0,
-                 start: bool = True, port_attempts: int = 3):
+                 start: bool = True, port_attempts: int = 3, channel_credentials=None):
         self.args = list(args)
+        self.channel_credentials = channel_credentials
         self.log_path = pathlib.Path(log_path)
         self.proc: Optional[subprocess.Popen] = None
         self.channel = None
@@ -173,7 +176,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.channel is None:
             self._check_running()
-            channel = grpc.insecure_channel(self.address)
+            channel = (grpc.secure_channel(self.address, self.channel_credentials) if self.channel_credentials
+                       else grpc.insecure_channel(self.address))
             try:
                 grpc.channel_ready_future(channel).result(timeout=0.5)
                 self.channel = channel

@@ -24,12 +24,13 @@ MC_MODEL = "mc"
 
 @pytest.fixture
 def start_server(tmp_path):
-    """Factory: start_server(args, rest=True, wait=True) -> ServerProcess, stopped after the test."""
+    """Factory: start_server(args, rest=True, wait=True, **ServerProcess options) -> ServerProcess, stopped
+    after the test."""
     servers = []
 
-    def start(args, rest=True, wait=True, name=None):
+    def start(args, rest=True, wait=True, name=None, **options):
         log = tmp_path / f"{name or 'server'}_{len(servers)}.log"
-        server = ServerProcess(args, log, rest=rest, wait=wait)
+        server = ServerProcess(args, log, rest=rest, wait=wait, **options)
         servers.append(server)
         return server
 

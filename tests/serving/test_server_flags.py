@@ -91,7 +91,6 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
     import grpc
     import pytest
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
-    from tests.serving.conftest import wait_until
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
@@ -106,24 +105,15 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
 
     config = tmp_path / "ssl.config"
     config.write_text(f"server_key: {quoted(key)}\nserver_cert: {quoted(cert)}\n")
-    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
-                           f"--ssl_config_file={config}"], rest=False, wait=False)
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.encode())
-    channel = grpc.secure_channel(server.address, credentials)
-    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    # Ready means a TLS channel to it is ready (the harness moves the server if its port was taken meanwhile).
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
+                           f"--ssl_config_file={config}"], rest=False, channel_credentials=credentials,
+                          timeout=180)
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MC_MODEL
-
-    def status():
-        try:
-            return stub.GetModelStatus(request, timeout=5)
-        except grpc.RpcError:
-            assert server.proc.poll() is None, server.log()
-            return None
-
-    response = wait_until(status, timeout=180, what="the TLS server")
+    response = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, timeout=30)
     assert response.model_version_status[0].state == 30
-    channel.close()
     insecure = grpc.insecure_channel(server.address)
     with pytest.raises(grpc.RpcError):
         model_service_pb2_grpc.ModelServiceStub(insecure).GetModelStatus(request, timeout=5)
