@@ -22,9 +22,11 @@ hold a reference while they run, and an unloaded version's session is closed onl
 last one finishes, so a version swap never fails a request.
 """
 
+import collections
 import contextlib
 import dataclasses
 import enum
+import math
 import os
 import threading
 import time
@@ -126,11 +128,25 @@ def _load_error(exc: BaseException) -> errors.ServingError:
     return errors.Unknown(message)
 
 
+# Callables kept per loaded version (feeds x fetches x timeout buckets in use); the least recently used go first.
+_MAX_CALLABLES = 64
+
+
+def _timeout_bucket_ms(timeout: Optional[float]) -> int:
+    """A run timeout in whole milliseconds rounded up to two significant digits (9,987 -> 10,000; 345 -> 350);
+    0 (no timeout) for None. At least 1 ms: a deadline already past still times the run out at once."""
+    if timeout is None:
+        return 0
+    ms = max(1, math.ceil(timeout * 1000.0))
+    step = 10 ** max(0, len(str(ms)) - 2)
+    return -(-ms // step) * step
+
+
 class LoadedModel:
     """One version of one model, loaded: a session and the MetaGraphDef's SignatureDefs.
 
     `run` is safe to call from many threads (TensorFlow sessions are); callables are cached per
-    (feeds, fetches) so a steady stream of identical requests pays no graph pruning.
+    (feeds, fetches, timeout bucket) so a steady stream of identical requests pays no graph pruning.
     """
 
     def __init__(self, name: str, version: int, path: str, options: ManagerOptions,
@@ -141,7 +157,8 @@ class LoadedModel:
         self.version = version
         self.path = path
         self._on_run = on_run
-        self._callables = {}
+        self._callables = collections.OrderedDict()  # least recently used first
+        self._callables_lock = threading.Lock()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_use = 0
@@ -161,29 +178,45 @@ class LoadedModel:
         self.signature_defs = self.meta_graph_def.signature_def
 
     def run(self, signature_name: str, feeds: Dict[str, object], fetches: List[str],
-            batch_size: int = 0) -> list:
+            batch_size: int = 0, timeout: Optional[float] = None) -> list:
         """Runs the graph: `feeds` maps tensor names to arrays, `fetches` lists tensor names.
 
         Feeding by tensor name skips the Python client's shape check, like TF Serving's C++
         session does, so `[1.0, 2.0, 5.0]` can be fed to a `[?, 1]` placeholder as the REST
         tutorial does; dtype and graph-level errors still come back as TensorFlow errors.
-        """
-        from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
 
+        `timeout` (seconds; a gRPC deadline's remainder or `--rest_api_timeout_in_ms`) becomes the
+        session's `RunOptions.timeout_in_ms`, as TF Serving passes it: a run past it is cancelled and
+        fails with DEADLINE_EXCEEDED ("Timed out waiting for notification"). A callable carries its run
+        options, so the timeout is rounded up to two significant digits of milliseconds (at most 10% later;
+        a handful of callables per signature instead of one per request's deadline).
+        """
         feed_names = tuple(feeds)
-        key = (feed_names, tuple(fetches))
-        fn = self._callables.get(key)
-        if fn is None:
-            options = config_pb2.CallableOptions()
-            options.feed.extend(feed_names)
-            options.fetch.extend(fetches)
-            # pylint: disable=protected-access
-            fn = self._session._make_callable_from_options(options)
-            self._callables[key] = fn
+        fn = self._callable(feed_names, tuple(fetches), _timeout_bucket_ms(timeout))
         outputs = fn(*[feeds[name] for name in feed_names])
         if self._on_run is not None:
             self._on_run(self.name, signature_name, batch_size)
         return outputs
+
+    def _callable(self, feed_names: tuple, fetches: tuple, timeout_ms: int):
+        from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
+
+        key = (feed_names, fetches, timeout_ms)
+        with self._callables_lock:
+            fn = self._callables.get(key)
+            if fn is not None:
+                self._callables.move_to_end(key)
+                return fn
+        options = config_pb2.CallableOptions()
+        options.feed.extend(feed_names)
+        options.fetch.extend(fetches)
+        options.run_options.timeout_in_ms = timeout_ms  # 0: none
+        fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+        with self._callables_lock:
+            self._callables[key] = fn
+            while len(self._callables) > _MAX_CALLABLES:
+                self._callables.popitem(last=False)
+        return fn
 
     def acquire(self):
         """Marks one more request in flight; fails if the version was already unloaded."""

@@ -1,7 +1,9 @@
 """TF Serving's HTTP/REST API over the data plane (`http_rest_api_handler.cc`).
 
-Routes (the model name and label are URL-decoded; paths are case-insensitive, as TF Serving's
-regular expressions are):
+Routes (the model name and label are URL-decoded; the paths match case-insensitively, as TF Serving's
+regular expressions do, while the verb and `metadata` are then compared as written, as its dispatch does:
+`:PREDICT` is a malformed request and `/METADATA` asks for the status; a query string is part of the path,
+as in TF Serving):
 
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:(predict|classify|regress)
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            -> GetModelStatus
@@ -9,11 +11,15 @@ regular expressions are):
     GET  <prometheus path>                                       -> metrics, when enabled
 
 Errors are `{"error": "<message>"}` with the HTTP status TF Serving maps the status code to
-(`errors.http_status`).
+(`errors.http_status`), and the whole message (TF Serving truncates only gRPC's); a version that is not an
+int64 is a 400 with an empty body, as TF Serving's path parsing returns before the error is written. Methods
+other than GET and POST on `/v1/` paths are malformed requests (400). A body sent with `Content-Encoding: gzip`
+is decompressed first; one that does not decompress is read as empty, as TF Serving's HTTP layer reads it.
 """
 
 import http.server
 import re
+import zlib
 import socketserver
 import threading
 import urllib.parse
@@ -40,14 +46,15 @@ _STATUS = re.compile(
 _INT64_MAX = 2 ** 63 - 1
 
 
+class _UnwrittenError(errors.InvalidArgument):
+    """An error TF Serving returns before writing it into the body (`ParseModelInfo`'s): 400, empty body."""
+
+
 def _fill_model_spec(spec, name: str, version: Optional[str], label: Optional[str]):
     """`FillModelSpecWithNameVersionAndLabel`."""
     spec.name = name
     if version is not None:
-        value = int(version)
-        if value > _INT64_MAX:
-            raise errors.InvalidArgument(f"Failed to convert version: {version} to numeric.")
-        spec.version.value = value
+        spec.version.value = int(version)  # checked against int64 by `RestApi._dispatch`
     if label is not None:
         spec.version_label = label
 
@@ -70,10 +77,11 @@ class RestApi:
         self._metrics_path = metrics_path
 
     def handle(self, method: str, raw_path: str, body: bytes):
-        """Returns (status, content type, body text)."""
-        path = urllib.parse.urlsplit(raw_path).path
-        if self._metrics is not None and method == "GET" and path == self._metrics_path:
-            return 200, "text/plain", self._metrics.render()
+        """Returns (status, content type, body text). `raw_path` is the request target, query included (TF
+        Serving matches its routes against path and query together)."""
+        path = raw_path
+        if self._metrics is not None and path == self._metrics_path:
+            return 200, "text/plain", self._metrics.render()  # registered by path: any method
         if not _PATH.fullmatch(path):
             error = errors.NotFound(f"Not found: {method} {path}")
             return errors.http_status(error.code), "application/json", codec.error_to_json(error.message)
@@ -84,8 +92,8 @@ class RestApi:
             error = errors.to_serving_error(exc)
             if isinstance(error, errors.Internal):
                 logging.exception("REST %s %s failed", method, path)
-            return (errors.http_status(error.code), "application/json",
-                    codec.error_to_json(errors.wire_message(error)))
+            text = "" if isinstance(error, _UnwrittenError) else codec.error_to_json(error.message)
+            return errors.http_status(error.code), "application/json", text
 
     def _dispatch(self, method: str, path: str, body: bytes) -> str:
         match = None
@@ -98,12 +106,13 @@ class RestApi:
         name = urllib.parse.unquote(match.group(1) or "")
         version = match.group(2)
         label = urllib.parse.unquote(match.group(3)) if match.group(3) else None
-        if version is not None and label is not None:
-            raise errors.InvalidArgument(
-                f"Both model version ({version}) and model version label ({label}) cannot be "
-                "supplied.")
+        # (A version and a label cannot both match: the routes have one or the other.)
+        if version is not None and int(version) > _INT64_MAX:
+            raise _UnwrittenError(f"Failed to convert version: {version} to numeric.")
         if method == "POST":
-            api = match.group(4).lower()
+            api = match.group(4)
+            if api not in ("predict", "classify", "regress"):  # matched case-insensitively, compared as written
+                raise errors.InvalidArgument(f"Malformed request: {method} {path}")
             with self._plane.admit(name, api.capitalize(), "REST"):
                 if api == "predict":
                     return self._predict(name, version, label, body)
@@ -112,9 +121,10 @@ class RestApi:
                 return self._regress(name, version, label, body)
         if not name:
             raise errors.InvalidArgument("Missing model name in request.")
-        api = "GetModelMetadata" if match.group(4) else "GetModelStatus"
+        metadata = match.group(4) == "metadata"  # any other case of it asks for the status
+        api = "GetModelMetadata" if metadata else "GetModelStatus"
         with self._plane.admit(name, api, "REST"):
-            if match.group(4):
+            if metadata:
                 request = get_model_metadata_pb2.GetModelMetadataRequest()
                 request.metadata_field.append("signature_def")
                 _fill_model_spec(request.model_spec, name, version, label)
@@ -150,6 +160,23 @@ class RestApi:
         codec.json_to_classify_regress_request(codec.parse_json_document(body), request, "regress")
         response = self._plane.regress(request, self._timeout)
         return codec.regression_result_to_json(response.result)
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """A `Content-Encoding: gzip` body, decompressed (at most `limit` bytes of it, or ResourceExhausted, as for
+    a plain body). One that is not gzip data is read as empty, as TF Serving's HTTP layer reads it ("The document
+    is empty" follows)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+    try:
+        data = inflater.decompress(body, limit + 1)
+        if not inflater.eof:
+            if len(data) > limit or inflater.unconsumed_tail:
+                _check_body_size(limit + 1, limit)
+            return b""  # truncated
+    except zlib.error:
+        return b""
+    _check_body_size(len(data), limit)
+    return data
 
 
 def _check_body_size(size: int, limit: int):
@@ -188,12 +215,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(status, content_type, text)
 
     def _read_body(self) -> bytes:
-        """The body, framed by Content-Length or by chunks (Transfer-Encoding: chunked).
+        """The body, framed by Content-Length or by chunks (Transfer-Encoding: chunked), gunzipped if it says
+        `Content-Encoding: gzip` (`_gunzip`).
 
         Raises:
           ValueError: the framing is malformed.
           ResourceExhausted: the body is larger than the server's limit.
         """
+        body = self._read_framed_body()
+        if "gzip" in self.headers.get("Content-Encoding", ""):
+            body = _gunzip(body, self.server.max_body_bytes)
+        return body
+
+    def _read_framed_body(self) -> bytes:
         limit = self.server.max_body_bytes
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             body = bytearray()
@@ -235,7 +269,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Access-Control-Allow-Methods", "POST, GET")
             self.send_header("Access-Control-Allow-Headers", "Content-Type")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer has the headers of the answer and no body
+            self.wfile.write(data)
 
     def do_GET(self):  # noqa: N802 (http.server's names)
         self._serve("GET")
@@ -244,7 +279,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve("POST")
 
     def do_OPTIONS(self):  # noqa: N802
-        self._reply(200 if self.server.cors else 501, "text/plain", "")
+        if self.server.cors:  # a CORS preflight
+            self._reply(200, "text/plain", "")
+        else:
+            self._serve("OPTIONS")
+
+    # TF Serving's HTTP layer takes these methods too and its handler calls them malformed requests (400).
+    def do_PUT(self):  # noqa: N802
+        self._serve("PUT")
+
+    def do_DELETE(self):  # noqa: N802
+        self._serve("DELETE")
+
+    def do_PATCH(self):  # noqa: N802
+        self._serve("PATCH")
+
+    def do_HEAD(self):  # noqa: N802
+        self._serve("HEAD")
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         logging.vlog(1, "REST %s", format % args)

@@ -193,7 +193,7 @@ class DataPlane:
 
             return self._batcher.run(key, run_batch, feeds, timeout)
         rows = next((a.shape[0] for a in arrays.values() if a.ndim), 1)
-        return loaded.run(signature_name, feeds, fetch_names, rows)
+        return loaded.run(signature_name, feeds, fetch_names, rows, timeout)
 
     # ------------------------------------------------------------ Predict
 
@@ -463,7 +463,9 @@ class DataPlane:
                 "GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
-                raise errors.InvalidArgument(f"Metadata field {field} is not supported")
+                # TF Serving passes a printf pattern to a concatenating error constructor, so its clients read
+                # the field glued to an unformatted "%s" pattern: kept, as they may match on it.
+                raise errors.InvalidArgument(f"Metadata field %s is not supported{field}")
         with self.manager.servable(request.model_spec) as loaded:
             signature_defs = get_model_metadata_pb2.SignatureDefMap()
             for name, signature in loaded.signature_defs.items():

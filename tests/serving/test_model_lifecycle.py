@@ -5,6 +5,7 @@ import threading
 
 import grpc
 import numpy as np
+import pytest
 
 from tests.serving.conftest import (FEATURES, MC_MODEL, install_version, rpc_error, tensor,
                                     to_array, wait_until, write_config)
@@ -233,3 +234,10 @@ def test_only_int64_version_directories_are_versions(tmp_path):
     # nor answered (ModelSpec.version): as "latest" it would fail every request.
     assert model_manager.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"),
                                                           7: str(tmp_path / "007")}
+
+
+@pytest.mark.parametrize("seconds, ms", [(None, 0), (0.0, 1), (-3.0, 1), (0.0421, 43), (0.345, 350),
+                                         (9.987, 10_000), (30.0, 30_000), (123.4, 130_000)])
+def test_run_timeouts_round_up_to_two_significant_digits_of_milliseconds(seconds, ms):
+    from serving import model_manager
+    assert model_manager._timeout_bucket_ms(seconds) == ms

@@ -89,9 +89,79 @@ def test_metadata_route(fixture_server):
     assert "serving_default" in doc["metadata"]["signature_def"]["signature_def"]
 
 
-def test_paths_are_case_insensitive_and_names_url_decoded(fixture_server):
-    response = _post(fixture_server, "/V1/Models/half%5Fplus%5Ftwo:PREDICT", {"instances": [1.0]})
+def test_paths_match_case_insensitively_but_verbs_are_compared_as_written(fixture_server):
+    # TF Serving's route expressions are case-insensitive; its dispatch then compares the verb and "metadata"
+    # exactly (http_rest_api_handler.cc), so ":PREDICT" is malformed and "/METADATA" asks for the status.
+    response = _post(fixture_server, "/V1/Models/half%5Fplus%5Ftwo/Versions/123:predict", {"instances": [1.0]})
     assert response.json() == {"predictions": [2.5]}
+    response = _post(fixture_server, "/v1/models/half_plus_two:PREDICT", {"instances": [1.0]})
+    assert (response.status_code, response.json()) == (
+        400, {"error": "Malformed request: POST /v1/models/half_plus_two:PREDICT"})
+    status = requests.get(fixture_server.rest + "/v1/models/half_plus_two/METADATA", timeout=30)
+    assert list(status.json()) == ["model_version_status"]
+
+
+def test_a_query_string_is_part_of_the_path_as_in_tf_serving(fixture_server):
+    status = requests.get(fixture_server.rest + "/v1/models/half_plus_two?verbose=1", timeout=30)
+    assert (status.status_code, status.json()) == (
+        404, {"error": "Could not find any versions of model half_plus_two?verbose=1"})
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict?verbose=1", {"instances": [1.0]})
+    assert (response.status_code, response.json()) == (
+        400, {"error": "Malformed request: POST /v1/models/half_plus_two:predict?verbose=1"})
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+def test_other_methods_are_malformed_requests(fixture_server, method):
+    response = requests.request(method, fixture_server.rest + "/v1/models/half_plus_two", timeout=30)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"] == "application/json"
+    if method == "HEAD":
+        assert response.content == b""  # the answer's headers, no body
+    else:
+        assert response.json() == {"error": f"Malformed request: {method} /v1/models/half_plus_two"}
+    assert requests.request(method, fixture_server.rest + "/elsewhere", timeout=30).status_code == 404
+
+
+def test_a_version_beyond_int64_is_400_with_an_empty_body(fixture_server):
+    # TF Serving's path parsing returns this error before the handler writes errors into the body.
+    for request in (lambda url: _post(fixture_server, url + ":regress", {"examples": []}),
+                    lambda url: requests.get(fixture_server.rest + url, timeout=30)):
+        response = request("/v1/models/half_plus_two/versions/9223372036854775808")
+        assert (response.status_code, response.content) == (400, b"")
+        assert response.headers["Content-Type"] == "application/json"
+    response = _post(fixture_server, "/v1/models/half_plus_two/versions/9223372036854775807:predict",
+                     {"instances": [1.0]})
+    assert response.json() == {"error": "Servable not found for request: "
+                                        "Specific(half_plus_two, 9223372036854775807)"}
+
+
+def test_gzip_request_bodies_are_decompressed(fixture_server):
+    import gzip
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict",
+                     gzip.compress(b'{"instances": [1.0, 2.0]}'), headers=headers)
+    assert response.json() == {"predictions": [2.5, 3.0]}
+    # What does not decompress is read as an empty body, as TF Serving's HTTP layer reads it.
+    response = _post(fixture_server, "/v1/models/half_plus_two:predict", b'{"instances": [1.0]}',
+                     headers=headers)
+    assert (response.status_code, response.json()) == (400, {"error": "JSON Parse error: The document is empty"})
+
+
+def test_a_gzip_body_is_held_to_the_body_limit_once_decompressed(mc_server):
+    import gzip
+    body = gzip.compress(b'{"instances": [' + b"1.0," * 80000 + b"1.0]}")
+    assert len(body) < 10_000  # far below the 256 KiB limit the server was started with
+    response = _post(mc_server, f"/v1/models/{MC_MODEL}:predict", body, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 429
+    assert "larger than this server's limit" in response.json()["error"]
+
+
+def test_rest_error_messages_are_not_truncated(mc_server):
+    # TF Serving truncates only gRPC's messages (ToGRPCStatus); REST gets the whole status message.
+    name = "m" * 2000
+    response = _post(mc_server, f"/v1/models/{name}:predict", {"instances": [1.0]})
+    assert response.status_code == 404
+    assert response.json() == {"error": f"Servable not found for request: Latest({name})"}
 
 
 def test_floats_are_written_as_tf_serving_writes_them(fixture_server):

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import requests
 
@@ -138,3 +139,50 @@ def test_rest_api_num_threads_below_one_is_refused_before_start():
     assert "FATAL Flags parsing error: flag --rest_api_num_threads=0: 0 is not a positive integer" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Could not find base path" not in result.stderr  # refused before anything was loaded
+
+
+def _build_spin_model(path):
+    """A SavedModel whose `serving_default` spins n [] int64 steps of 1,000 sines: y [1000]."""
+    import tensorflow as tf
+
+    class Spin(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64, name="n")])
+        def serving_default(self, n):
+            _, y = tf.while_loop(lambda i, y: i < n, lambda i, y: (i + 1, tf.sin(y) + 1.0),
+                                 (tf.constant(0, tf.int64), tf.zeros([1000])))
+            return {"y": y}
+
+    module = Spin()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serving_default})
+
+
+def test_a_run_past_the_rest_timeout_or_the_grpc_deadline_is_cancelled(start_server, tmp_path,
+                                                                        tf_serving_testdata):
+    # TF Serving passes --rest_api_timeout_in_ms, and a gRPC call's deadline, to the session as the run's
+    # timeout: a run past it is cancelled and answered DEADLINE_EXCEEDED (REST: 504). 10^9 steps would spin
+    # for many minutes; each answer below comes only if the run was cancelled, and the metrics count it.
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from serving import codec
+    from tests.serving.conftest import wait_until
+
+    _build_spin_model(tmp_path / "spin" / "1")
+    server = start_server(["--model_name=spin", f"--model_base_path={tmp_path / 'spin'}",
+                           "--rest_api_timeout_in_ms=500",
+                           f"--monitoring_config_file={tf_serving_testdata / 'monitoring_config.txt'}"])
+    url = server.rest + "/v1/models/spin:predict"
+    quick = requests.post(url, json={"inputs": 10}, timeout=60)
+    assert quick.status_code == 200 and len(quick.json()["outputs"]) == 1000
+    endless = requests.post(url, json={"inputs": 10 ** 9}, timeout=120)
+    assert (endless.status_code, endless.json()) == (504, {"error": "Timed out waiting for notification"})
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "spin"
+    request.inputs["n"].CopyFrom(codec.ndarray_to_tensor_proto(np.array(10 ** 9, np.int64)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # the client's own deadline, in any case...
+    counted = ':tensorflow:serving:request_count{model_name="spin",status="DEADLINE_EXCEEDED"}'
+    # ...and the server's run ended with it too, instead of spinning on.
+    wait_until(lambda: server.metrics().get(counted) == 2, timeout=60, what="the gRPC run to be cancelled")
