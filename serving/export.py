@@ -36,7 +36,7 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -230,7 +230,10 @@ def save_versioned(servable: tf.Module, export_base: str | os.PathLike, signatur
     """Saves `servable` as a new version under `export_base`, atomically; returns the version directory."""
     base = pathlib.Path(export_base).expanduser()
     base.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=base))
+    # Made like any directory of the user's (0777 less the umask): mkdtemp's 0700 survived the rename, and a TF
+    # Serving running as another user (a shared volume, a container) could not read the version.
+    tmp = base / f".tmp-export-{os.getpid()}-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         tf.saved_model.save(servable, str(tmp), signatures=signatures)
         if warmup_requests:

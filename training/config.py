@@ -95,12 +95,19 @@ class TrainConfig:
             raise ConfigError("--jit_compile compiles the step on one device; use it with --strategy=default")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not -2 ** 31 <= int(self.seed) < 2 ** 31:
+            raise ConfigError(f"--seed must fit in 32 bits (the stateless seeds are int32), got {self.seed}")
         if not self.workdir:
             raise ConfigError("--workdir is required: checkpoints, TensorBoard logs and metrics.json go there")
         for name in ("workdir", "export_base"):
             path = getattr(self, name)
             if path:
-                _check_writable(name, pathlib.Path(path).expanduser())
+                if "://" in path:
+                    raise ConfigError(f"--{name}={path}: only local directories are supported; write locally and "
+                                      "copy the result (e.g. gsutil -m cp -r, aws s3 cp --recursive)")
+                path = str(pathlib.Path(path).expanduser())
+                setattr(self, name, path)
+                _check_writable(name, pathlib.Path(path))
         return self
 
     def to_json(self) -> dict:

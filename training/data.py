@@ -293,9 +293,12 @@ def _require_file(path: pathlib.Path, name: str, data_dir) -> pathlib.Path:
 
 def _read_ints(path: pathlib.Path) -> np.ndarray:
     try:
-        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+        values = np.loadtxt(path, dtype=np.int64, ndmin=1)
     except ValueError as e:
         raise DatasetError(f"{path} is malformed: expected one integer per line ({e})") from e
+    if not values.size:
+        raise DatasetError(f"{path} is empty: expected one integer per line")
+    return values
 
 
 def _uci_files(name: str, data_dir: pathlib.Path, split: int) -> dict:

@@ -30,7 +30,8 @@ def define_shared_flags(**defaults) -> None:
                         "and report mean and standard error.")
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training data.", lower_bound=1)
     flags.DEFINE_integer("train_steps", d["train_steps"], "If positive, train for this many gradient steps "
-                         "instead of --epochs (one budget that fits data sets of any size).", lower_bound=0)
+                         "instead of --epochs (one budget that fits data sets of any size); --epochs given alone overrides a "
+                         "family's default steps.", lower_bound=0)
     flags.DEFINE_integer("batch_size", d["batch_size"], "Global mini-batch size (split across replicas).",
                          lower_bound=1)
     flags.DEFINE_float("learning_rate", d["learning_rate"], "Adam's (initial) learning rate.", lower_bound=0.0)
@@ -69,8 +70,17 @@ def define_shared_flags(**defaults) -> None:
 
 
 def train_config_from_flags() -> config_lib.TrainConfig:
-    """The shared flags as a validated `TrainConfig`."""
+    """The shared flags as a validated `TrainConfig`.
+
+    A family whose default budget is `--train_steps` (steps fit data sets of any size) still trains for
+    `--epochs` when that is given and `--train_steps` is not; given both, `--train_steps` must be 0.
+    """
     fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(config_lib.TrainConfig)}
+    if FLAGS["epochs"].present:
+        if FLAGS["train_steps"].present and FLAGS.train_steps > 0:
+            raise config_lib.ConfigError(f"--epochs={FLAGS.epochs} and --train_steps={FLAGS.train_steps} both set "
+                                         "the training budget; give one (--train_steps=0 to use --epochs)")
+        fields["train_steps"] = 0
     return config_lib.TrainConfig(**fields).validate()
 
 
@@ -89,6 +99,7 @@ def model_config(cls, **values):
 def run_binary(main: Callable[[], object]) -> None:
     """Runs `main` under absl; bad flags and missing data end the process with a one-line error, exit code 2."""
     from training.data import DatasetError
+    from training.train_lib import TrainingDivergedError
 
     def _main(argv):
         if len(argv) > 1:
@@ -99,5 +110,9 @@ def run_binary(main: Callable[[], object]) -> None:
             logging.error("%s", e)
             sys.stderr.write(f"error: {e}\n")
             sys.exit(2)
+        except TrainingDivergedError as e:  # not a bad flag, but a one-line answer too
+            logging.error("%s", e)
+            sys.stderr.write(f"error: training diverged: {e}\n")
+            sys.exit(1)
 
     app.run(_main)

@@ -121,8 +121,10 @@ def elbo_metrics(model, dataset, split: str, seed: int, batch_size: int, num_tra
 
 
 def aggregate(per_split: list) -> dict:
-    """Mean and standard error over runs (e.g. the 20 UCI splits): `m` and `m_stderr` for each metric `m`."""
-    keys = sorted(set().union(*per_split))
+    """Mean and standard error over runs (e.g. the 20 UCI splits): `m` and `m_stderr` for each numeric metric `m`
+    (entries that are not numbers, such as a split's export path, are left out)."""
+    keys = sorted(k for k in set().union(*per_split)
+                  if all(isinstance(m[k], (int, float)) and not isinstance(m[k], bool) for m in per_split if k in m))
     out = {}
     for k in keys:
         values = np.array([m[k] for m in per_split if k in m], np.float64)

@@ -77,7 +77,7 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
     num_splits = data_lib.num_uci_splits(train_config.dataset[len("uci/"):], train_config.data_dir)
     for k in range(num_splits):  # Fail on a missing split file now, not after hours of training.
         data_lib.check_available(train_config.dataset, train_config.data_dir, k)
-    workdir = pathlib.Path(train_config.workdir)
+    workdir = pathlib.Path(train_config.workdir).expanduser()
     results = []
     for k in range(num_splits):
         logging.info("split %d of %d", k + 1, num_splits)
@@ -99,16 +99,20 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
         # Every worker saves checkpoints (the collectives need them all), but only the chief's are the run's.
         workdir = workdir / f".worker_{strategy.cluster_resolver.task_id}"
     dataset = data_lib.load(config.dataset, config.data_dir, config.split_index)
-    if dataset.task == data_lib.CLASSIFICATION and config.ood_name():
-        data_lib.check_available(config.ood_name(), config.data_dir)  # before training, not after
+    ood = _load_ood(config, dataset) if chief else None  # before training: its evaluation comes after
     if config.validation_fraction > 0:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
-    _prepare_workdir(workdir, config, model_config)
     # Initializers without their own seed draw from the global generator: seeding it here makes --seed fix the
     # initialization too, in any process.
     tf_keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = build_model(model_config, dataset)
+    try:
+        with strategy.scope():
+            model = build_model(model_config, dataset)
+    except ValueError as e:  # the family cannot take this data set (a classifier's labels for a regression, ...)
+        raise config_lib.ConfigError(f"--dataset={config.dataset}: {e}") from e
+    # Only now does the workdir take this run's settings: a run that could not start does not bind it.
+    _prepare_workdir(workdir, config, model_config)
+    previous = config_lib.load_json(workdir / METRICS_FILE) if chief else None
     start = time.time()
     epochs_run = 0.0
     if getattr(model, "closed_form", False):
@@ -119,10 +123,15 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
     if not chief:
         logging.info("worker %d done; the chief evaluates and exports", strategy.cluster_resolver.task_id)
         return {}
-    metrics = evaluate(model, dataset, config, workdir)
+    metrics = evaluate(model, dataset, config, workdir, ood=ood)
     metrics["train/seconds"] = train_seconds
     if epochs_run > 0:
         metrics["train/seconds_per_epoch"] = train_seconds / epochs_run
+    elif not getattr(model, "closed_form", False) and previous and "train/seconds" in previous:
+        # A finished run run again trained nothing: its training time is the first run's, not the restore's.
+        for name in ("train/seconds", "train/seconds_per_epoch"):
+            if name in previous:
+                metrics[name] = previous[name]
     if hasattr(model, "num_variational_parameters"):
         metrics["model/variational_parameters"] = model.num_variational_parameters()
     _write_json(workdir / METRICS_FILE, metrics)
@@ -131,11 +140,53 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
             tf.summary.scalar(name, value, step=0)
     logging.info("%s split %s: %s", config.dataset, config.split, _format(metrics))
     if config.export_base:
-        from serving import export  # Serving is only needed when exporting.
-        path = export.export(model, dataset, config.export_base, num_samples=config.num_samples, seed=config.seed)
-        logging.info("exported %s", path)
-        metrics["export_path"] = str(path)
+        metrics["export_path"] = str(_export_once(model, dataset, config, workdir))
     return metrics
+
+
+EXPORT_RECORD = "export.json"
+
+
+def _export_once(model, dataset, config, workdir: pathlib.Path) -> pathlib.Path:
+    """Exports a new version unless this workdir already exported the same model with the same settings.
+
+    The same model: the newest checkpoint (or the closed-form fit) and the run's config. Running a finished run
+    again restores its last checkpoint and trains nothing; exporting it again would add a version identical to
+    the last (TF Serving would switch to it for nothing). A changed `--num_samples`, more `--epochs`, or an export
+    that was deleted since does export.
+    """
+    from serving import export  # Serving is only needed when exporting.
+
+    identity = {
+        "checkpoint": ("closed_form" if getattr(model, "closed_form", False)
+                       else pathlib.Path(tf.train.latest_checkpoint(str(workdir / "checkpoints")) or "").name),
+        "config": config_lib.load_json(workdir / CONFIG_FILE),
+        "export_base": str(pathlib.Path(config.export_base).expanduser().resolve()),
+    }
+    record = config_lib.load_json(workdir / EXPORT_RECORD)
+    if record and record.get("identity") == identity and (pathlib.Path(record["path"]) / "saved_model.pb").exists():
+        logging.info("the model is unchanged since its export %s; not exported again", record["path"])
+        return pathlib.Path(record["path"])
+    path = export.export(model, dataset, config.export_base, num_samples=config.num_samples, seed=config.seed)
+    _write_json(workdir / EXPORT_RECORD, {"identity": identity, "path": str(path.resolve())})
+    logging.info("exported %s", path)
+    return path
+
+
+def _load_ood(config, dataset):
+    """The out-of-distribution set of a classifier's evaluation (None: none), loaded and checked up front."""
+    name = config.ood_name()
+    if dataset.task != data_lib.CLASSIFICATION or not name:
+        return None
+    try:
+        ood = data_lib.load(name, config.data_dir)
+    except data_lib.DatasetError as e:
+        raise config_lib.ConfigError(f"--ood_dataset={config.ood_dataset}: {e}") from e
+    if ood.x_test.shape[1:] != dataset.x_test.shape[1:]:
+        raise config_lib.ConfigError(
+            f"--ood_dataset={config.ood_dataset}: its examples have shape {ood.x_test.shape[1:]}, "
+            f"{config.dataset}'s {dataset.x_test.shape[1:]}")
+    return ood
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -168,14 +219,20 @@ def is_chief(strategy) -> bool:
 
 
 def _prepare_workdir(workdir: pathlib.Path, config, model_config) -> None:
-    """Creates the workdir; refuses to resume a run trained with different settings."""
+    """Creates the workdir; refuses to resume a run trained with different settings (a workdir without a
+    checkpoint has nothing to resume: a run that failed before its first one does not bind it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     current = json.loads(json.dumps({**config.to_json(), **dataclasses.asdict(model_config)}))
     saved = config_lib.load_json(workdir / CONFIG_FILE)
-    if saved is not None:
+    if saved is not None and has_checkpoint(workdir):
         # A family config may name fields that only affect evaluation (e.g. a VAE's importance samples).
         config_lib.check_resumable(saved, current, extra_allowed=getattr(model_config, "RESUMABLE_FIELDS", ()))
     _write_json(workdir / CONFIG_FILE, current)
+
+
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+    """Whether the workdir holds a checkpoint (complete or not) of a run."""
+    return any((workdir / "checkpoints").glob("*.index"))
 
 
 def _write_json(path: pathlib.Path, value: dict) -> None:
@@ -357,9 +414,11 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
                 *(every - t0 % every for every in (config.log_every_steps, config.checkpoint_every_steps) if every))
         out = {name: float(v) / k for name, v in train_steps(iterator, tf.constant(k)).items()}
         if not math.isfinite(out["loss"]):
+            kept = (f"the last good checkpoint is in {workdir / 'checkpoints'}" if has_checkpoint(workdir)
+                    else "no checkpoint was written, so the workdir can be reused with other flags")
             raise TrainingDivergedError(
-                f"the loss became {out['loss']} within steps {t0 + 1}-{t0 + k} (epoch {epoch + 1}); the last "
-                f"good checkpoint is in {workdir / 'checkpoints'}; try a smaller --learning_rate")
+                f"the loss became {out['loss']} within steps {t0 + 1}-{t0 + k} (epoch {epoch + 1}); {kept}; "
+                "try a smaller --learning_rate")
         for name in out:
             sums[name] += out[name] * k
         sums["count"] += k
@@ -406,12 +465,13 @@ def _write_train_summaries(writer, values: dict, step: int) -> None:
         tf.summary.scalar("train/loss", values["loss"], step=step)
 
 
-def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dict:
+def evaluate(model, dataset, config, workdir: pathlib.Path | None = None, ood=None) -> dict:
     """All metrics of every split the dataset has (`train`, `valid`, `test`), plus figures in the workdir.
 
     Regression: `models.predictive` summaries in original units (`training/metrics.py`); with 1-D inputs also the
     predictive band, `<workdir>/predictive_band.png`. Classification: accuracy, NLL, Brier, ECE, and on the test
-    split the out-of-distribution AUROC against `config.ood_dataset`; `<workdir>/reliability_diagram.png`.
+    split the out-of-distribution AUROC against `config.ood_dataset` (`ood`: that data set, if already loaded);
+    `<workdir>/reliability_diagram.png`.
     Every model with `elbo_terms` also gets `split/elbo`, `split/expected_nll`, `split/kl`.
     """
     metrics = {}
@@ -430,7 +490,7 @@ def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dic
             metrics.update(metrics_lib.regression_metrics(
                 model, view, split, config.num_samples, config.seed, config.eval_batch_size))
         elif task == data_lib.CLASSIFICATION:
-            metrics.update(_evaluate_classifier(model, view, split, config, workdir))
+            metrics.update(_evaluate_classifier(model, view, split, config, workdir, ood))
         if hasattr(model, "elbo_terms") and getattr(model, "supports_elbo", True):
             metrics.update(metrics_lib.elbo_metrics(model, view, split, config.seed, config.eval_batch_size,
                                                     num_train=dataset.num_train))
@@ -443,7 +503,7 @@ def evaluate(model, dataset, config, workdir: pathlib.Path | None = None) -> dic
     return metrics
 
 
-def _evaluate_classifier(model, dataset, split, config, workdir) -> dict:
+def _evaluate_classifier(model, dataset, split, config, workdir, ood=None) -> dict:
     x, y = dataset.arrays(split)
     outputs = metrics_lib.classification_outputs(model, x, config.num_samples, config.seed, config.eval_batch_size,
                                                  y=y)
@@ -452,7 +512,7 @@ def _evaluate_classifier(model, dataset, split, config, workdir) -> dict:
         return metrics
     ood_name = config.ood_name()
     if ood_name:
-        ood = data_lib.load(ood_name, config.data_dir)
+        ood = ood if ood is not None else data_lib.load(ood_name, config.data_dir)
         ood_outputs = metrics_lib.classification_outputs(model, ood.x_test, config.num_samples, config.seed + 1,
                                                          config.eval_batch_size)
         metrics.update(metrics_lib.ood_metrics(outputs, ood_outputs))

@@ -44,6 +44,10 @@ def test_layout_is_tf_serving_versioned(exported):
     assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
     assert (path / "assets.extra" / "tf_serving_warmup_requests").is_file()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+    # Readable as any directory the user makes (a TF Serving running as another user must read it).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_versions_increase_and_never_overwrite(fitted, tmp_path):

@@ -58,6 +58,8 @@ def test_binary_with_flagfile_writes_metrics_and_exports(tmp_path, data_dir):
     ("--dataset=uci/no-such-set", "no-such-set"),
     ("--strategy=tpu", "--strategy"),
     ("--alpha_prior=1", "--alpha_prior"),
+    ("--seed=3000000000", "--seed"),  # would wrap in the int32 seeds: another seed's draws
+    ("--export_base=gs://bucket/models", "--export_base"),  # would be written under ./gs:/bucket
 ])
 def test_bad_flags_fail_fast_naming_the_flag(tmp_path, data_dir, flag, message):
     result = _train_cli(f"--data_dir={data_dir}", f"--workdir={tmp_path / 'work'}", "--inference=gradient", flag)
@@ -315,3 +317,80 @@ def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
     assert [p.name for p in (tmp_path / "export").iterdir()] == ["1"]  # one export, by the chief
     assert two["test/rmse"] == pytest.approx(one["test/rmse"], rel=0.02)
     assert two["train/elbo"] == pytest.approx(one["train/elbo"], abs=0.02)
+
+
+def test_split_all_with_an_export_base_exports_every_split_and_writes_the_summary(tmp_path, data_dir):
+    # Two splits of yacht (the files as shipped, n_splits.txt saying 2): each split exports, and the summary
+    # averages the numbers only (a split's export path had made the aggregation fail after all the training).
+    source = pathlib.Path(data_dir) / "uci" / "yacht" / "data"
+    copy = tmp_path / "data" / "uci" / "yacht" / "data"
+    copy.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.name.startswith(("index_train_", "index_test_")) and f.stem.rsplit("_", 1)[1] not in ("0", "1"):
+            continue
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "n_splits.txt").write_text("2\n")
+    config = _config(tmp_path, data_dir=str(tmp_path / "data"), dataset="uci/yacht", split="all",
+                     export_base=str(tmp_path / "models"))
+    metrics = train_lib.train_and_evaluate(config, lr.Config(inference="exact"), lr.build_model)
+    assert metrics["num_splits"] == 2 and np.isfinite(metrics["test/rmse"]) and "export_path" not in metrics
+    assert json.loads((tmp_path / "work/metrics.json").read_text()) == metrics
+    assert sorted(p.relative_to(tmp_path / "models").as_posix() for p in (tmp_path / "models").glob("*/*")) == [
+        "split_0/1", "split_1/1"]
+
+
+def test_a_finished_run_run_again_keeps_its_timing_and_is_not_exported_twice(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir=str(data_dir), epochs=1, export_base=str(tmp_path / "models"))
+    first = train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+    again = train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+    assert again["export_path"] == first["export_path"] == str((tmp_path / "models" / "1").resolve())
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["1"]
+    assert again["train/seconds"] == first["train/seconds"]
+    assert again["train/seconds_per_epoch"] == first["train/seconds_per_epoch"]
+    assert again["test/rmse"] == first["test/rmse"]
+    # Other serving settings, or more training, make another model: a new version.
+    other = train_lib.train_and_evaluate(dataclasses.replace(config, num_samples=7),
+                                         lr.Config(inference="gradient"), lr.build_model)
+    assert pathlib.Path(other["export_path"]).name == "2"
+
+
+def test_a_run_that_could_not_start_does_not_bind_its_workdir(tmp_path, data_dir):
+    def unfit_family(model_config, dataset):
+        raise ValueError("this family needs images")
+
+    config = _config(tmp_path, data_dir=str(data_dir), epochs=1)
+    with pytest.raises(config_lib.ConfigError, match="--dataset=uci/concrete: this family needs images"):
+        train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), unfit_family)
+    # Other settings in the same workdir: nothing was trained there, so nothing is resumed or refused.
+    metrics = train_lib.train_and_evaluate(dataclasses.replace(config, learning_rate=0.01),
+                                           lr.Config(inference="gradient"), lr.build_model)
+    assert np.isfinite(metrics["test/rmse"])
+
+
+def test_an_unusable_ood_dataset_is_refused_before_training(tmp_path, data_dir):
+    for ood, message in (("uci/concrete", "shape"), ("fashion-mnist", "unknown dataset")):
+        config = _config(tmp_path, data_dir=str(data_dir), dataset="mnist", ood_dataset=ood)
+        with pytest.raises(config_lib.ConfigError, match=f"--ood_dataset={ood}: .*{message}"):
+            train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+    assert not (tmp_path / "work").exists()
+
+
+def test_workdir_and_export_base_expand_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = config_lib.TrainConfig(workdir="~/runs/a", export_base="~/models").validate()
+    assert (config.workdir, config.export_base) == (str(tmp_path / "runs/a"), str(tmp_path / "models"))
+
+
+def test_epochs_given_alone_override_a_family_default_of_steps(tmp_path, data_dir):
+    # train_bnn's default budget is --train_steps=10000; --epochs on the command line must still be obeyed.
+    def bnn(*args):
+        return subprocess.run([sys.executable, "-m", "training.train_bnn", f"--data_dir={data_dir}",
+                               "--dataset=uci/yacht", f"--workdir={tmp_path / 'work'}", "--num_samples=4",
+                               "--hidden_units=4", *args], cwd=REPO, env=_env(), capture_output=True, text=True,
+                              timeout=300)
+    both = bnn("--epochs=1", "--train_steps=5")
+    assert both.returncode == 2 and "--train_steps=5 both set the training budget" in both.stderr
+    result = bnn("--epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "work/config.json").read_text())["train_steps"] == 0
+    assert "epoch 1/1:" in result.stderr
