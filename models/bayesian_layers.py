@@ -366,7 +366,9 @@ class Conv2DMeanField(MeanFieldLayer):
     treats one example's output positions as independent although they share the kernel, so it is an
     approximation here (a training option), and the predictive samples kernels (`_predictive`).
     Reparameterization and Flipout need one kernel per sample and run the samples one after another
-    (`tf.map_fn`); training uses one sample per step, so this costs nothing there.
+    (`tf.map_fn`); training uses one sample per step, so this costs nothing there. Flipout's signs are drawn per
+    example and channel and shared by every position, so each example sees one kernel with the exact marginal
+    (Wen et al. 2018, section 3.2): its output positions keep the correlation weight sampling gives them.
     """
 
     def __init__(self, filters: int, kernel_size: int = 5, strides: int = 1, **kwargs):
@@ -447,8 +449,12 @@ class Conv2DMeanField(MeanFieldLayer):
             mean = self._conv(xs, q.kernel_loc)
             delta = q.kernel_scale * normal(
                 tf.shape(q.kernel_loc), kernel_seed, dtype=xs.dtype)
-            sign_in = rademacher(tf.shape(xs), in_seed, xs.dtype)
-            sign_out = rademacher(tf.shape(mean), out_seed, xs.dtype)
+            # Signs per example and channel, shared by all positions: example n convolves with the one kernel
+            # mu + delta * (r_n s_n^T) (a sign per position would give each position its own kernel, dropping
+            # the correlation between positions that weight sampling has).
+            batch = tf.shape(xs)[0]
+            sign_in = rademacher(tf.stack([batch, 1, 1, tf.shape(xs)[3]]), in_seed, xs.dtype)
+            sign_out = rademacher(tf.stack([batch, 1, 1, self.units]), out_seed, xs.dtype)
             bias = q.bias_loc + q.bias_scale * normal(
                 [self.units], bias_seed, dtype=xs.dtype)
             return mean + self._conv(xs * sign_in, delta) * sign_out + bias

@@ -14,7 +14,8 @@ into that weight's distribution,
 
 scaled by sqrt(2 / fan_in). g_l is a tanh layer on [z_i, z_j] with a linear head, plus a bilinear term
 z_i^T M_l z_j in the mean: the bilinear part alone can express any rank-D weight matrix, the tanh part bends it,
-and with M_l = I / sqrt(D) and codes from the prior every generated layer starts at He initialization. The ELBO
+and with M_l = I / sqrt(D) and codes from the prior the bilinear part alone gives every generated layer He
+initialization's variance (the tanh part adds its own: about 2x for hidden layers at the defaults). The ELBO
 
     E_q(z) E_p(w|z)[log p(y | x, w)] - KL(q(z) || p(z))
 
@@ -32,8 +33,8 @@ bijectors), c = f(eps), so q(c) has the exact density
 
     log q(c) = log N(eps; 0, I) - log |det df/deps|,   eps = f^{-1}(c),
 
-and the KL(q(c) || p(c)) = E_q[log q(c) - log p(c)], p(c) = N(0, s^2 I), is estimated with the same samples that
-enter the likelihood. A layer's pre-activation is (h V_l^hat) * c_l + b_l, so S samples cost one product with the
+and the KL(q(c) || p(c)) = E_q[log q(c) - log p(c)], p(c) = N(0, s^2 I), is estimated by Monte Carlo with its own
+draws of the flow (independent of the likelihood's; unbiased either way). A layer's pre-activation is (h V_l^hat) * c_l + b_l, so S samples cost one product with the
 normalized directions plus S elementwise scalings.
 """
 
@@ -172,7 +173,8 @@ class MetaRepresentationNetwork(_MetaNetwork):
         for head in self.heads:
             head.build([None, config.hyper_units])
         # A bilinear term per layer, z_i^T M_l z_j, gives g a rank-D skeleton of every weight matrix at n_in * n_out
-        # * D flops; with M_l = I / sqrt(D) and codes drawn from the prior the initial weights are He-initialized.
+        # * D flops; with M_l = I / sqrt(D) and codes drawn from the prior it alone gives He initialization's
+        # variance (the tanh head adds its own).
         self.bilinear = [tf.Variable(tf.eye(d) / math.sqrt(d), name=f"g_bilinear_{l}")
                          for l in range(len(self.widths) - 1)]
 

@@ -10,8 +10,8 @@ Training minimizes -ELBO / N, the loss per example, estimated on a mini-batch B 
     loss = (1/|B|) sum_{n in B} ( E_q[-log p(y_n | H, z_n)] + w * KL_n )  +  w * KL(q(H) || p(H)) / N
 
 The global KL is divided by N, the size of the whole training set, not |B|: each of the N/|B| batches of an epoch
-carries 1/N of it, so an epoch's losses add up to -ELBO / N (Graves 2011; Blundell et al. 2015 use the same
-per-example reading). The local KL belongs to its own example and is averaged like the likelihood. `w` is a KL
+carries 1/N of it, so the mean of an epoch's batch losses is -ELBO / N (their sum is -ELBO / |B|; Graves 2011;
+Blundell et al. 2015 use the same per-example reading). The local KL belongs to its own example and is averaged like the likelihood. `w` is a KL
 weight: 1 for the ELBO; below 1 during a warm-up or above 1 for a beta-VAE.
 
 Information-theoretic reading (Hinton and van Camp 1993; Alemi et al. 2018): -ELBO is a description length. The KL

@@ -73,13 +73,11 @@ def train_config_from_flags() -> config_lib.TrainConfig:
     """The shared flags as a validated `TrainConfig`.
 
     A family whose default budget is `--train_steps` (steps fit data sets of any size) still trains for
-    `--epochs` when that is given and `--train_steps` is not; given both, `--train_steps` must be 0.
+    `--epochs` when that is given and `--train_steps` is not; given both (say `--epochs` in a flagfile and
+    `--train_steps` on the command line), a positive `--train_steps` decides, as its help says.
     """
     fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(config_lib.TrainConfig)}
-    if FLAGS["epochs"].present:
-        if FLAGS["train_steps"].present and FLAGS.train_steps > 0:
-            raise config_lib.ConfigError(f"--epochs={FLAGS.epochs} and --train_steps={FLAGS.train_steps} both set "
-                                         "the training budget; give one (--train_steps=0 to use --epochs)")
+    if FLAGS["epochs"].present and not FLAGS["train_steps"].present:
         fields["train_steps"] = 0
     return config_lib.TrainConfig(**fields).validate()
 
