@@ -87,6 +87,9 @@ class TrainConfig:
             except ValueError:
                 raise ConfigError(f"--split must be a split index (0, 1, ...) or 'all', got {self.split!r}") from None
             self.split = str(int(self.split))
+            if self.split != "0" and not self.dataset.startswith("uci/"):
+                raise ConfigError(f"--split={self.split}: only UCI datasets have standard splits; {self.dataset} has "
+                                  "one train/test split (--split=0)")
         elif not self.dataset.startswith("uci/"):
             raise ConfigError(f"--split=all runs every standard split of a UCI dataset; {self.dataset} has one split")
         if self.strategy not in STRATEGIES:

@@ -27,11 +27,14 @@ Model contract (duck-typed):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import pathlib
+import socket
 import sys
 import time
 from typing import Callable
@@ -111,6 +114,33 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
     except ValueError as e:  # the family cannot take this data set (a classifier's labels for a regression, ...)
         raise config_lib.ConfigError(f"--dataset={config.dataset}: {e}") from e
     # Only now does the workdir take this run's settings: a run that could not start does not bind it.
+    with _workdir_lock(workdir):
+        return _run_in_workdir(config, model_config, strategy, workdir, dataset, model, ood)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: pathlib.Path):
+    """Holds `<workdir>/.lock` (an exclusive flock) for the run: two runs in one workdir would interleave their
+    checkpoints and overwrite each other's metrics. A killed run's lock goes with its process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / ".lock", "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise config_lib.ConfigError(
+                f"--workdir={workdir}: another run ({lock.read().strip() or 'unknown'}) is using it; wait for it to "
+                "end or use another --workdir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
+
+
+def _run_in_workdir(config, model_config, strategy, workdir, dataset, model, ood) -> dict:
+    """Trains, evaluates and exports a built model in its (locked) workdir."""
+    chief = is_chief(strategy)
     _prepare_workdir(workdir, config, model_config)
     previous = config_lib.load_json(workdir / METRICS_FILE) if chief else None
     start = time.time()

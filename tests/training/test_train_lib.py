@@ -392,3 +392,25 @@ def test_epochs_given_alone_override_a_family_default_of_steps(tmp_path, data_di
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "work/config.json").read_text())["train_steps"] == 0
     assert "epoch 1/1:" in result.stderr
+
+
+def test_a_split_index_is_refused_for_data_sets_with_one_split(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="--split=3: only UCI datasets"):
+        config_lib.TrainConfig(dataset="mnist", split="3", workdir=str(tmp_path)).validate()
+    assert config_lib.TrainConfig(dataset="mnist", split="0", workdir=str(tmp_path)).validate().split == "0"
+
+
+def test_a_workdir_in_use_by_another_run_is_refused(tmp_path, data_dir):
+    import fcntl
+    config = _config(tmp_path, data_dir=str(data_dir), epochs=1)
+    (tmp_path / "work").mkdir()
+    with open(tmp_path / "work" / ".lock", "a+") as held:  # another run holding the workdir
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(config_lib.ConfigError, match=r"another run \(pid 4242 on elsewhere\) is using it"):
+            train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+        assert not (tmp_path / "work" / "checkpoints").exists()
+    # Once that run is over, the workdir is free.
+    assert np.isfinite(train_lib.train_and_evaluate(config, lr.Config(inference="gradient"),
+                                                    lr.build_model)["test/rmse"])
