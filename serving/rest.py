@@ -19,10 +19,10 @@ is decompressed first; one that does not decompress is read as empty, as TF Serv
 
 import http.server
 import re
-import zlib
 import socketserver
 import threading
 import urllib.parse
+import zlib
 from typing import Optional
 
 from absl import logging
@@ -171,7 +171,9 @@ def _gunzip(body: bytes, limit: int) -> bytes:
         data = inflater.decompress(body, limit + 1)
         if not inflater.eof:
             if len(data) > limit or inflater.unconsumed_tail:
-                _check_body_size(limit + 1, limit)
+                raise errors.ResourceExhausted(
+                    f"Request body decompresses to more than {limit} bytes, larger than this server's limit "
+                    f"--grpc_max_message_bytes={limit}")
             return b""  # truncated
     except zlib.error:
         return b""
