@@ -14,9 +14,10 @@ Serving's batching cannot merge correctly -- an input without a batch dimension,
 rejected or mis-concatenated (see `is_batchable`). Tasks are only merged with tasks whose inputs
 have the same dtypes and the same non-batch shapes, so one odd request cannot fail the others.
 
-TF Serving answers a full queue with UNAVAILABLE ("The batch scheduling queue to which this task
-was submitted is full"); this server answers RESOURCE_EXHAUSTED with the same message, because
-its contract is RESOURCE_EXHAUSTED for every kind of overload (docs/serving.md).
+A full queue is answered as TF Serving's scheduler answers it: UNAVAILABLE, "The batch scheduling
+queue to which this task was submitted is full; currently N batches enqueued and
+max_enqueued_batches is M" (clients retry UNAVAILABLE); a task larger than `max_batch_size`:
+INVALID_ARGUMENT, "Task size X is larger than maximum input batch size Y".
 """
 
 import collections
@@ -39,7 +40,9 @@ class BatchingOptions:
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
-    num_batch_threads: int = os.cpu_count() or 1
+    # TF Serving: port::MaxParallelism(), the CPUs this process may run on (its affinity), not the machine's.
+    num_batch_threads: int = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else (os.cpu_count() or 1))
     allowed_batch_sizes: Sequence[int] = ()
 
     def validate(self):
@@ -144,7 +147,7 @@ class BatchScheduler:
         max_size = self._options.max_batch_size
         if size > max_size:
             raise errors.InvalidArgument(
-                f"Task size {size} is larger than maximum batch size {max_size}")
+                f"Task size {size} is larger than maximum input batch size {max_size}")
         task = _Task(feeds, size)
         with self._lock:
             if self._stopped:
@@ -155,8 +158,10 @@ class BatchScheduler:
             open_batch = queue.batches[-1] if queue.batches and not queue.batches[-1].closed else None
             if open_batch is None or open_batch.size + size > max_size:
                 if len(queue.batches) >= self._options.max_enqueued_batches:
-                    raise errors.ResourceExhausted(
-                        "The batch scheduling queue to which this task was submitted is full")
+                    raise errors.Unavailable(
+                        "The batch scheduling queue to which this task was submitted is full; currently "
+                        f"{len(queue.batches)} batches enqueued and max_enqueued_batches is "
+                        f"{self._options.max_enqueued_batches}")
                 if open_batch is not None:
                     open_batch.closed = True
                 open_batch = _Batch()

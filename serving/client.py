@@ -55,7 +55,8 @@ class DeadlineExceededError(ClientError):
 
 
 class ServerUnavailableError(ClientError):
-    """The server cannot be reached or is shutting down (UNAVAILABLE)."""
+    """The server cannot be reached, is shutting down, or its batching queue is full (UNAVAILABLE, as TF Serving
+    answers all three); retry later."""
 
 
 _ERRORS_BY_CODE = {

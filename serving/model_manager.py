@@ -482,8 +482,6 @@ class ModelManager:
 
     def _run_policy(self, model: _Model):
         """Applies `AvailabilityPreservingPolicy` actions until there is nothing left to do."""
-        specific = (set(model.config.model_version_policy.specific.versions)
-                    if _policy_choice(model.config) == "specific" else set())
         while not self._stop.is_set():
             entries = list(model.versions.values())
             has_aspired = any(e.aspired for e in entries)
@@ -493,10 +491,9 @@ class ModelManager:
                 key=lambda e: e.version)
             if unaspired_serving and (not has_aspired or has_aspired_serving
                                       or len(unaspired_serving) > 1):
-                lowest = unaspired_serving[0]
-                if lowest.version not in specific:
-                    self._unload(model, lowest)
-                    continue
+                # Under a `specific` policy too: a listed version whose directory is gone is no longer aspired.
+                self._unload(model, unaspired_serving[0])
+                continue
             new = [e for e in entries if e.aspired and e.state == State.START]
             if new:
                 self._load(model, max(new, key=lambda e: e.version))

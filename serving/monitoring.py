@@ -12,8 +12,14 @@ from typing import Dict, Sequence, Tuple
 
 # Buckets for sizes (rows per run, examples per request): powers of two, as TF Serving uses.
 SIZE_BUCKETS = tuple(2 ** i for i in range(15))
-# Buckets for latencies in microseconds: TF Serving's exponential(10, 1.8) scale.
-LATENCY_BUCKETS = tuple(int(10 * 1.8 ** i) for i in range(33))
+# Buckets for latencies in microseconds: TF Serving's exponential(10, 1.8) scale, 33 limits, exactly (labelled
+# le="32.4", le="58.32", ... as its exporter prints doubles).
+LATENCY_BUCKETS = tuple(10.0 * 1.8 ** i for i in range(33))
+
+
+def _number(value: float) -> str:
+    """A counter or gauge value as TF Serving's exporter prints its int64s (`%d`: 1234567, not 1.23457e+06)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
@@ -41,7 +47,7 @@ class Counter:
         with self._lock:
             items = sorted(self._values.items())
         for labels, value in items:
-            yield f"{self.name}{_label_text(self.label_names, labels)} {value:g}"
+            yield f"{self.name}{_label_text(self.label_names, labels)} {_number(value)}"
 
 
 class Gauge(Counter):
@@ -73,7 +79,7 @@ class Histogram:
         with self._lock:
             counts = self._values.setdefault(labels, [0] * (len(self.buckets) + 1) + [0.0])
             for i, bound in enumerate(self.buckets):
-                if value <= bound:
+                if value < bound:  # TF's histograms: bucket i holds [limit_{i-1}, limit_i)
                     counts[i] += 1
                     break
             else:

@@ -235,6 +235,22 @@ def _config_message_classes():
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
+def _session_threads(opts) -> tuple:
+    """(intra-op, inter-op) threads of every session, as TF Serving combines its three flags: the two specific
+    ones if either is set (the other left to TensorFlow, 0), else `--tensorflow_session_parallelism` for both;
+    all three set is refused."""
+    session, intra, inter = (opts.tensorflow_session_parallelism, opts.tensorflow_intra_op_parallelism,
+                             opts.tensorflow_inter_op_parallelism)
+    if session > 0 and intra > 0 and inter > 0:
+        raise errors.InvalidArgument(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, server_options.tensorflow_inter_op_parallelism) "
+            "separately. You cannot configure all.")
+    if intra > 0 or inter > 0:
+        return max(intra, 0), max(inter, 0)
+    return max(session, 0), max(session, 0)
+
+
 @dataclasses.dataclass
 class ServerOptions:
     """Everything the server needs, resolved from flags (or built by a test)."""
@@ -366,10 +382,10 @@ class Server:
         from serving import servicer  # pylint: disable=import-outside-toplevel
 
         opts = self.options
+        _session_threads(opts)  # checked with the other options, before any model loads
         config, batching, monitoring, ssl = self._read_configs()
         self.metrics = monitoring_lib.Metrics()
-        intra = opts.tensorflow_intra_op_parallelism or opts.tensorflow_session_parallelism
-        inter = opts.tensorflow_inter_op_parallelism or opts.tensorflow_session_parallelism
+        intra, inter = _session_threads(opts)
         manager_options = model_manager.ManagerOptions(
             file_system_poll_wait_seconds=opts.file_system_poll_wait_seconds,
             saved_model_tags=tuple(t for t in opts.saved_model_tags.split(",") if t),

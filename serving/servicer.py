@@ -100,6 +100,10 @@ def _input_size_error(sent: set, expected: set) -> errors.InvalidArgument:
         f"{{{_sorted_keys(expected - sent)}}}.")
 
 
+# The calls TF Serving's request_count and request_latency metrics record.
+_COUNTED_APIS = frozenset({"Predict", "Classify", "Regress"})
+
+
 class DataPlane:
     """Predict, Classify, Regress, MultiInference, metadata, status and reload on protos.
 
@@ -128,7 +132,9 @@ class DataPlane:
     def admit(self, model_name: str = "", api: str = "", entrypoint: str = "GRPC"):
         """Holds one request slot; refuses the request when all are taken (overload).
 
-        Also records TF Serving's request count and latency metrics under the final status.
+        Also records TF Serving's request metrics, as its PredictionService does: Predict, Classify and Regress
+        are counted under their final status, and their latency is recorded when they succeed (status and
+        metadata calls, and MultiInference, are not counted).
         """
         if not self._slots.acquire(blocking=False):
             if self._metrics is not None:
@@ -149,10 +155,11 @@ class DataPlane:
             self._slots.release()
             if self._metrics is not None:
                 self._metrics.inflight.dec()
-                if model_name:
+                if api in _COUNTED_APIS:
                     self._metrics.request_count.inc(model_name, errors.code_name(code))
-                    self._metrics.request_latency.observe(
-                        (time.monotonic() - start) * 1e6, model_name, api, entrypoint)
+                    if code == errors.Code.OK:
+                        self._metrics.request_latency.observe(
+                            (time.monotonic() - start) * 1e6, model_name, api, entrypoint)
 
     # ------------------------------------------------------------ running signatures
 
@@ -569,8 +576,11 @@ class DataPlane:
             self.regress_on(loaded, log.regress_log.request)
         elif kind == "multi_inference_log":
             self.multi_inference_on(loaded, log.multi_inference_log.request)
-        else:
-            raise errors.Unimplemented(f"Unsupported log_type for warmup: {kind}")
+        elif kind is not None:
+            # TF Serving names the oneof case by its number (session_run_log: 5); a record without a log_type
+            # is skipped, as it skips it.
+            raise errors.Unimplemented(
+                f"Unsupported log_type for warmup: {log.DESCRIPTOR.fields_by_name[kind].number}")
 
 
 def _alias_of(signature, tensor_name: str) -> str:

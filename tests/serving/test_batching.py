@@ -1,4 +1,4 @@
-"""Server-side batching merges concurrent requests; a full server says RESOURCE_EXHAUSTED.
+"""Server-side batching merges concurrent requests; a full queue says UNAVAILABLE, as TF Serving's does.
 
 Merging is proven by the server's own counters (graph runs and rows per run), never by timing:
 the batch timeout is long, so a batch only runs early when it is full.
@@ -95,19 +95,20 @@ def test_concurrent_requests_are_merged_into_one_signature_run(batching_server):
     assert after[BATCH_SUM] - before.get(BATCH_SUM, 0) == 4
 
 
-def test_full_batching_queue_is_resource_exhausted(batching_server):
+def test_full_batching_queue_is_unavailable_as_in_tf_serving(batching_server):
     stub = _stub(batching_server)
     before = batching_server.metrics()
     first, first_result = _in_thread(_predict, stub, 1)
     wait_until(lambda: batching_server.metrics().get(QUEUE) == 1, what="the first task queued")
     # 1 + 4 rows do not fit in one batch of 4, and the queue holds one batch only.
     error = rpc_error(_predict, stub, 4)
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error.details() == "The batch scheduling queue to which this task was submitted is full"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE  # TF Serving's scheduler: clients retry this code
+    assert error.details() == ("The batch scheduling queue to which this task was submitted is full; currently 1 "
+                               "batches enqueued and max_enqueued_batches is 1")
     # A request larger than a batch can never fit.
     error = rpc_error(_predict, stub, 5)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "Task size 5 is larger than maximum batch size 4"
+    assert error.details() == "Task size 5 is larger than maximum input batch size 4"
     # Three more rows fill the batch; both requests are answered by one run.
     assert to_array(_predict(stub, 3).outputs["mean"]).shape == (3, 2)
     first.join(timeout=120)

@@ -241,3 +241,43 @@ def test_only_int64_version_directories_are_versions(tmp_path):
 def test_run_timeouts_round_up_to_two_significant_digits_of_milliseconds(seconds, ms):
     from serving import model_manager
     assert model_manager._timeout_bucket_ms(seconds) == ms
+
+
+@pytest.mark.parametrize("policy", ["specific { versions: 1 versions: 2 }", "all {}"])
+def test_a_version_whose_directory_is_removed_is_unloaded_under_any_policy(tmp_path, monkeypatch, policy):
+    # TF Serving stops aspiring a version whose directory is gone, a `specific` one too, and unloads it.
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    from serving import model_manager
+
+    class FakeLoaded:  # stands in for a session: only the lifecycle is under test
+        def __init__(self, name, version, path, options, on_run=None):
+            self.name, self.version, self.path = name, version, path
+
+        def close(self, timeout_seconds=0):
+            pass
+
+    monkeypatch.setattr(model_manager, "LoadedModel", FakeLoaded)
+    for version in ("1", "2"):
+        (tmp_path / version).mkdir()
+    config = text_format.Parse(
+        f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" model_platform: "tensorflow" '
+        f'model_version_policy {{ {policy} }} }} }}', model_server_config_pb2.ModelServerConfig())
+    manager = model_manager.ModelManager(model_manager.ManagerOptions(file_system_poll_wait_seconds=0))
+    manager.reload_config(config)
+    assert {s.version: s.state.name for s in manager.status("m")} == {2: "AVAILABLE", 1: "AVAILABLE"}
+    import shutil
+    shutil.rmtree(tmp_path / "2")
+    manager.poll()
+    assert {s.version: s.state.name for s in manager.status("m")} == {2: "END", 1: "AVAILABLE"}
+
+
+def test_warmup_skips_a_record_without_a_request_and_refuses_a_session_run_log():
+    from tensorflow_serving.apis import prediction_log_pb2
+    from serving import errors, servicer
+    replay = servicer.DataPlane._replay  # the two cases need no model
+    replay(None, None, prediction_log_pb2.PredictionLog())  # skipped, as TF Serving skips it
+    log = prediction_log_pb2.PredictionLog()
+    log.session_run_log.SetInParent()
+    with pytest.raises(errors.Unimplemented, match=r"^Unsupported log_type for warmup: 5$"):
+        replay(None, None, log)

@@ -293,6 +293,9 @@ def test_prometheus_metrics_count_requests(fixture_server):
     before = fixture_server.metrics().get(
         ':tensorflow:serving:request_count{model_name="half_plus_three",status="OK"}', 0)
     _post(fixture_server, "/v1/models/half_plus_three:predict", {"instances": [1.0]})
+    # As TF Serving's PredictionService: status and metadata calls are not requests of the model.
+    requests.get(fixture_server.rest + "/v1/models/half_plus_three", timeout=30)
+    requests.get(fixture_server.rest + "/v1/models/half_plus_three/metadata", timeout=30)
     response = requests.get(fixture_server.rest + "/monitoring/prometheus/metrics", timeout=30)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")

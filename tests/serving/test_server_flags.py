@@ -186,3 +186,14 @@ def test_a_run_past_the_rest_timeout_or_the_grpc_deadline_is_cancelled(start_ser
     counted = ':tensorflow:serving:request_count{model_name="spin",status="DEADLINE_EXCEEDED"}'
     # ...and the server's run ended with it too, instead of spinning on.
     wait_until(lambda: server.metrics().get(counted) == 2, timeout=60, what="the gRPC run to be cancelled")
+
+
+def test_session_thread_flags_combine_as_in_tf_serving():
+    from serving import server
+    options = lambda **threads: server.ServerOptions(**{f"tensorflow_{k}_parallelism": v  # noqa: E731
+                                                        for k, v in threads.items()})
+    assert server._session_threads(options(session=4)) == (4, 4)
+    assert server._session_threads(options(session=4, intra_op=2)) == (2, 0)  # the specific ones win
+    assert server._session_threads(options(inter_op=3)) == (0, 3)
+    assert _start_error(port=1, tensorflow_session_parallelism=1, tensorflow_intra_op_parallelism=1,
+                        tensorflow_inter_op_parallelism=1).endswith("You cannot configure all.")
