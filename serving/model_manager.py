@@ -114,11 +114,15 @@ def single_model_config(model_name: str, base_path: str):
     return config
 
 
-def _load_error(exc: BaseException) -> errors.ServingError:
-    """A load failure as a status: TF errors keep their code, missing files are NOT_FOUND."""
+def _load_error(exc: BaseException, tags=()) -> errors.ServingError:
+    """A load failure as a status: TF errors keep their code, missing files and tags are NOT_FOUND."""
     if isinstance(exc, errors.ServingError):
         return exc
     message = str(exc) or type(exc).__name__
+    if message.startswith("MetaGraphDef associated with tags"):  # the Python loader's words for TF's NOT_FOUND
+        return errors.NotFound(
+            f"Could not find meta graph def matching supplied tags: {{ {' '.join(tags)} }}. To inspect available "
+            "tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
     if type(exc).__module__.startswith("tensorflow") and hasattr(exc, "error_code"):
         return errors.to_serving_error(exc)
     if "does not exist" in message or isinstance(exc, FileNotFoundError):
@@ -335,7 +339,7 @@ class ModelManager:
         Raises:
           FailedPrecondition / InvalidArgument: the config is refused (nothing changes), or a
             label names a version that is not available.
-          Unknown: "Some models did not become available: {...}".
+          Unknown: "N servable(s) did not become available: {{{name: m version: 1} due to error: ...}, }".
         """
         with self._config_lock:
             kind = new_config.WhichOneof("config")
@@ -372,11 +376,21 @@ class ModelManager:
                 self._poll_model(name, initial=name in new_names)
             if wait_for_new_models:
                 self._wait_for_first_versions(new_names)
-                failed = [f"{{name: {n} version: latest}}" for n in new_names
-                          if not self._available_versions(n)]
+                failed = []
+                for name in new_names:
+                    if self._available_versions(name):
+                        continue
+                    ended = sorted((e for e in self._models[name].versions.values() if e.error is not None),
+                                   key=lambda e: e.version)
+                    failed += [(name, e.version, e.error) for e in ended] or [(name, "latest", None)]
                 if failed:
+                    # TF Serving's text (`load_servables_fast.cc`), each servable with the error that ended it.
                     raise errors.Unknown(
-                        "Some models did not become available: {" + ", ".join(failed) + "}")
+                        f"{len(failed)} servable(s) did not become available: {{"
+                        + "".join(f"{{{{name: {name} version: {version}}} due to error: "
+                                  f"{errors.code_name(error.code) if error else 'UNKNOWN'}: "
+                                  f"{error.message if error else 'not loaded'}}}, "
+                                  for name, version, error in failed) + "}")
             logging.info("Finished reloading config")
 
     def _wait_for_first_versions(self, names: List[str]):
@@ -524,7 +538,7 @@ class ModelManager:
                 error = None
                 break
             except Exception as exc:  # pylint: disable=broad-except
-                error = _load_error(exc)
+                error = _load_error(exc, self._options.saved_model_tags)
                 logging.error("Loading servable: {name: %s version: %d} failed: %s", name,
                               entry.version, error.message)
                 if loaded is not None:

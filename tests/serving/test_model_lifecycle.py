@@ -281,3 +281,20 @@ def test_warmup_skips_a_record_without_a_request_and_refuses_a_session_run_log()
     log.session_run_log.SetInParent()
     with pytest.raises(errors.Unimplemented, match=r"^Unsupported log_type for warmup: 5$"):
         replay(None, None, log)
+
+
+def test_a_model_that_cannot_load_is_named_with_its_error_and_wrong_tags_are_not_found(tf_serving_testdata):
+    from serving import errors, model_manager
+    manager = model_manager.ModelManager(model_manager.ManagerOptions(
+        saved_model_tags=("nope",), max_num_load_retries=0, file_system_poll_wait_seconds=0))
+    config = model_manager.single_model_config("hpt", str(tf_serving_testdata / "saved_model_half_plus_two_cpu"))
+    cause = ("Could not find meta graph def matching supplied tags: { nope }. To inspect available tag-sets in "
+             "the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
+    with pytest.raises(errors.Unknown) as info:
+        manager.reload_config(config)
+    # TF Serving's start-up failure names each servable with the error that ended it.
+    assert info.value.message == ("1 servable(s) did not become available: "
+                                  f"{{{{{{name: hpt version: 123}} due to error: NOT_FOUND: {cause}}}, }}")
+    [status] = manager.status("hpt")
+    assert (status.version, status.state.name, status.error_code, status.error_message) == (
+        123, "END", errors.Code.NOT_FOUND, cause)
