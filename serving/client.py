@@ -4,7 +4,8 @@ r"""A Python client and a command line for vizoo's predictive SavedModels over g
     python -m serving.client --server=localhost:8500 --model_name=bnn --csv=rows.csv \
         --num_samples=200 --seed=1,2 --json
 
-Our regression exports have two signatures (the contract `serving/export.py` writes):
+The two Predict signatures of our regression exports that it calls (the contract `serving/export.py` writes;
+the exports also have `regress`, `model_info` and, for mean-field networks, `predict_moments`):
 
 * `serving_default`: input `x` float32 [batch, features];
 * `predict_mc`: inputs `x`, `num_samples` (int32 scalar) and `seed` (int32 [2]), for a Monte

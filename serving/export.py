@@ -11,8 +11,9 @@ Regression signatures (every regression family exports the same ones; a client c
   * `predict_mc`: `x`, `num_samples` int32 [], `seed` int32 [2] -> the same outputs from `num_samples` samples
     drawn with the stateless `seed` (same seed, same answer; another seed, another Monte Carlo draw).
   * `predict_moments` (mean-field dense networks only): the same inputs and outputs as `predict_mc`, by the
-    moment-propagation approximation (`models.bayesian_dense`): about three deterministic passes for any S,
-    for latency-bound deep networks; `predict_mc` stays the exact reference.
+    moment-propagation approximation (`models.bayesian_dense`): two to four deterministic passes at small
+    batches for any S (more where sampling the outputs dominates), for latency-bound deep networks;
+    `predict_mc` stays the exact reference.
   * `regress` (single-output models): `inputs` string [batch] of serialized `tf.Example`s with a float feature
     `x` of length `features` -> `outputs` [batch, 1], the predictive mean, for TF Serving's Regress API.
   Outputs, all float32 [batch, outputs] in the target's original units: `mean`, `stddev`, `aleatoric_stddev`,

@@ -1,5 +1,5 @@
-"""A `python -m serving.server` child process on free ports, and the files it reads: one harness for the tests,
-the benchmarks and the demo.
+"""A `python -m serving.server` child process on free ports, and the files it reads: one harness for the tests
+and the benchmarks (the demo takes `free_port` and `write_model_config`).
 
     server = ServerProcess(["--model_config_file=models.config"], "server.log")   # started, gRPC port open
     stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
@@ -7,9 +7,9 @@ the benchmarks and the demo.
     server.stop()
 
 The server opens its gRPC port only once every model has loaded, and its REST port right after, so "ready" means
-the gRPC port accepts a channel and the server has logged that REST listens. Ports are picked free but may be taken by another
-process before the server binds them; a first start that loses that race starts again on new ports. Output goes to
-`log_path`, appended across restarts.
+the gRPC port accepts a channel and the server has logged that REST listens. Ports are picked free but may be
+taken by another process before the server binds them; a first start that loses that race starts again on new
+ports. Output goes to `log_path`, appended across restarts.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ as in TF Serving):
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:(predict|classify|regress)
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            -> GetModelStatus
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   -> GetModelMetadata
-    GET  <prometheus path>                                       -> metrics, when enabled
+    any  <prometheus path>                                       -> metrics, when enabled
 
 Errors are `{"error": "<message>"}` with the HTTP status TF Serving maps the status code to
 (`errors.http_status`), and the whole message (TF Serving truncates only gRPC's); a version that is not an

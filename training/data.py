@@ -16,7 +16,8 @@ reported in the original units, as the published tables are:
 
 Images (`mnist`, `fashion_mnist`: the four IDX gz files; `binarized_mnist`: Larochelle's fixed binarization,
 `binarized_mnist_{train,valid,test}.amat`) come as float32 [N, 28, 28, 1] in [0, 1] with int32 labels (none for
-binarized MNIST). Any other name is handed to `tensorflow_datasets`, which needs network access.
+binarized MNIST). `toy/gap` is a built-in 1-D regression set with a gap in its inputs. Any other name is handed
+to `tensorflow_datasets`, which needs network access.
 
 A dataset that is missing or malformed raises `DatasetError` before any training starts, naming what was looked
 for, where, and what exists there.

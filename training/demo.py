@@ -1,6 +1,6 @@
 """`make demo`: train on the data shipped in the repo, export, serve, and query the posterior predictive over gRPC.
 
-Steps (no network, a couple of minutes on 2 cores):
+Steps (no network, about a minute on 2 cores):
   1. Bayesian linear regression on UCI concrete (split 0, from `data/`), fitted three ways: exact (type-II ML),
      mean-field CAVI and full-covariance gradient VI through the shared training loop.
   2. A Bayesian neural network (one hidden layer of 50 units, mean-field Gaussian weights, flipout) on the same

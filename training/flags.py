@@ -24,7 +24,7 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_string("dataset", d["dataset"],
                         "uci/<name> (bostonHousing, concrete, energy, kin8nm, naval-propulsion-plant, power-plant, "
                         "protein-tertiary-structure, wine-quality-red, yacht), mnist, fashion_mnist, "
-                        "binarized_mnist, or a TFDS name (needs network).")
+                        "binarized_mnist, toy/gap (1-D regression with a gap), or a TFDS name (needs network).")
     flags.DEFINE_string("data_dir", d["data_dir"], "Directory holding uci/, mnist/, ... (the offline datasets).")
     flags.DEFINE_string("split", d["split"], "UCI standard train/test split index, or 'all' to run every split "
                         "and report mean and standard error.")
