@@ -79,6 +79,9 @@ flags.DEFINE_string("monitoring_config_file", "",
 flags.DEFINE_string("ssl_config_file", "",
                     "If non-empty, read an ascii SSLConfig protobuf from the supplied file name "
                     "and set up a secure gRPC channel")
+flags.DEFINE_bool("enforce_session_run_timeout", True,
+                  "Enforce a gRPC call's deadline as the timeout of its session run (a run past it is "
+                  "cancelled: DEADLINE_EXCEEDED).")
 flags.DEFINE_bool("enable_model_warmup", True,
                   "Enables model warmup, which triggers lazy initializations (such as TF "
                   "optimizations) at load time, to reduce first request latency.")
@@ -272,6 +275,7 @@ class ServerOptions:
     monitoring_config_file: str = ""
     ssl_config_file: str = ""
     enable_model_warmup: bool = True
+    enforce_session_run_timeout: bool = True
     num_request_iterations_for_warmup: int = 0
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60 * 1000 * 1000
@@ -438,7 +442,7 @@ class Server:
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                             thread_name_prefix="grpc"),
                                  options=grpc_options)
-        servicer.add_servicers(self._grpc, self.plane)
+        servicer.add_servicers(self._grpc, self.plane, opts.enforce_session_run_timeout)
         address = f"{opts.bind_host}:{opts.port}"
         try:
             if ssl is not None:

@@ -625,6 +625,7 @@ def _rpc(api: str):
 
 
 def _timeout(context) -> Optional[float]:
+    """The call's remaining deadline in seconds (None: no deadline)."""
     remaining = context.time_remaining()
     return remaining if remaining is not None and remaining < 1e8 else None
 
@@ -632,24 +633,29 @@ def _timeout(context) -> Optional[float]:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """`tensorflow.serving.PredictionService`."""
 
-    def __init__(self, plane: DataPlane):
+    def __init__(self, plane: DataPlane, enforce_session_run_timeout: bool = True):
+        """`enforce_session_run_timeout` (TF Serving's flag): a call's deadline times out its session run."""
         self._plane = plane
+        self._enforce = enforce_session_run_timeout
+
+    def _timeout(self, context) -> Optional[float]:
+        return _timeout(context) if self._enforce else None
 
     @_rpc("Predict")
     def Predict(self, request, context):  # noqa: N802 (gRPC method names)
-        return self._plane.predict(request, _timeout(context))
+        return self._plane.predict(request, self._timeout(context))
 
     @_rpc("Classify")
     def Classify(self, request, context):  # noqa: N802
-        return self._plane.classify(request, _timeout(context))
+        return self._plane.classify(request, self._timeout(context))
 
     @_rpc("Regress")
     def Regress(self, request, context):  # noqa: N802
-        return self._plane.regress(request, _timeout(context))
+        return self._plane.regress(request, self._timeout(context))
 
     @_rpc("MultiInference")
     def MultiInference(self, request, context):  # noqa: N802
-        return self._plane.multi_inference(request, _timeout(context))
+        return self._plane.multi_inference(request, self._timeout(context))
 
     @_rpc("GetModelMetadata")
     def GetModelMetadata(self, request, context):  # noqa: N802
@@ -676,8 +682,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def add_servicers(server, plane: DataPlane):
+def add_servicers(server, plane: DataPlane, enforce_session_run_timeout: bool = True):
     """Registers both services on a `grpc.Server`."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(plane), server)
+        PredictionServicer(plane, enforce_session_run_timeout), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(plane), server)

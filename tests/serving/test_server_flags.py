@@ -197,3 +197,16 @@ def test_session_thread_flags_combine_as_in_tf_serving():
     assert server._session_threads(options(inter_op=3)) == (0, 3)
     assert _start_error(port=1, tensorflow_session_parallelism=1, tensorflow_intra_op_parallelism=1,
                         tensorflow_inter_op_parallelism=1).endswith("You cannot configure all.")
+
+
+def test_enforce_session_run_timeout_false_leaves_runs_to_finish():
+    # TF Serving's --enforce_session_run_timeout (default true): whether a call's deadline times out its run.
+    from serving import server, servicer
+
+    class Context:
+        def time_remaining(self):
+            return 2.5
+
+    assert servicer.PredictionServicer(None)._timeout(Context()) == 2.5
+    assert servicer.PredictionServicer(None, enforce_session_run_timeout=False)._timeout(Context()) is None
+    assert server.ServerOptions().enforce_session_run_timeout is True
