@@ -32,6 +32,10 @@ import numpy as np
 
 from serving import errors
 
+# TF Serving's `port::NumSchedulableCPUs()` / `MaxParallelism()`: the CPUs this process may run on (its affinity
+# mask; fewer than the machine's in a pinned container). The server's thread-count defaults use it too.
+SCHEDULABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 
 @dataclasses.dataclass
 class BatchingOptions:
@@ -40,9 +44,7 @@ class BatchingOptions:
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
-    # TF Serving: port::MaxParallelism(), the CPUs this process may run on (its affinity), not the machine's.
-    num_batch_threads: int = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else (os.cpu_count() or 1))
+    num_batch_threads: int = SCHEDULABLE_CPUS
     allowed_batch_sizes: Sequence[int] = ()
 
     def validate(self):

@@ -25,12 +25,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from serving import batching as batching_lib
 from serving import errors
 
 VERSION = "vizoo-model-server 0.1.0 (TensorFlow Serving 2.21 API)"
-# TF Serving's `port::NumSchedulableCPUs()`, which its thread-count defaults multiply: the CPUs this process may
-# run on (its affinity mask; fewer than the machine's in a pinned container).
-SCHEDULABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# TF Serving's thread-count defaults multiply the CPUs this process may run on (`batching.SCHEDULABLE_CPUS`).
+SCHEDULABLE_CPUS = batching_lib.SCHEDULABLE_CPUS
 
 # --------------------------------------------------------------------------------------------
 # Flags: tensorflow_model_server's names and defaults.
@@ -352,7 +352,6 @@ class Server:
         classes = _config_message_classes()
         batching = None
         if opts.enable_batching:
-            from serving import batching as batching_lib  # pylint: disable=import-outside-toplevel
             batching = batching_lib.BatchingOptions()
             if opts.batching_parameters_file:
                 params = model_manager.parse_text_proto_file(
@@ -386,10 +385,9 @@ class Server:
         from serving import servicer  # pylint: disable=import-outside-toplevel
 
         opts = self.options
-        _session_threads(opts)  # checked with the other options, before any model loads
+        intra, inter = _session_threads(opts)  # checked with the other options, before any model loads
         config, batching, monitoring, ssl = self._read_configs()
         self.metrics = monitoring_lib.Metrics()
-        intra, inter = _session_threads(opts)
         manager_options = model_manager.ManagerOptions(
             file_system_poll_wait_seconds=opts.file_system_poll_wait_seconds,
             saved_model_tags=tuple(t for t in opts.saved_model_tags.split(",") if t),
@@ -405,7 +403,6 @@ class Server:
             max_sample_rows=opts.max_sample_rows, max_tensor_bytes=opts.max_tensor_bytes,
             max_concurrent_requests=opts.max_concurrent_requests)
         if batching is not None:
-            from serving import batching as batching_lib  # pylint: disable=import-outside-toplevel
             self._batcher = batching_lib.BatchScheduler(batching,
                                                         self.metrics.set_batch_queue_rows)
 
