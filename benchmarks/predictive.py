@@ -18,6 +18,9 @@ faster than (a) at S = 100, and S = 100 costing at most 10 deterministic passes 
 it also times the same signature function compiled by XLA in process (stock TF Serving runs XLA only when started
 with `--xla_cpu_compilation_enabled`, so exports are not compiled by default).
 
+All sides run in one process under the model server's TensorFlow settings (`serving.RUNTIME_DEFAULTS`: the
+pooling CPU allocator; `TF_CPU_ALLOCATOR_USE_BFC=false python benchmarks/predictive.py` times them under malloc).
+
 The networks are untrained (their latency does not depend on the weights' values); the linear regression is
 fitted on concrete (see `build`). Settings: the MNIST classifiers of the
 families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks) and the UCI
@@ -40,7 +43,9 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import serving  # noqa: E402
+
+serving.apply_runtime_defaults()  # the model server's TensorFlow settings (its CPU allocator), for all three sides
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -14,7 +14,6 @@ start it in-process or as `python -m serving.server`).
 """
 
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -25,6 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import serving
 from serving import batching as batching_lib
 from serving import errors
 
@@ -555,7 +555,7 @@ def main(argv):
 
 def run():
     """Console script `vizoo-model-server`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    serving.apply_runtime_defaults()
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -307,3 +307,25 @@ def test_wrong_output_dtypes_are_named_as_tensorflow_names_them():
                                          classification_pb2.ClassificationResult())
     with pytest.raises(errors.InvalidArgument, match="Expected output Tensor of DT_FLOAT.  Got: DT_INT64$"):
         DataPlane._regression_result(1, np.zeros([1], np.int64), regression_pb2.RegressionResult())
+
+
+def test_a_request_past_the_allocator_budget_is_resource_exhausted_and_the_next_is_served(
+        monkeypatch, mc_base_path, start_server):
+    """The server runs TensorFlow's pooling CPU allocator (`serving.RUNTIME_DEFAULTS`), so its cap
+    TF_CPU_BFC_MEM_LIMIT_IN_MB holds: a request whose tensors need more fails RESOURCE_EXHAUSTED with TensorFlow's
+    OOM message, as tensorflow_model_server answers under the same setting, and the server answers the next
+    request. Under malloc the variable means nothing and the large request would be answered."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    monkeypatch.setenv("TF_CPU_BFC_MEM_LIMIT_IN_MB", "8")
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}"], rest=False)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+
+    def request(rows, num_samples):
+        return _request(MC_MODEL, "predict_mc", x=_x(rows), num_samples=tensor(num_samples, np.int32),
+                        seed=tensor([0, 0], np.int32))
+
+    # [S, rows, outputs] draws of 1000 x 1000 x 2 floats: 8 MB each, several alive at once.
+    error = rpc_error(stub.Predict, request(1000, 1000), timeout=60)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "OOM when allocating tensor" in error.details()
+    assert to_array(stub.Predict(request(2, 10), timeout=30).outputs["mean"]).shape == (2, OUTPUTS)
