@@ -56,6 +56,26 @@ def test_mixture_quantiles_hold_for_extreme_spread_between_components():
     assert _normal_cdf(float(upper[0]), loc[:, 0], scale[:, 0]).mean() == pytest.approx(0.6, abs=1e-8)
 
 
+def test_components_sharing_their_location_give_mirrored_quantiles_in_the_order_asked():
+    # The linear model's case: one location per example, scales differing by sample (a scale mixture, symmetric).
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=(1, 4, 1)) * 10.0
+    scale = rng.uniform(0.2, 3.0, size=(6, 4, 1))
+    probs = [0.975, 0.1, 0.5, 0.025, 0.9, 0.3]
+    per_sample = tfd.Normal(np.broadcast_to(centre, scale.shape), scale)
+    found = [np.asarray(q) for q in predictive.mixture_quantiles(per_sample, probs)]
+    for p, q in zip(probs, found):
+        for b in range(4):
+            assert _normal_cdf(q[b, 0], centre[0, b, 0], scale[:, b, 0]).mean() == pytest.approx(p, abs=1e-12)
+    np.testing.assert_allclose(found[0] + found[3], 2.0 * centre[0], rtol=0, atol=1e-12)  # mirrored about it
+    np.testing.assert_allclose(found[2], centre[0], rtol=0, atol=1e-12)
+    # Components that do not share it take the direct search (the same call, other locations).
+    moved = tfd.Normal(np.broadcast_to(centre, scale.shape) + rng.normal(size=scale.shape), scale)
+    for p, q in zip(probs, predictive.mixture_quantiles(moved, probs)):
+        cdf = _normal_cdf(np.asarray(q)[0, 0], np.asarray(moved.loc)[:, 0, 0], scale[:, 0, 0]).mean()
+        assert cdf == pytest.approx(p, abs=1e-12)
+
+
 def test_mixture_quantile_search_stops_every_entry_within_a_few_newton_steps():
     # A batch of overlapping mixtures in float64, as the linear model's signatures see them. Entries that have
     # converged must stay put while others are still searching (they once bisected away from their root and the
