@@ -99,10 +99,33 @@ def test_configmap_holds_the_config_files_verbatim():
         assert data[name] == (DEPLOY / name).read_text(), f"{name} in the ConfigMap differs from deploy/{name}"
 
 
+def _environment(arguments) -> dict:
+    """The container's environment variables in the file `arguments` reads."""
+    if arguments is _compose_arguments:
+        return {name: str(value) for name, value in _compose_service()["environment"].items()}
+    container = _manifest()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    return {entry["name"]: entry["value"] for entry in container["env"]}
+
+
 def test_compose_and_kubernetes_run_the_same_server_arguments():
     container = _manifest()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == _compose_service()["command"]
     assert container["image"] in _compose_service()["image"]
+    assert _environment(_compose_arguments) == _environment(_kubernetes_arguments)
+
+
+def test_the_allocator_cap_leaves_room_under_the_memory_limit():
+    """TF_CPU_BFC_MEM_LIMIT_IN_MB caps TensorFlow's tensors only; the process also holds its code, the loaded
+    graphs and gRPC's buffers, so the cap must sit below the container's limit or the OOM killer comes first."""
+    container = _manifest()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    limits = {"kubernetes": container["resources"]["limits"]["memory"],
+              "compose": _compose_service()["deploy"]["resources"]["limits"]["memory"]}
+    mebibytes = {"kubernetes": int(limits["kubernetes"].removesuffix("Gi")) * 1024,
+                 "compose": int(limits["compose"].removesuffix("g")) * 1024}
+    for name, arguments in (("compose", _compose_arguments), ("kubernetes", _kubernetes_arguments)):
+        environment = _environment(arguments)
+        assert environment["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+        assert int(environment["TF_CPU_BFC_MEM_LIMIT_IN_MB"]) <= mebibytes[name] - 256, (name, limits[name])
 
 
 def test_kubernetes_probes_and_service_point_at_what_the_server_opens():
@@ -121,8 +144,11 @@ def test_kubernetes_probes_and_service_point_at_what_the_server_opens():
 
 
 @pytest.mark.parametrize("arguments", [_compose_arguments, _kubernetes_arguments], ids=["compose", "kubernetes"])
-def test_the_container_arguments_serve_every_configured_model(arguments, start_server, tmp_path, mc_versions):
+def test_the_container_arguments_serve_every_configured_model(arguments, start_server, tmp_path, mc_versions,
+                                                             monkeypatch):
     args = arguments(_models_root(tmp_path, mc_versions), tmp_path)
+    for name, value in _environment(arguments).items():  # the container's environment, inherited by the server
+        monkeypatch.setenv(name, value)
     # The fixture picks free ports; everything else is the file's.
     server = start_server([a for a in args if not a.startswith(("--port=", "--rest_api_port="))])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
