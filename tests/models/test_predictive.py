@@ -93,10 +93,11 @@ def test_mixture_quantile_search_stops_every_entry_within_a_few_newton_steps():
 
 def test_a_coarser_resolution_stops_the_search_sooner_within_that_resolution():
     # The signatures answer in float32: a float64 search need not go on to float64's last bits. A scale mixture
-    # as the linear model's (weights integrated out, S draws of the noise precision): N(m_b, v_b + 1/beta_s).
+    # as the linear model's (weights integrated out, S draws of the noise precision): N(m_b, v_b + 1/beta_s), with
+    # q(beta) broader than concrete's, so that the full search takes a second step after the corrected start.
     rng = np.random.default_rng(3)
     loc = np.broadcast_to(30.0 + rng.normal(size=(1, 1024, 1)), (100, 1024, 1))
-    scale = np.sqrt(rng.uniform(0.01, 0.1, size=(1, 1024, 1)) + rng.gamma(400.0, 1 / 400.0, size=(100, 1, 1)))
+    scale = np.sqrt(rng.uniform(0.01, 0.1, size=(1, 1024, 1)) + rng.gamma(10.0, 1 / 10.0, size=(100, 1, 1)))
     per_sample = tfd.Normal(loc, scale)
     exact, full_steps = predictive.mixture_quantile_search(per_sample, [0.025, 0.975])
     resolution = np.finfo(np.float32).eps / 4
@@ -106,6 +107,24 @@ def test_a_coarser_resolution_stops_the_search_sooner_within_that_resolution():
     np.testing.assert_array_less(np.abs(coarse - exact), resolution * np.maximum(np.abs(exact), stddev))
     # ... and the answers round to the same float32 numbers but for the rare one on a rounding boundary.
     assert np.mean(np.float32(coarse) == np.float32(exact)) > 0.99
+
+
+def test_the_search_starts_from_the_quantile_corrected_for_skewness_and_kurtosis():
+    # A skewed, heavy-tailed mixture of Normals (one narrow component, one wide one off to the right): the
+    # Cornish-Fisher start lies much nearer the mixture's quantile than the moment-matched Normal's does.
+    loc = np.array([0.0, 0.0, 1.5])[:, None]
+    scale = np.array([1.0, 0.5, 2.0])[:, None]
+    per_sample = tfd.Normal(loc, scale)
+    probs = [0.05, 0.95]
+    exact, _ = predictive.mixture_quantile_search(per_sample, probs)
+    mean = loc.mean(0)
+    stddev = np.sqrt((scale ** 2).mean(0) + loc.var(0))
+    z = np.array([-1.6448536269514722, 1.6448536269514722])[:, None, None]
+    corrected = mean + predictive._start_offset(per_sample, tf.constant(loc), tf.constant(scale), tf.constant(mean),
+                                                tf.constant(stddev), tf.constant(z)).numpy()[:, 0] * stddev
+    plain = mean + z[:, 0] * stddev
+    exact = exact.numpy()
+    assert np.all(np.abs(corrected - exact) < 0.5 * np.abs(plain - exact)), (corrected, plain, exact)
 
 
 def test_log_predictive_density_is_log_of_mean_density():
