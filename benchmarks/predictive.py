@@ -43,6 +43,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import serving  # noqa: E402
 
 serving.apply_runtime_defaults()  # the model server's TensorFlow settings (its CPU allocator), for all three sides

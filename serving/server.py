@@ -14,6 +14,7 @@ start it in-process or as `python -m serving.server`).
 """
 
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -556,6 +557,7 @@ def main(argv):
 def run():
     """Console script `vizoo-model-server`."""
     serving.apply_runtime_defaults()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -3,3 +3,7 @@ import os as _os
 
 # tfp.layers is built on Keras 2; this must be set before TensorFlow is first imported.
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import serving as _serving  # noqa: E402  (sets environment variables only; imports no TensorFlow)
+
+_serving.apply_runtime_defaults()

@@ -414,3 +414,15 @@ def test_a_workdir_in_use_by_another_run_is_refused(tmp_path, data_dir):
     # Once that run is over, the workdir is free.
     assert np.isfinite(train_lib.train_and_evaluate(config, lr.Config(inference="gradient"),
                                                     lr.build_model)["test/rmse"])
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "true"), ("false", "false")])
+def test_importing_training_sets_the_pooling_allocator_unless_the_user_chose(preset, expected):
+    """Training binaries evaluate with the server's Monte Carlo computations and take its CPU allocator
+    (`serving.RUNTIME_DEFAULTS`) when the package is imported, before TensorFlow runs any op."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if preset is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = preset
+    out = subprocess.run([sys.executable, "-c", "import os, training; print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'])"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected
