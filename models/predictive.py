@@ -131,7 +131,7 @@ def mixture_quantile_search(per_sample, probs, mean=None, stddev=None, resolutio
     def searching(q, lo, hi, cdf, density):
         # Done entries are frozen, so later steps taken for other entries cannot move them.
         excess = tf.abs(cdf - target)
-        open_bracket = (hi - lo) > 4.0 * eps * tf.maximum(tf.abs(q), 1.0)
+        open_bracket = (hi - lo) > 4.0 * eps * tf.maximum(tf.abs(q), stddev)  # closed, relative to the scale
         active = (excess > 8.0 * eps) & open_bracket
         if step_floor is not None:
             active &= excess > tf.maximum(tf.abs(q) * resolution, step_floor) * density
@@ -176,16 +176,15 @@ def _start_offset(per_sample, loc, scale, mean, stddev, z):
     """
     if not isinstance(per_sample, tfd.Normal):
         return z
-    variance = tf.square(stddev)
-    d = loc - mean
-    d2, s2 = tf.square(d), tf.square(scale)
-    m3 = _sample_mean(d * (d2 + 3.0 * s2))
-    m4 = _sample_mean(d2 * (d2 + 6.0 * s2) + 3.0 * tf.square(s2))
-    safe = tf.maximum(variance, np.finfo(variance.dtype.as_numpy_dtype).tiny)
-    g = tf.where(variance > 0, m3 / (safe * stddev), 0.0)
-    k = tf.where(variance > 0, m4 / tf.square(safe) - 3.0, 0.0)
+    # In units of the mixture's standard deviation, so that no power over- or underflows at extreme scales.
+    unit = tf.where(stddev > 0, stddev, tf.ones_like(stddev))
+    d = (loc - mean) / unit
+    d2, s2 = tf.square(d), tf.square(scale / unit)
+    g = _sample_mean(d * (d2 + 3.0 * s2))
+    k = _sample_mean(d2 * (d2 + 6.0 * s2) + 3.0 * tf.square(s2)) - 3.0
     z2 = tf.square(z)
-    return z + (z2 - 1.0) * g / 6.0 + (z2 - 3.0) * z * k / 24.0 - (2.0 * z2 - 5.0) * z * tf.square(g) / 36.0
+    offset = z + (z2 - 1.0) * g / 6.0 + (z2 - 3.0) * z * k / 24.0 - (2.0 * z2 - 5.0) * z * tf.square(g) / 36.0
+    return tf.where(tf.math.is_finite(offset), offset, z)
 
 
 def _component_cdf_and_derivatives(per_sample, loc, scale):

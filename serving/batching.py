@@ -81,11 +81,12 @@ def is_batchable(signature_def, arrays: Dict[str, np.ndarray]) -> bool:
 
 
 class _Task:
-    __slots__ = ("feeds", "size", "done", "outputs", "error")
+    __slots__ = ("feeds", "size", "deadline", "done", "outputs", "error")
 
-    def __init__(self, feeds: Dict[str, np.ndarray], size: int):
+    def __init__(self, feeds: Dict[str, np.ndarray], size: int, deadline: Optional[float]):
         self.feeds = feeds
         self.size = size
+        self.deadline = deadline  # time.monotonic() by which the request wants its answer; None: no deadline
         self.done = threading.Event()
         self.outputs: Optional[List[np.ndarray]] = None
         self.error: Optional[BaseException] = None
@@ -132,25 +133,31 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def run(self, key: tuple, run_fn: Callable[[Dict[str, np.ndarray], int], List[np.ndarray]],
+    def run(self, key: tuple, run_fn: Callable[[Dict[str, np.ndarray], int, Optional[float]], List[np.ndarray]],
             feeds: Dict[str, np.ndarray], timeout: Optional[float] = None) -> List[np.ndarray]:
         """Runs `feeds` as part of a batch and returns this request's rows of every output.
 
+        Deadlines as TF Serving's batching session keeps them: the caller waits for its batch, and the batch's
+        run gets the latest deadline of its tasks as its timeout (none if one of them has none); a batch whose
+        every task's deadline passed while it queued is not run, and each of its tasks fails with
+        RESOURCE_EXHAUSTED "Run() timeout exceeded while waiting in batching queue".
+
         Args:
           key: identifies the queue; tasks with equal keys may be merged.
-          run_fn: runs one merged batch: (feeds, batch size) -> outputs.
+          run_fn: runs one merged batch: (feeds, batch size, timeout in seconds or None) -> outputs.
           feeds: tensor name -> array, all with the same 0th dimension.
-          timeout: seconds to wait for the result (the request's deadline).
+          timeout: seconds from now the request wants its answer in (a gRPC deadline's remainder or the REST
+            timeout), None for none.
         """
         size = next(iter(feeds.values())).shape[0]
         if size == 0:
             # Nothing to merge, and an all-empty batch could not be padded to an allowed size.
-            return run_fn(feeds, 0)
+            return run_fn(feeds, 0, timeout)
         max_size = self._options.max_batch_size
         if size > max_size:
             raise errors.InvalidArgument(
                 f"Task size {size} is larger than maximum input batch size {max_size}")
-        task = _Task(feeds, size)
+        task = _Task(feeds, size, None if timeout is None else time.monotonic() + timeout)
         with self._lock:
             if self._stopped:
                 raise errors.Unavailable("The batch scheduler is stopping")
@@ -174,8 +181,7 @@ class BatchScheduler:
             if open_batch.size == max_size:
                 open_batch.closed = True
             self._work.notify()
-        if not task.done.wait(timeout):
-            raise errors.DeadlineExceeded("Deadline exceeded while waiting for a batch")
+        task.done.wait()  # every batch ends: its run is bounded by its tasks' deadlines
         if task.error is not None:
             raise task.error
         return task.outputs
@@ -226,6 +232,11 @@ class BatchScheduler:
     def _process(self, run_fn, batch: _Batch):
         tasks = batch.tasks
         try:
+            now = time.monotonic()
+            deadlines = [task.deadline for task in tasks]
+            if all(deadline is not None and deadline <= now for deadline in deadlines):
+                raise errors.ResourceExhausted("Run() timeout exceeded while waiting in batching queue")
+            timeout = None if None in deadlines else max(deadlines) - now
             names = list(tasks[0].feeds)
             merged = {n: np.concatenate([t.feeds[n] for t in tasks]) if len(tasks) > 1
                       else tasks[0].feeds[n] for n in names}
@@ -239,7 +250,7 @@ class BatchScheduler:
                 extra = padded - batch.size
                 merged = {n: np.concatenate([a, np.repeat(a[:1], extra, axis=0)])
                           for n, a in merged.items()}
-            outputs = run_fn(merged, padded)
+            outputs = run_fn(merged, padded, timeout)
             for output in outputs:
                 if np.ndim(output) == 0 or output.shape[0] != padded:
                     raise errors.FailedPrecondition(

@@ -195,8 +195,8 @@ class DataPlane:
                    tuple(fetch_names),
                    tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items())))
 
-            def run_batch(merged, batch_size, loaded=loaded):
-                return loaded.run(signature_name, merged, fetch_names, batch_size)
+            def run_batch(merged, batch_size, batch_timeout, loaded=loaded):
+                return loaded.run(signature_name, merged, fetch_names, batch_size, batch_timeout)
 
             return self._batcher.run(key, run_batch, feeds, timeout)
         rows = next((a.shape[0] for a in arrays.values() if a.ndim), 1)

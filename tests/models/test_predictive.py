@@ -127,6 +127,21 @@ def test_the_search_starts_from_the_quantile_corrected_for_skewness_and_kurtosis
     assert np.all(np.abs(corrected - exact) < 0.5 * np.abs(plain - exact)), (corrected, plain, exact)
 
 
+@pytest.mark.parametrize("unit", [1e-12, 1e15])
+def test_quantiles_in_float32_hold_at_extreme_scales(unit):
+    # The start's skewness and kurtosis use fourth powers: taken in the data's units they over- or underflow
+    # float32 here (and the search returned NaN); in the mixture's standard deviations they do not. And a
+    # bracket counts as closed relative to the mixture's spread, not to 1.0 (at 1e-12 every bracket was
+    # "closed" from the start).
+    loc = (np.array([0.0, 0.3, 1.0])[:, None] * unit).astype(np.float32)
+    scale = (np.array([1.0, 0.5, 2.0])[:, None] * unit).astype(np.float32)
+    lower, upper = predictive.mixture_quantiles(tfd.Normal(loc, scale), [0.05, 0.95])
+    for p, q in ((0.05, lower), (0.95, upper)):
+        assert np.isfinite(q.numpy()).all()
+        cdf = _normal_cdf(float(q[0]) / unit, loc[:, 0].astype(np.float64) / unit, scale[:, 0].astype(np.float64) / unit)
+        assert cdf.mean() == pytest.approx(p, abs=1e-5)
+
+
 def test_log_predictive_density_is_log_of_mean_density():
     rng = np.random.default_rng(1)
     loc, scale = rng.normal(size=(50, 4, 1)), rng.uniform(0.1, 1.0, size=(50, 4, 1))

@@ -147,8 +147,8 @@ def test_client_deadline_is_deadline_exceeded(one_slot_server):
     with PredictiveClient(one_slot_server.address, MC_MODEL, timeout=0.2) as client:
         with pytest.raises(DeadlineExceededError):
             client.predict(np.ones([1, FEATURES], np.float32))
-    # The server stops waiting at the request's deadline and frees its slot (the abandoned
-    # task itself still runs when its batch times out).
+    # The abandoned request's slot is freed when its batch leaves the queue (at the 15 s batch timeout), which
+    # then is not run: its only task's deadline has passed (TF Serving's batching session does the same).
     wait_until(lambda: one_slot_server.metrics().get(":vizoo:serving:inflight_requests") == 0,
                what="the abandoned request's slot to be freed")
 
@@ -159,8 +159,47 @@ def test_an_empty_request_is_answered_empty_even_with_allowed_batch_sizes():
         max_batch_size=4, allowed_batch_sizes=(2, 4), num_batch_threads=1,
         batch_timeout_micros=1000))
     try:
-        outputs = scheduler.run(("key",), lambda feeds, size: [feeds["x"] * 2],
+        outputs = scheduler.run(("key",), lambda feeds, size, timeout: [feeds["x"] * 2],
                                 {"x": np.zeros([0, FEATURES], np.float32)}, timeout=60)
     finally:
         scheduler.stop()
     assert outputs[0].shape == (0, FEATURES)
+
+
+def _build_batched_spin_model(path):
+    """serving_default(n [batch] int64) -> y [batch, 1000]: max(n) steps of y <- sin(y) + 1 over the batch."""
+    import tensorflow as tf
+
+    class Spin(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="n")])
+        def serving_default(self, n):
+            _, y = tf.while_loop(lambda i, y: i < tf.reduce_max(n), lambda i, y: (i + 1, tf.sin(y) + 1.0),
+                                 (tf.constant(0, tf.int64), tf.zeros(tf.stack([tf.size(n), 1000]))))
+            return {"y": y}
+
+    module = Spin()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serving_default})
+
+
+def test_batched_runs_keep_the_deadlines_of_their_requests(start_server, tmp_path):
+    # As TF Serving's batching session: a batch runs with its tasks' latest deadline as the session's timeout,
+    # and a batch whose every task's deadline passed while it queued is not run at all.
+    import requests
+    _build_batched_spin_model(tmp_path / "spin" / "1")
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 2000000 }\n"
+                      "num_batch_threads { value: 1 }\n")
+    server = start_server(["--model_name=spin", f"--model_base_path={tmp_path / 'spin'}", "--enable_batching",
+                           f"--batching_parameters_file={params}", "--rest_api_timeout_in_ms=500"])
+    url = server.rest + "/v1/models/spin:predict"
+    # Two rows fill a batch, which runs at once: 10^9 steps would spin for many minutes on the only batch
+    # thread; the run is cancelled at the request's timeout instead.
+    endless = requests.post(url, json={"instances": [10 ** 9, 1]}, timeout=120)
+    assert (endless.status_code, endless.json()) == (504, {"error": "Timed out waiting for notification"})
+    # One row waits 2 s for a second, past its 0.5 s: its batch is dropped, not run.
+    late = requests.post(url, json={"instances": [1]}, timeout=120)
+    assert (late.status_code, late.json()) == (
+        429, {"error": "Run() timeout exceeded while waiting in batching queue"})
+    # The batch thread is free: a full batch of quick rows is answered.
+    quick = requests.post(url, json={"instances": [5, 5]}, timeout=120)
+    assert quick.status_code == 200 and np.asarray(quick.json()["predictions"]).shape == (2, 1000)
