@@ -34,6 +34,9 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+import serving  # noqa: E402
+
+serving.apply_runtime_defaults()  # the in-process timings under the server's CPU allocator too
 
 flags.DEFINE_string("model_base_path", None, "A SavedModel base path (default: a tiny model).")
 flags.DEFINE_string("model_name", "bench", "Model name to serve it under.")

@@ -36,6 +36,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import serving  # noqa: E402
+
+serving.apply_runtime_defaults()  # as the training binaries run, before TensorFlow's first op (both sides)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
