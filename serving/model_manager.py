@@ -137,13 +137,21 @@ _MAX_CALLABLES = 64
 
 
 def _timeout_bucket_ms(timeout: Optional[float]) -> int:
-    """A run timeout in whole milliseconds rounded up to two significant digits (9,987 -> 10,000; 345 -> 350);
-    0 (no timeout) for None. At least 1 ms: a deadline already past still times the run out at once."""
+    """A run timeout in whole milliseconds rounded up to the ladder round(2^(k/4)) (1, 2, 3, 4, 5, 6, 7, 8, 10, 11,
+    13, 16, 19, ..., 23,170, 27,554, 32,768, ...: at most 19% later, four rungs per doubling); 0 (no timeout) for
+    None. At least 1 ms: a deadline already past still times the run out at once.
+
+    Coarse on purpose: every rung in use is a callable of its own, with executors built for it. With two
+    significant digits, a queueing delay of 100 ms moved a 30 s deadline to a new rung, whose callables were built
+    while requests waited, which delayed them onto further rungs (three models under load answered 8 requests in
+    3 s); a 30 s deadline now stays on one rung (32,768) until 2.4 s of it have passed."""
     if timeout is None:
         return 0
-    ms = max(1, math.ceil(timeout * 1000.0))
-    step = 10 ** max(0, len(str(ms)) - 2)
-    return -(-ms // step) * step
+    ms = max(1.0, timeout * 1000.0)
+    rung = math.ceil(4.0 * math.log2(ms) - 1e-9)
+    while round(2.0 ** (rung / 4.0)) < ms:  # the rung's rounding may fall short of a value just below it
+        rung += 1
+    return max(1, round(2.0 ** (rung / 4.0)))
 
 
 class LoadedModel:
@@ -163,6 +171,7 @@ class LoadedModel:
         self._on_run = on_run
         self._callables = collections.OrderedDict()  # least recently used first
         self._callables_lock = threading.Lock()
+        self._building_lock = threading.Lock()  # one callable built at a time: the first caller builds, the rest wait
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_use = 0
@@ -206,21 +215,30 @@ class LoadedModel:
         from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
 
         key = (feed_names, fetches, timeout_ms)
+        fn = self._cached_callable(key)
+        if fn is not None:
+            return fn
+        with self._building_lock:  # concurrent first requests would each build the same executors
+            fn = self._cached_callable(key)
+            if fn is not None:
+                return fn
+            options = config_pb2.CallableOptions()
+            options.feed.extend(feed_names)
+            options.fetch.extend(fetches)
+            options.run_options.timeout_in_ms = timeout_ms  # 0: none
+            fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+            with self._callables_lock:
+                self._callables[key] = fn
+                while len(self._callables) > _MAX_CALLABLES:
+                    self._callables.popitem(last=False)
+        return fn
+
+    def _cached_callable(self, key):
         with self._callables_lock:
             fn = self._callables.get(key)
             if fn is not None:
                 self._callables.move_to_end(key)
-                return fn
-        options = config_pb2.CallableOptions()
-        options.feed.extend(feed_names)
-        options.fetch.extend(fetches)
-        options.run_options.timeout_in_ms = timeout_ms  # 0: none
-        fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
-        with self._callables_lock:
-            self._callables[key] = fn
-            while len(self._callables) > _MAX_CALLABLES:
-                self._callables.popitem(last=False)
-        return fn
+            return fn
 
     def acquire(self):
         """Marks one more request in flight; fails if the version was already unloaded."""

@@ -236,11 +236,19 @@ def test_only_int64_version_directories_are_versions(tmp_path):
                                                           7: str(tmp_path / "007")}
 
 
-@pytest.mark.parametrize("seconds, ms", [(None, 0), (0.0, 1), (-3.0, 1), (0.0421, 43), (0.345, 350),
-                                         (9.987, 10_000), (30.0, 30_000), (123.4, 130_000)])
-def test_run_timeouts_round_up_to_two_significant_digits_of_milliseconds(seconds, ms):
+@pytest.mark.parametrize("seconds, ms", [(None, 0), (0.0, 1), (-3.0, 1), (0.0421, 45), (0.345, 362),
+                                         (9.987, 11_585), (30.0, 32_768), (27.6, 32_768), (27.5, 27_554),
+                                         (123.4, 131_072)])
+def test_run_timeouts_round_up_to_a_ladder_of_four_rungs_per_doubling(seconds, ms):
     from serving import model_manager
     assert model_manager._timeout_bucket_ms(seconds) == ms
+
+
+def test_run_timeout_rungs_are_never_early_and_at_most_19_percent_late():
+    from serving import model_manager
+    for ms in np.unique(np.geomspace(1, 10 ** 8, 5000).round()):
+        rung = model_manager._timeout_bucket_ms(ms / 1000.0)
+        assert ms <= rung <= max(ms * 1.19, ms + 1), (ms, rung)
 
 
 @pytest.mark.parametrize("policy", ["specific { versions: 1 versions: 2 }", "all {}"])
