@@ -201,7 +201,7 @@ class LoadedModel:
         `timeout` (seconds; a gRPC deadline's remainder or `--rest_api_timeout_in_ms`) becomes the
         session's `RunOptions.timeout_in_ms`, as TF Serving passes it: a run past it is cancelled and
         fails with DEADLINE_EXCEEDED ("Timed out waiting for notification"). A callable carries its run
-        options, so the timeout is rounded up to two significant digits of milliseconds (at most 10% later;
+        options, so the timeout is rounded up to a rung of `_timeout_bucket_ms`'s ladder (at most 19% later;
         a handful of callables per signature instead of one per request's deadline).
         """
         feed_names = tuple(feeds)
