@@ -39,8 +39,8 @@ Likelihoods (`Config.likelihood`): `bernoulli` over binary pixels, logits from t
 (Loaiza-Ganem and Cunningham 2019), the normalized density on [0, 1] for grey levels,
     p(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x),   C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda).
 Binarization: Bernoulli models of grey-level data (`--dataset=mnist`) binarize dynamically, x_bin ~ Bernoulli(x),
-a new draw every training step from a stateless seed of (seed, step) (Salakhutdinov and Murray 2008; Burda et al.
-2015), so resumed runs are exact; the training loop draws it in its input pipeline (`observe_training_batch`). Evaluation and serving use ONE fixed binarization, `fixed_binarization`: pixel j
+a new draw every training step from the step's stateless seed (Salakhutdinov and Murray 2008; Burda et al.
+2015), so resumed runs are exact. Evaluation and serving use ONE fixed binarization, `fixed_binarization`: pixel j
 of image x is 1[u_j < x_j] with u drawn from a stateless seed that is a hash of the image itself, so an image's
 binarization does not depend on its batch, its position or the process. Likewise serving draws the latents with
 noise shared by the batch (`sample_latents`: exact draws from each q(z | x)), so an image's answers depend on it
@@ -416,14 +416,6 @@ class VariationalAutoencoder(tf.Module):
             return x
         return fixed_binarization(x) if seed is None else dynamic_binarization(x, seed)
 
-    def observe_training_batch(self, batch, seed):
-        """`observe` for a training batch (x or (x, labels)) with a fresh binarization from `seed` [2]: the training
-        loop runs it in its input pipeline, on tf.data's threads ahead of the step (as the TFP VAE example binarizes
-        in a `tf.data` map), and passes the result to `elbo_terms(..., observed=True)`."""
-        if isinstance(batch, (tuple, list)):
-            return (self.observe(batch[0], seed), *batch[1:])
-        return self.observe(batch, seed)
-
     def encode(self, x) -> tfd.Distribution:
         """q(z | x) for observed (already binarized) x [batch, ...]: batch shape [batch], event `latent_shape`."""
         return self.encoder(tf.convert_to_tensor(x, tf.float32))
@@ -484,7 +476,7 @@ class VariationalAutoencoder(tf.Module):
 
     # -- training -----------------------------------------------------------------------------------------------
 
-    def elbo_terms(self, batch, seed, training: bool = True, observed: bool = False) -> ElboTerms:
+    def elbo_terms(self, batch, seed, training: bool = True) -> ElboTerms:
         """The ELBO's terms on a batch, per example.
 
         Args:
@@ -492,7 +484,6 @@ class VariationalAutoencoder(tf.Module):
           seed: int32 [2] stateless seed: the dynamic binarization and the latent draw.
           training: draw a fresh binarization, sample the relaxed latent at the scheduled temperature, advance
             `step`, and weight the KL by beta; otherwise the fixed binarization, hard categorical draws, beta = 1.
-          observed: x is already as the likelihood sees it (`observe_training_batch`): no binarization here.
 
         Returns:
           `ElboTerms` with `nll` [batch] = -log p(x | z), z ~ q(z | x) (one draw: the distortion), `local_kl`
@@ -500,8 +491,7 @@ class VariationalAutoencoder(tf.Module):
         """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         binarization_seed, latent_seed = tfp.random.split_seed(seed, n=2)
-        if not observed:
-            x = self.observe(x, binarization_seed if training else None)
+        x = self.observe(x, binarization_seed if training else None)
         q = self.encode(x)
         if training and self.config.latent == "gumbel_softmax":
             z = self.relaxed(q, self.temperature()).sample(seed=latent_seed)

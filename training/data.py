@@ -161,17 +161,12 @@ class Dataset:
             ds = ds.repeat()
         return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
-    def training_batches(self, batch_size: int, seed: int, start_step: int, num_epochs: int, transform=None):
+    def training_batches(self, batch_size: int, seed: int, start_step: int, num_epochs: int):
         """Shuffled training batches of epochs 0..num_epochs-1, starting at global step `start_step`.
 
         Epoch e is a permutation drawn from (seed, e) alone, cut into N // batch_size full batches (the last,
         smaller batch is dropped so every step has the same size). A run resumed at any step therefore sees
         exactly the batches an uninterrupted run would have.
-
-        Args:
-          transform: optional `(batch, step) -> batch`, step the int64 global step the batch is for; it runs in
-            the pipeline's parallel map (on tf.data's threads, ahead of the training step), and a pure function
-            of (batch, step) keeps resumed runs exact.
 
         Returns:
           A `tf.data.Dataset` of `(x, y)` (or `x`) batches.
@@ -187,14 +182,11 @@ class Dataset:
             # A stateless permutation: tf.data's own shuffle seeds interact with the global seed.
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(len(x)), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-            steps = tf.data.Dataset.range(e * steps_per_epoch, (e + 1) * steps_per_epoch)
-            return tf.data.Dataset.zip((steps, tf.data.Dataset.from_tensor_slices(order).batch(
-                batch_size, drop_remainder=True)))
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
 
-        def gather(step, indices):
+        def gather(indices):
             batch = tuple(tf.gather(a, indices) for a in arrays)
-            batch = batch[0] if y is None else batch
-            return batch if transform is None else transform(batch, step)
+            return batch[0] if y is None else batch
 
         return (tf.data.Dataset.range(start_epoch, num_epochs).flat_map(epoch).skip(offset)
                 .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -376,13 +376,6 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
     manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)
     restore_newest_readable(checkpoint, manager, workdir / "checkpoints", step)
     base_seed = tf.constant([config.seed, 0], tf.int32)
-    # A model that transforms its data per step (the VAE's dynamic binarization) does it in the input pipeline,
-    # from a seed of (--seed, step) alone, and its step takes the batch as observed.
-    observe = getattr(model, "observe_training_batch", None)
-    observe_seed = tf.constant([config.seed, 1], tf.int32)
-    transform = None if observe is None else (lambda batch, t: observe(
-        batch, tf.random.experimental.stateless_fold_in(observe_seed, tf.cast(t, tf.int32))))
-    step_options = {} if observe is None else {"observed": True}
 
     def replica_step(batch):
         replica = tf.distribute.get_replica_context()
@@ -391,7 +384,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
             replica.replica_id_in_sync_group)
         weight = kl_weight(step, steps_per_epoch, config.kl_warmup_epochs)
         with tf.GradientTape() as tape:
-            terms = model.elbo_terms(batch, seed, training=True, **step_options)
+            terms = model.elbo_terms(batch, seed, training=True)
             per_example = terms.loss_per_example(num_train, weight)
             # Sum over this replica's examples / global batch: replica gradients then sum to the batch mean's.
             loss = tf.reduce_sum(per_example) / batch_size
@@ -423,7 +416,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
 
     writer = tf.summary.create_file_writer(str(workdir / "train"))
     first_step = int(step)
-    batches = dataset.training_batches(batch_size, config.seed, int(step), num_epochs, transform).take(
+    batches = dataset.training_batches(batch_size, config.seed, int(step), num_epochs).take(
         max(0, total_steps - int(step)))
     sums, progress = _new_epoch_sums(), None
     last_save = last_log = time.time()

@@ -299,30 +299,6 @@ def test_conv_continuous_bernoulli_models_grey_levels(mnist, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_steps_take_batches_binarized_in_the_input_pipeline(mnist, tmp_path):
-    small = dataclasses.replace(mnist, x_train=mnist.x_train[:500], y_train=mnist.y_train[:500])
-    traced = []
-
-    class Spy(vae.VariationalAutoencoder):
-        def elbo_terms(self, batch, seed, training=True, observed=False):
-            if training:
-                traced.append(observed)
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                tf.debugging.assert_equal(tf.reduce_all((x == 0.0) | (x == 1.0)), True,
-                                          message="grey levels reached the training step")
-            return super().elbo_terms(batch, seed, training, observed)
-
-    model = Spy(vae.Config(latent="normal", **SMALL), IMAGE, binarize=True)
-    _fit(model, small, tmp_path, 6)
-    assert traced and all(traced)
-    assert int(model.step) == 6
-    # A fresh draw per step, a function of the batch and the seed alone.
-    x = small.x_train[:100]
-    first, again, other = (model.observe_training_batch(x, tf.constant(s)).numpy() for s in ([0, 1], [0, 1], [0, 2]))
-    np.testing.assert_array_equal(first, again)
-    assert 0.0 < np.mean(first != other) < 0.2
-
-
 def test_gumbel_run_resumed_from_a_checkpoint_matches_an_uninterrupted_run(mnist, tmp_path):
     small = dataclasses.replace(mnist, x_train=mnist.x_train[:1500], y_train=mnist.y_train[:1500])
     build = lambda: vae.build_model(vae.Config(latent="gumbel_softmax", temperature_decay=0.02,  # noqa: E731

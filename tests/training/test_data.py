@@ -114,16 +114,6 @@ def test_training_batches_are_a_function_of_seed_and_epoch(data_dir):
     assert not np.array_equal(other[0], full[0])
 
 
-def test_a_training_batch_transform_gets_the_global_step_of_its_batch(data_dir):
-    d = data.load("uci/yacht", data_dir, split=0)
-    plain = [b[0].numpy() for b in d.training_batches(32, seed=7, start_step=3, num_epochs=2)]
-    marked = list(d.training_batches(32, seed=7, start_step=3, num_epochs=2,
-                                     transform=lambda batch, step: (batch[0] + 1.0, step)))
-    assert [int(step) for _, step in marked] == list(range(3, 3 + len(plain)))
-    for (x, _), expected in zip(marked, plain):
-        np.testing.assert_array_equal(x.numpy(), expected + 1.0)
-
-
 def test_validation_split_is_carved_from_training_rows(data_dir):
     d = data.load("uci/energy", data_dir, split=0)
     v = d.split_off_validation(0.2, seed=0)
