@@ -1,6 +1,6 @@
 r"""Reliability of the served models under load and under faults, measured in one run.
 
-    python benchmarks/reliability.py [--data_dir=../shared/datasets] [--clients=8] [--seconds=20]
+    python benchmarks/reliability.py [--data_dir=../shared/datasets] [--clients=8] [--seconds=20] [--rounds=3]
 
 Three real exports of our families are built first (`serving.export.export`), each in its own base path:
 
@@ -12,10 +12,12 @@ Three real exports of our families are built first (`serving.export.export`), ea
 Then `python -m serving.server` serves the three from one model config file, and:
 
 1. Load: `--clients` gRPC clients (a thread and a channel each) call Predict (`serving_default`, `--rows` rows of
-   held-out data) on the three models in turn for `--seconds`, once with batching off and once with
-   `--enable_batching` and `deploy/batching.config`. Every answer is checked (every output has one row per input
-   row, float outputs are finite); a failed call or a wrong answer is an error. Printed: requests, errors,
-   throughput, p50 and p99 latency as the clients see it, and the server's peak resident memory (VmHWM).
+   held-out data) on the three models in turn for `--seconds`, with batching off and with `--enable_batching` and
+   `deploy/batching.config`, alternated for `--rounds` rounds (a fresh server each time): one run of each reads
+   20-40% apart from the next on a shared 2-core machine. Every answer is checked (every output has one row per
+   input row, float outputs are finite); a failed call or a wrong answer is an error. Printed per setting: the
+   median and range of the rounds' requests, all errors, the median's throughput, p50 and p99 latency over all
+   rounds' calls as the clients see them, and the server's peak resident memory (VmHWM, the largest of the rounds).
 2. Faults, under the same load with batching off:
    a. a new version of `concrete_blr` exported into its base path: failed requests (must be 0), and how many
       requests each version answered;
@@ -310,9 +312,14 @@ def make_requests(exports: dict, rows: int, per_model: int = 16) -> Dict[str, li
 # The benchmark.
 # --------------------------------------------------------------------------------------------
 
-def _load_row(label: str, result: LoadResult, peak_kib: int) -> str:
-    return (f"{label:<13}{result.requests:>9}{result.num_errors:>8}{result.requests / result.seconds:>10.1f}"
-            f"{result.percentile_ms(50):>10.1f}{result.percentile_ms(99):>10.1f}{peak_kib / 1024:>14.0f}")
+def _load_row(label: str, rounds: List[LoadResult], peak_kib: int) -> str:
+    """One setting's rounds: median requests (and their range), all errors, latency percentiles of all calls."""
+    counts = sorted(r.requests for r in rounds)
+    pooled = LoadResult(latencies=[t for r in rounds for t in r.latencies])
+    median = float(np.median(counts))
+    return (f"{label:<13}{median:>9.0f}{f'{counts[0]}-{counts[-1]}':>15}{sum(r.num_errors for r in rounds):>8}"
+            f"{median / rounds[0].seconds:>10.1f}{pooled.percentile_ms(50):>10.1f}{pooled.percentile_ms(99):>10.1f}"
+            f"{peak_kib / 1024:>14.0f}")
 
 
 def _status_line(status: Dict[int, tuple]) -> str:
@@ -331,23 +338,30 @@ def benchmark_load(exports, root, opts) -> List[str]:
     config = write_model_config(root / "models.config", base_paths)
     requests = make_requests(exports, opts.rows)
     lines = [f"Load: {opts.clients} gRPC clients x {opts.seconds:.0f} s, Predict serving_default, {opts.rows} "
-             f"row(s) per request, models {', '.join(exports)} in turn",
-             f"{'batching':<13}{'requests':>9}{'errors':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-             f"{'peak RSS MB':>14}"]
-    for label, extra in (("off", []), ("on", ["--enable_batching",
-                                               f"--batching_parameters_file={opts.batching_parameters_file}"])):
-        server = ServerProcess([f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
-                                f"--max_concurrent_requests={max(64, 2 * opts.clients)}", *extra],
-                               root / f"load_{label}.log", timeout=180)
-        try:
-            run_load(server.address, requests, opts.clients, min(2.0, opts.seconds))  # warm the caches
-            result = run_load(server.address, requests, opts.clients, opts.seconds)
-            peak = rss_kib(server.pid, "VmHWM")
-        finally:
-            server.stop()
-        lines.append(_load_row(label, result, peak))
-        if result.first_errors:
-            lines.append("    first errors: " + " | ".join(result.first_errors))
+             f"row(s) per request, models {', '.join(exports)} in turn; {opts.rounds} alternated round(s) per "
+             f"setting, a fresh server each",
+             f"{'batching':<13}{'requests':>9}{'rounds range':>15}{'errors':>8}{'req/s':>10}{'p50 ms':>10}"
+             f"{'p99 ms':>10}{'peak RSS MB':>14}"]
+    settings = (("off", []), ("on", ["--enable_batching",
+                                     f"--batching_parameters_file={opts.batching_parameters_file}"]))
+    rounds = {label: [] for label, _ in settings}
+    peaks = {label: 0 for label, _ in settings}
+    for number in range(opts.rounds):
+        for label, extra in settings:
+            server = ServerProcess([f"--model_config_file={config}", "--file_system_poll_wait_seconds=0",
+                                    f"--max_concurrent_requests={max(64, 2 * opts.clients)}", *extra],
+                                   root / f"load_{label}_{number}.log", timeout=180)
+            try:
+                run_load(server.address, requests, opts.clients, min(2.0, opts.seconds))  # warm the caches
+                rounds[label].append(run_load(server.address, requests, opts.clients, opts.seconds))
+                peaks[label] = max(peaks[label], rss_kib(server.pid, "VmHWM"))
+            finally:
+                server.stop()
+    for label, _ in settings:
+        lines.append(_load_row(label, rounds[label], peaks[label]))
+        first_errors = [e for r in rounds[label] for e in r.first_errors]
+        if first_errors:
+            lines.append("    first errors: " + " | ".join(first_errors[:5]))
     return lines
 
 
@@ -424,6 +438,7 @@ def _define_flags():
     flags.DEFINE_string("workdir", None, "Keep exports and server logs here (default: a temporary directory).")
     flags.DEFINE_integer("clients", 8, "Concurrent gRPC clients.")
     flags.DEFINE_float("seconds", 20.0, "Duration of each load run.")
+    flags.DEFINE_integer("rounds", 3, "Alternated load runs per setting (batching off, on, off, ...).", lower_bound=1)
     flags.DEFINE_float("fault_seconds", 9.0, "Load before and after each fault (a third each side).")
     flags.DEFINE_integer("rows", 1, "Rows per request.")
     flags.DEFINE_integer("bnn_steps", 200, "Adam steps of the concrete network.")
