@@ -72,6 +72,9 @@ flags.DEFINE_string("batching_parameters_file", "",
 flags.DEFINE_string("grpc_channel_arguments", "",
                     "A comma separated list of arguments to be passed to the grpc server. (e.g. "
                     "grpc.max_connection_age_ms=2000)")
+flags.DEFINE_string("grpc_socket_path", "",
+                    "If non-empty, the gRPC API is also served on a UNIX domain socket at this path "
+                    "(relative or absolute), with the same credentials as the port.")
 flags.DEFINE_integer("grpc_max_threads", 4 * SCHEDULABLE_CPUS,
                      "Max grpc server threads to handle grpc messages.")
 flags.DEFINE_string("monitoring_config_file", "",
@@ -151,7 +154,7 @@ _IGNORED_BOOL_FLAGS = (
     "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
 )
 _IGNORED_VALUE_FLAGS = (
-    "grpc_socket_path", "num_load_threads", "num_unload_threads",
+    "num_load_threads", "num_unload_threads",
     "tensorflow_session_config_file", "platform_config_file", "per_process_gpu_memory_fraction",
     "num_tflite_pools", "num_tflite_interpreters_per_pool", "thread_pool_factory_config_file",
     "mixed_precision", "model_warmup_num_threads",
@@ -273,6 +276,7 @@ class ServerOptions:
     batching_parameters_file: str = ""
     grpc_channel_arguments: str = ""
     grpc_max_threads: int = 4 * SCHEDULABLE_CPUS
+    grpc_socket_path: str = ""
     monitoring_config_file: str = ""
     ssl_config_file: str = ""
     enable_model_warmup: bool = True
@@ -441,23 +445,24 @@ class Server:
                                                             thread_name_prefix="grpc"),
                                  options=grpc_options)
         servicer.add_servicers(self._grpc, self.plane, opts.enforce_session_run_timeout)
+        credentials = None if ssl is None else grpc.ssl_server_credentials(
+            [(ssl.server_key.encode(), ssl.server_cert.encode())],
+            root_certificates=ssl.custom_ca.encode() or None, require_client_auth=ssl.client_verify)
         address = f"{opts.bind_host}:{opts.port}"
-        try:
-            if ssl is not None:
-                credentials = grpc.ssl_server_credentials(
-                    [(ssl.server_key.encode(), ssl.server_cert.encode())],
-                    root_certificates=ssl.custom_ca.encode() or None,
-                    require_client_auth=ssl.client_verify)
-                bound = self._grpc.add_secure_port(address, credentials)
-            else:
-                bound = self._grpc.add_insecure_port(address)
-        except RuntimeError as exc:  # e.g. the port is taken
-            logging.error("Cannot listen on %s: %s", address, exc)
-            bound = 0
-        if not bound:
-            raise errors.InvalidArgument("Failed to BuildAndStart gRPC server")
+        # The port, and as TF Serving does, a UNIX socket with the same credentials when one is asked for.
+        for listen in [address] + ([f"unix:{opts.grpc_socket_path}"] if opts.grpc_socket_path else []):
+            try:
+                bound = (self._grpc.add_insecure_port(listen) if credentials is None
+                         else self._grpc.add_secure_port(listen, credentials))
+            except RuntimeError as exc:  # e.g. the port is taken
+                logging.error("Cannot listen on %s: %s", listen, exc)
+                bound = 0
+            if not bound:
+                raise errors.InvalidArgument("Failed to BuildAndStart gRPC server")
         self._grpc.start()
         logging.info("Running gRPC ModelServer at %s ...", address)
+        if opts.grpc_socket_path:
+            logging.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
 
     def _start_rest(self, monitoring):
         from serving import rest  # pylint: disable=import-outside-toplevel

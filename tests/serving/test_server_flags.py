@@ -121,6 +121,35 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
     insecure.close()
 
 
+def test_grpc_socket_path_serves_the_grpc_api_on_a_unix_socket_too(start_server, mc_base_path, tmp_path):
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    socket_path = tmp_path / "model_server.sock"
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
+                           f"--grpc_socket_path={socket_path}"], rest=False)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MC_MODEL
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+    assert [s.state for s in response.model_version_status] == [30]  # AVAILABLE
+    tcp = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, timeout=30)
+    assert tcp == response
+    assert "not implement" not in server.log()
+
+
+def test_an_unusable_grpc_socket_path_is_a_clear_startup_error(mc_base_path, tmp_path):
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _run(f"--port={port}", "--bind_host=127.0.0.1", f"--model_base_path={mc_base_path}",
+                  "--file_system_poll_wait_seconds=0",
+                  f"--grpc_socket_path={tmp_path / 'no_such_directory' / 'model_server.sock'}")
+    assert result.returncode != 0
+    assert "Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC server" in result.stderr
+
+
 def test_a_taken_grpc_port_is_a_clear_startup_error(mc_base_path):
     import socket
     with socket.socket() as taken:
