@@ -75,6 +75,9 @@ flags.DEFINE_string("grpc_channel_arguments", "",
 flags.DEFINE_string("grpc_socket_path", "",
                     "If non-empty, the gRPC API is also served on a UNIX domain socket at this path "
                     "(relative or absolute), with the same credentials as the port.")
+flags.DEFINE_bool("enable_serialization_as_tensor_content", False,
+                  "Predict answers carry each output as tensor_content (the packed bytes) instead of its "
+                  "typed value field.")
 flags.DEFINE_integer("grpc_max_threads", 4 * SCHEDULABLE_CPUS,
                      "Max grpc server threads to handle grpc messages.")
 flags.DEFINE_string("monitoring_config_file", "",
@@ -149,7 +152,7 @@ flags.DEFINE_string("bind_host", "0.0.0.0",
 _IGNORED_BOOL_FLAGS = (
     "enable_per_model_batching_parameters", "flush_filesystem_caches", "use_alts_credentials",
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
-    "xla_cpu_compilation_enabled", "enable_profiler",
+    "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled", "enable_profiler",
     "force_allow_any_version_labels_for_unavailable_models", "skip_initialize_tpu",
     "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
 )
@@ -277,6 +280,7 @@ class ServerOptions:
     grpc_channel_arguments: str = ""
     grpc_max_threads: int = 4 * SCHEDULABLE_CPUS
     grpc_socket_path: str = ""
+    enable_serialization_as_tensor_content: bool = False
     monitoring_config_file: str = ""
     ssl_config_file: str = ""
     enable_model_warmup: bool = True
@@ -341,7 +345,7 @@ class Server:
         from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=import-outside-toplevel
 
         opts = self.options
-        if opts.port == 0:
+        if opts.port == 0 and not opts.grpc_socket_path:  # --port=0 disables the port; the socket may serve alone
             raise errors.InvalidArgument("server_options.grpc_port is not set.")
         if not opts.model_base_path and not opts.model_config_file:
             raise errors.InvalidArgument(
@@ -419,7 +423,8 @@ class Server:
         self.manager = model_manager.ModelManager(manager_options, warmup=warmup,
                                                   on_run=self.metrics.on_run)
         self.plane = servicer.DataPlane(self.manager, limits, self._batcher,
-                                        opts.enable_signature_method_name_check, self.metrics)
+                                        opts.enable_signature_method_name_check, self.metrics,
+                                        opts.enable_serialization_as_tensor_content)
         plane_box["plane"] = self.plane
         self.manager.reload_config(config)
         self.manager.start_polling()
@@ -449,8 +454,12 @@ class Server:
             [(ssl.server_key.encode(), ssl.server_cert.encode())],
             root_certificates=ssl.custom_ca.encode() or None, require_client_auth=ssl.client_verify)
         address = f"{opts.bind_host}:{opts.port}"
-        # The port, and as TF Serving does, a UNIX socket with the same credentials when one is asked for.
-        for listen in [address] + ([f"unix:{opts.grpc_socket_path}"] if opts.grpc_socket_path else []):
+        # The port (none for --port=0) and, as TF Serving does, a UNIX socket with the same credentials when one is
+        # asked for.
+        listens = [address] if opts.port else []
+        if opts.grpc_socket_path:
+            listens.append(f"unix:{opts.grpc_socket_path}")
+        for listen in listens:
             try:
                 bound = (self._grpc.add_insecure_port(listen) if credentials is None
                          else self._grpc.add_secure_port(listen, credentials))
@@ -460,7 +469,8 @@ class Server:
             if not bound:
                 raise errors.InvalidArgument("Failed to BuildAndStart gRPC server")
         self._grpc.start()
-        logging.info("Running gRPC ModelServer at %s ...", address)
+        if opts.port:
+            logging.info("Running gRPC ModelServer at %s ...", address)
         if opts.grpc_socket_path:
             logging.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
 

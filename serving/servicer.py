@@ -115,11 +115,14 @@ class DataPlane:
         `--enable_signature_method_name_check` does in TF Serving (off by default there too,
         because native TF2 exports use the predict method name for every signature).
       metrics: `monitoring.Metrics` or None.
+      tensor_content: Predict outputs as `tensor_content` bytes instead of typed value fields
+        (`--enable_serialization_as_tensor_content`).
     """
 
     def __init__(self, manager: ModelManager, limits: Limits, batcher=None,
-                 method_name_check: bool = False, metrics=None):
+                 method_name_check: bool = False, metrics=None, tensor_content: bool = False):
         self.manager = manager
+        self._tensor_content = tensor_content
         self.limits = limits
         self._batcher = batcher
         self._method_name_check = method_name_check
@@ -255,7 +258,7 @@ class DataPlane:
         if len(outputs) != len(aliases):
             raise errors.Unknown("Predict internal error")
         for alias, value in zip(aliases, outputs):
-            response.outputs[alias].CopyFrom(codec.ndarray_to_tensor_proto(np.asarray(value)))
+            response.outputs[alias].CopyFrom(codec.ndarray_to_tensor_proto(np.asarray(value), self._tensor_content))
         return response
 
     # ------------------------------------------------------------ Classify / Regress

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -121,13 +122,27 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
     insecure.close()
 
 
-def test_grpc_socket_path_serves_the_grpc_api_on_a_unix_socket_too(start_server, mc_base_path, tmp_path):
+def test_grpc_socket_path_and_tensor_content_serialization(start_server, mc_base_path, tmp_path):
+    """Two flags of newer tensorflow_model_servers: the gRPC API on a UNIX socket (alone with --port=0), and
+    Predict outputs as tensor_content bytes."""
     import grpc
-    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+    from serving import codec
+    from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc)
 
     socket_path = tmp_path / "model_server.sock"
     server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
-                           f"--grpc_socket_path={socket_path}"], rest=False)
+                           f"--grpc_socket_path={socket_path}", "--enable_serialization_as_tensor_content"],
+                          rest=False)
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = MC_MODEL
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    predict.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(x))
+    answer = prediction_service_pb2_grpc.PredictionServiceStub(server.channel).Predict(predict, timeout=30)
+    assert answer.outputs
+    for alias, tensor in answer.outputs.items():
+        assert tensor.tensor_content and not tensor.float_val, alias
+        assert codec.tensor_proto_to_ndarray(tensor, alias).shape[0] == 2
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MC_MODEL
     with grpc.insecure_channel(f"unix:{socket_path}") as channel:
@@ -136,6 +151,31 @@ def test_grpc_socket_path_serves_the_grpc_api_on_a_unix_socket_too(start_server,
     tcp = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, timeout=30)
     assert tcp == response
     assert "not implement" not in server.log()
+    server.stop()
+
+    # --port=0 disables the port: the socket alone serves (the harness's own --port comes first; the last wins).
+    alone = tmp_path / "alone.sock"
+    server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}", "--port=0",
+                           f"--grpc_socket_path={alone}"], rest=False, wait=False)
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(f"unix:{alone}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=120)
+        while True:  # the socket opens once the model is loaded; until then, no answer
+            try:
+                response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+                break
+            except grpc.RpcError:
+                assert server.alive() and time.monotonic() < deadline, server.log()
+                time.sleep(0.5)
+        default = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict, timeout=30)
+    assert [s.state for s in response.model_version_status] == [30]
+    for alias, tensor in default.outputs.items():  # without the flag: typed value fields, as TF Serving answers
+        assert tensor.float_val and not tensor.tensor_content, alias
+        np.testing.assert_allclose(codec.tensor_proto_to_ndarray(tensor, alias),
+                                   codec.tensor_proto_to_ndarray(answer.outputs[alias], alias), rtol=1e-6)
+    assert "Running gRPC ModelServer at UNIX socket" in server.log()
+    assert "Running gRPC ModelServer at localhost" not in server.log()
+    assert "Running gRPC ModelServer at 0.0.0.0" not in server.log()
 
 
 def test_an_unusable_grpc_socket_path_is_a_clear_startup_error(mc_base_path, tmp_path):
