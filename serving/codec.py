@@ -170,8 +170,9 @@ def ndarray_to_tensor_proto(array, use_tensor_content: bool = False):
     """Encodes an array as a TensorProto.
 
     The server answers with typed `*_val` fields, as TF Serving's Predict does
-    (`AsProtoField`); clients send numeric tensors as `tensor_content`, which is compact and
-    fast, as `tf.make_tensor_proto` does.
+    (`AsProtoField`), or with `tensor_content` under `--enable_serialization_as_tensor_content`;
+    clients send numeric tensors as `tensor_content`, which is compact and fast, as
+    `tf.make_tensor_proto` does. Strings always go in `string_val`.
     """
     from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
 

@@ -37,7 +37,8 @@ SCHEDULABLE_CPUS = batching_lib.SCHEDULABLE_CPUS
 # Flags: tensorflow_model_server's names and defaults.
 # --------------------------------------------------------------------------------------------
 
-flags.DEFINE_integer("port", 8500, "TCP port to listen on for gRPC API.")
+flags.DEFINE_integer("port", 8500, "TCP port to listen on for gRPC API. 0 disables it: gRPC is then served on "
+                     "--grpc_socket_path alone (0 without a socket path fails start-up).")
 flags.DEFINE_integer("rest_api_port", 0,
                      "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will not "
                      "be exported. This port must be different than the one specified in --port.")
