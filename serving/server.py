@@ -79,6 +79,9 @@ flags.DEFINE_string("grpc_socket_path", "",
 flags.DEFINE_bool("enable_serialization_as_tensor_content", False,
                   "Predict answers carry each output as tensor_content (the packed bytes) instead of its "
                   "typed value field.")
+flags.DEFINE_bool("enable_grpc_healthcheck_service", False,
+                  "Enable the standard gRPC healthcheck service (grpc.health.v1.Health: the server as a whole, "
+                  "service \"\", is SERVING until shutdown begins).")
 flags.DEFINE_integer("grpc_max_threads", 4 * SCHEDULABLE_CPUS,
                      "Max grpc server threads to handle grpc messages.")
 flags.DEFINE_string("monitoring_config_file", "",
@@ -155,7 +158,7 @@ _IGNORED_BOOL_FLAGS = (
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
     "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled", "enable_profiler",
     "force_allow_any_version_labels_for_unavailable_models", "skip_initialize_tpu",
-    "use_tflite_model", "tfrt_enable", "enable_grpc_healthcheck_service",
+    "use_tflite_model", "tfrt_enable",
 )
 _IGNORED_VALUE_FLAGS = (
     "num_load_threads", "num_unload_threads",
@@ -282,6 +285,7 @@ class ServerOptions:
     grpc_max_threads: int = 4 * SCHEDULABLE_CPUS
     grpc_socket_path: str = ""
     enable_serialization_as_tensor_content: bool = False
+    enable_grpc_healthcheck_service: bool = False
     monitoring_config_file: str = ""
     ssl_config_file: str = ""
     enable_model_warmup: bool = True
@@ -336,6 +340,7 @@ class Server:
         self.plane = None
         self.metrics = None
         self._grpc = None
+        self._health = None
         self._rest = None
         self._batcher = None
         self._config_poller = None
@@ -347,7 +352,9 @@ class Server:
 
         opts = self.options
         if opts.port == 0 and not opts.grpc_socket_path:  # --port=0 disables the port; the socket may serve alone
-            raise errors.InvalidArgument("server_options.grpc_port is not set.")
+            # The words of tensorflow_model_server since it took --port=0 (tensorflow/serving#1790).
+            raise errors.InvalidArgument(
+                "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
         if not opts.model_base_path and not opts.model_config_file:
             raise errors.InvalidArgument(
                 "Both server_options.model_base_path and server_options.model_config_file are "
@@ -451,6 +458,11 @@ class Server:
                                                             thread_name_prefix="grpc"),
                                  options=grpc_options)
         servicer.add_servicers(self._grpc, self.plane, opts.enforce_session_run_timeout)
+        if opts.enable_grpc_healthcheck_service:
+            from serving import health  # pylint: disable=import-outside-toplevel
+            # A quarter of the worker threads at most may sit in health watches.
+            self._health = health.HealthService(max_watchers=workers // 4)
+            self._grpc.add_generic_rpc_handlers((self._health.handler(),))
         credentials = None if ssl is None else grpc.ssl_server_credentials(
             [(ssl.server_key.encode(), ssl.server_cert.encode())],
             root_certificates=ssl.custom_ca.encode() or None, require_client_auth=ssl.client_verify)
@@ -511,6 +523,8 @@ class Server:
         """Stops accepting requests, lets in-flight ones finish, unloads the models."""
         if self._stopped.is_set():
             return
+        if self._health is not None:  # NOT_SERVING from the start of shutdown, as gRPC's default service says
+            self._health.shutdown()
         if self._rest is not None:
             self._rest.stop()
         if self._grpc is not None:

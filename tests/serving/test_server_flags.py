@@ -48,7 +48,8 @@ def _start_error(**options) -> str:
 
 
 def test_no_model_is_a_clear_startup_error():
-    assert _start_error(port=0) == "server_options.grpc_port is not set."
+    assert _start_error(port=0) == (
+        "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
     assert _start_error(port=1) == (
         "Both server_options.model_base_path and server_options.model_config_file are empty!")
 
@@ -122,18 +123,26 @@ def test_ssl_config_file_serves_grpc_over_tls(start_server, mc_base_path, tmp_pa
     insecure.close()
 
 
-def test_grpc_socket_path_and_tensor_content_serialization(start_server, mc_base_path, tmp_path):
-    """Two flags of newer tensorflow_model_servers: the gRPC API on a UNIX socket (alone with --port=0), and
-    Predict outputs as tensor_content bytes."""
+def test_grpc_socket_path_tensor_content_serialization_and_health_service(start_server, mc_base_path, tmp_path):
+    """Three flags of newer tensorflow_model_servers: the gRPC API on a UNIX socket (alone with --port=0), Predict
+    outputs as tensor_content bytes, and the standard gRPC health service (its details: `test_health`)."""
     import grpc
-    from serving import codec
+    from serving import codec, health
     from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                          prediction_service_pb2_grpc)
 
     socket_path = tmp_path / "model_server.sock"
     server = start_server([f"--model_name={MC_MODEL}", f"--model_base_path={mc_base_path}",
-                           f"--grpc_socket_path={socket_path}", "--enable_serialization_as_tensor_content"],
-                          rest=False)
+                           f"--grpc_socket_path={socket_path}", "--enable_serialization_as_tensor_content",
+                           "--enable_grpc_healthcheck_service"], rest=False)
+
+    def check_health(channel):
+        return channel.unary_unary("/grpc.health.v1.Health/Check",
+                                   request_serializer=health.HealthCheckRequest.SerializeToString,
+                                   response_deserializer=health.HealthCheckResponse.FromString)(
+            health.HealthCheckRequest(service=""), timeout=30)
+
+    assert check_health(server.channel).status == health.SERVING
     predict = predict_pb2.PredictRequest()
     predict.model_spec.name = MC_MODEL
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -147,6 +156,7 @@ def test_grpc_socket_path_and_tensor_content_serialization(start_server, mc_base
     request.model_spec.name = MC_MODEL
     with grpc.insecure_channel(f"unix:{socket_path}") as channel:
         response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        assert check_health(channel).status == health.SERVING
     assert [s.state for s in response.model_version_status] == [30]  # AVAILABLE
     tcp = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, timeout=30)
     assert tcp == response
@@ -168,6 +178,9 @@ def test_grpc_socket_path_and_tensor_content_serialization(start_server, mc_base
                 assert server.alive() and time.monotonic() < deadline, server.log()
                 time.sleep(0.5)
         default = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(predict, timeout=30)
+        with pytest.raises(grpc.RpcError) as info:  # no health service without the flag
+            check_health(channel)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert [s.state for s in response.model_version_status] == [30]
     for alias, tensor in default.outputs.items():  # without the flag: typed value fields, as TF Serving answers
         assert tensor.float_val and not tensor.tensor_content, alias
