@@ -28,6 +28,7 @@ import dataclasses
 import enum
 import math
 import os
+import re
 import threading
 import time
 from typing import Callable, Dict, List, Optional
@@ -100,6 +101,12 @@ def parse_text_proto_file(path: str, message):
         logging.error("Error parsing text-format %s: %s", message.DESCRIPTOR.full_name, exc)
         raise errors.InvalidArgument(f"Invalid protobuf file: '{path}'") from None
     return message
+
+
+def is_relative_path(base_path: str) -> bool:
+    """TF Serving's `UriIsRelativePath`: neither a URI with a scheme (`gs://...`, `file:///...`) nor an absolute
+    path. The empty path is relative."""
+    return re.match(r"^[A-Za-z][0-9A-Za-z.]*://", base_path) is None and not base_path.startswith("/")
 
 
 def single_model_config(model_name: str, base_path: str):
@@ -451,6 +458,12 @@ class ModelManager:
                     f"Model {model_config.name} requests unsupported platform {platform}")
             if not model_config.name:
                 raise errors.InvalidArgument("Model config has an empty name")
+            if is_relative_path(model_config.base_path):
+                # As ServerCore's check (without a model_config_list_root_dir, which no flag sets): a relative
+                # path would depend on the directory the server happened to start in.
+                raise errors.InvalidArgument(
+                    f"Expected model {model_config.name} to have an absolute path or URI; got "
+                    f"base_path()={model_config.base_path}")
 
     def _update_labels(self, new_config):
         """`UpdateModelVersionLabelMap`: labels may only name AVAILABLE versions (by default)."""

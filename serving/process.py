@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Mapping, Optional, Sequence, Union
 
+from serving import model_manager
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +69,11 @@ def write_model_config(path, models: Union[Mapping[str, object], Sequence[Mappin
     """
     if isinstance(models, Mapping):
         models = [{"name": name, "base_path": base} for name, base in models.items()]
-    entries = "".join(f'  config {{\n    name: "{m["name"]}"\n    base_path: "{m["base_path"]}"\n'
+
+    def absolute(base) -> str:  # tensorflow_model_server refuses relative base paths
+        return os.path.abspath(base) if model_manager.is_relative_path(str(base)) else str(base)
+
+    entries = "".join(f'  config {{\n    name: "{m["name"]}"\n    base_path: "{absolute(m["base_path"])}"\n'
                       f'    model_platform: "tensorflow"\n{m.get("extra", "")}  }}\n' for m in models)
     path = pathlib.Path(path)
     path.write_text("model_config_list {\n" + entries + "}\n")

@@ -146,6 +146,12 @@ def test_version_policies_and_config_reload_over_rpc(start_server, tmp_path, mc_
     error = rpc_error(model_stub.HandleReloadConfigRequest, request, timeout=30)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "Illegal to list model a multiple times in config list"
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse('model_config_list { config { name: "b" base_path: "models/b" model_platform: "tensorflow" } }',
+                      request.config)
+    error = rpc_error(model_stub.HandleReloadConfigRequest, request, timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Expected model b to have an absolute path or URI; got base_path()=models/b"
     assert _predict(stub, version=1).model_spec.version.value == 1
 
 

@@ -52,6 +52,9 @@ def test_no_model_is_a_clear_startup_error():
         "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
     assert _start_error(port=1) == (
         "Both server_options.model_base_path and server_options.model_config_file are empty!")
+    # A relative base path would depend on where the server starts: refused, as tensorflow_model_server does.
+    assert _start_error(port=1, model_name="m", model_base_path="runs/m") == (
+        "Expected model m to have an absolute path or URI; got base_path()=runs/m")
 
 
 def test_batching_parameters_without_batching_is_refused(tf_serving_testdata, mc_base_path):
