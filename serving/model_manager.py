@@ -342,9 +342,10 @@ class ModelManager:
         self._config = None
         self._config_lock = threading.RLock()
         self._models: Dict[str, _Model] = {}
-        # Status of models removed from the config stays visible, as TF Serving's state monitor
-        # keeps END states.
-        self._retired: Dict[str, Dict[int, VersionStatus]] = {}
+        # The versions of models removed from the config, END: their status stays visible, and a model
+        # listed again starts from them (versions that do not load again stay END), as TF Serving's
+        # state monitor keeps every servable's last state.
+        self._retired: Dict[str, Dict[int, _Version]] = {}
         self._labels: Optional[Dict[str, Dict[str, int]]] = None
         self._state_lock = threading.Lock()
         self._stop = threading.Event()
@@ -388,8 +389,8 @@ class ModelManager:
                 model = self._models.get(model_config.name)
                 if model is None:
                     model = _Model(model_config)
-                    self._retired.pop(model_config.name, None)
                     with self._state_lock:
+                        model.versions.update(self._retired.pop(model_config.name, {}))
                         self._models[model_config.name] = model
                     new_names.append(model_config.name)
                 else:
@@ -405,7 +406,8 @@ class ModelManager:
                 for name in new_names:
                     if self._available_versions(name):
                         continue
-                    ended = sorted((e for e in self._models[name].versions.values() if e.error is not None),
+                    ended = sorted((e for e in self._models[name].versions.values()
+                                    if e.aspired and e.error is not None),
                                    key=lambda e: e.version)
                     failed += [(name, e.version, e.error) for e in ended] or [(name, "latest", None)]
                 if failed:
@@ -427,7 +429,7 @@ class ModelManager:
         """
         interval = max(self._options.file_system_poll_wait_seconds, 1)
         while not self._stop.is_set():
-            empty = [n for n in names if not self._models[n].versions]
+            empty = [n for n in names if not any(e.aspired for e in self._models[n].versions.values())]
             if not empty:
                 return
             logging.info("Waiting for a first version of %s", ", ".join(empty))
@@ -603,7 +605,7 @@ class ModelManager:
                 if entry.state == State.AVAILABLE:
                     self._unload(model, entry)
             with self._state_lock:
-                self._retired[name] = {v: self._status_of(e) for v, e in model.versions.items()}
+                self._retired[name] = dict(model.versions)
                 del self._models[name]
 
     def _available_versions(self, name: str) -> List[int]:
@@ -681,7 +683,7 @@ class ModelManager:
             if model is not None:
                 states = {v: self._status_of(e) for v, e in model.versions.items()}
             else:
-                states = dict(self._retired.get(name, {}))
+                states = {v: self._status_of(e) for v, e in self._retired.get(name, {}).items()}
         if version is not None:
             if version not in states:
                 raise errors.NotFound(f"Could not find version {version} of model {name}")

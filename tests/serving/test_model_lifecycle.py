@@ -154,6 +154,19 @@ def test_version_policies_and_config_reload_over_rpc(start_server, tmp_path, mc_
     assert error.details() == "Expected model b to have an absolute path or URI; got base_path()=models/b"
     assert _predict(stub, version=1).model_spec.version.value == 1
 
+    # Listed again (elsewhere, one version): its old version 123 stays END until it loads again, as in TF
+    # Serving's state monitor.
+    two_versions = tf_serving_testdata / "saved_model_half_plus_two_2_versions"
+    reload(f'model_config_list {{ config {{ name: "{MC_MODEL}" base_path: "{base}" model_platform: "tensorflow" }} '
+           f'config {{ name: "hpt" base_path: "{two_versions}" model_platform: "tensorflow" '
+           'model_version_policy { specific { versions: 124 } } } }')
+    assert _status(model_stub, "hpt") == {124: (AVAILABLE, 0, ""), 123: (END, 0, "")}
+    assert _predict(stub, "hpt").model_spec.version.value == 124
+    reload(f'model_config_list {{ config {{ name: "{MC_MODEL}" base_path: "{base}" model_platform: "tensorflow" }} '
+           f'config {{ name: "hpt" base_path: "{two_versions}" model_platform: "tensorflow" '
+           'model_version_policy { all {} } } }')
+    assert {v: s[0] for v, s in _status(model_stub, "hpt").items()} == {124: AVAILABLE, 123: AVAILABLE}
+
 
 def test_config_file_polling_picks_up_a_new_model(start_server, tmp_path, tf_serving_testdata):
     two = tf_serving_testdata / "saved_model_half_plus_two_cpu"
