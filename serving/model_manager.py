@@ -605,7 +605,8 @@ class ModelManager:
                 if entry.state == State.AVAILABLE:
                     self._unload(model, entry)
             with self._state_lock:
-                self._retired[name] = dict(model.versions)
+                # (A version never loaded, START, is not kept: listed again, it would load from the old path.)
+                self._retired[name] = {v: e for v, e in model.versions.items() if e.state != State.START}
                 del self._models[name]
 
     def _available_versions(self, name: str) -> List[int]:
