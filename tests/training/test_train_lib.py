@@ -208,35 +208,39 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path, 
     # for the kill (three epochs had left half a second on a loaded machine).
     args = [f"--data_dir={data_dir}", "--dataset=uci/kin8nm", "--inference=gradient", "--epochs=10",
             "--batch_size=64", "--checkpoint_every_steps=40", "--num_samples=20", "--seed=11"]
-    # The uninterrupted reference: the same settings (and the binary's learning rate), trained here.
-    train_lib.train_and_evaluate(
-        config_lib.TrainConfig(data_dir=str(data_dir), dataset="uci/kin8nm", epochs=10, batch_size=64,
-                               learning_rate=0.05, checkpoint_every_steps=40, num_samples=20, seed=11,
-                               workdir=str(tmp_path / "reference")),
-        lr.Config(inference="gradient"), lr.build_model)
+    # The uninterrupted reference: the same binary and flags, trained meanwhile in its own process.
+    reference_log = tmp_path / "reference.log"
+    with open(reference_log, "w") as log:
+        reference = subprocess.Popen([sys.executable, "-m", "training.train_linear_regression", *args,
+                                      f"--workdir={tmp_path / 'reference'}"], cwd=REPO, env=_env(),
+                                     stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        workdir = tmp_path / "killed"
+        proc = subprocess.Popen([sys.executable, "-m", "training.train_linear_regression", *args,
+                                 f"--workdir={workdir}"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        # Killed once a checkpoint is recorded as saved (the manager's `checkpoint` file, written atomically after
+        # it): the kill may land mid-write of the next one, which resuming must skip.
+        deadline = time.time() + 120
+        while time.time() < deadline and not (workdir / "checkpoints" / "checkpoint").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        steps = sorted(int(p.stem.split("-")[1]) for p in (workdir / "checkpoints").glob("ckpt-*.index"))
+        assert steps and steps[-1] < 10 * (7373 // 64), "the run finished before it could be killed"
+        assert not (workdir / "metrics.json").exists()
 
-    workdir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "training.train_linear_regression", *args,
-                             f"--workdir={workdir}"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    # Killed once a checkpoint is recorded as saved (the manager's `checkpoint` file, written atomically after
-    # it): the kill may land mid-write of the next one, which resuming must skip.
-    deadline = time.time() + 120
-    while time.time() < deadline and not (workdir / "checkpoints" / "checkpoint").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    steps = sorted(int(p.stem.split("-")[1]) for p in (workdir / "checkpoints").glob("ckpt-*.index"))
-    assert steps and steps[-1] < 10 * (7373 // 64), "the run finished before it could be killed"
-    assert not (workdir / "metrics.json").exists()
-
-    resumed = _train_cli(*args, f"--workdir={workdir}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr
-    got = json.loads((workdir / "metrics.json").read_text())
-    want = json.loads((tmp_path / "reference/metrics.json").read_text())
-    for name in ("test/nll", "test/rmse", "train/elbo"):
-        assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-9), name
+        resumed = _train_cli(*args, f"--workdir={workdir}")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resumed from" in resumed.stderr
+        assert reference.wait(timeout=300) == 0, reference_log.read_text()[-3000:]
+        got = json.loads((workdir / "metrics.json").read_text())
+        want = json.loads((tmp_path / "reference/metrics.json").read_text())
+        for name in ("test/nll", "test/rmse", "train/elbo"):
+            assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-9), name
+    finally:
+        if reference.poll() is None:  # a failure above leaves no training behind
+            reference.kill()
 
 
 MIRRORED_SCRIPT = """
