@@ -1,7 +1,9 @@
 """The standard gRPC health-checking service (`grpc.health.v1.Health`), for `--enable_grpc_healthcheck_service`.
 
-tensorflow_model_server turns on gRPC's default health-check service with that flag; this module answers the same
-way, so load balancers, Kubernetes gRPC probes and `grpc_health_probe` see what they see there:
+tensorflow_model_server's help for that flag says "Enable the standard gRPC healthcheck service."; this module
+answers as gRPC's default health-check service (C++ `EnableDefaultHealthCheckService`) does, which is what such a
+flag turns on in a C++ gRPC server (how TF Serving wires it was not confirmed from its sources), so load
+balancers, Kubernetes gRPC probes and `grpc_health_probe` get the answers that service gives:
 
 * `Check(service="")` (the server as a whole) answers SERVING from start-up until shutdown begins, then
   NOT_SERVING. The default service reports no per-service statuses, so any other name answers the RPC status
