@@ -34,6 +34,7 @@ convolutions with 2x2 max pooling, then the dense layers), for image inputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Sequence
 
@@ -190,6 +191,14 @@ class BayesianNetwork(heads.LikelihoodHead):
     def moment_predictive(self, x, num_samples, seed) -> tfd.Distribution:
         """The per-sample predictive [S, batch, ...] of the moment-propagation approximation."""
         return self.likelihood(self.moment_outputs(x, num_samples, seed))
+
+    @contextlib.contextmanager
+    def serving_snapshot(self):
+        """Within, every layer reads its posterior from a snapshot with sigma^2 precomputed
+        (`MeanFieldLayer.snapshot`); yields the snapshots, a list of `Posterior`s of variables, for the export to
+        keep. Outside it, the layers read their live weights."""
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(layer.snapshot()) for layer in self.layers_with_posterior]
 
     def kl(self, seed=None, num_samples=None) -> tf.Tensor:
         """KL(q(W) || p(W)) summed over layers, nats, in closed form (the arguments are unused)."""

@@ -65,6 +65,7 @@ diagonal approximation ignores, and every pre-activation is taken as Gaussian.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -109,27 +110,41 @@ def normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
     return tf.cast(tf.reshape(z, shape), dtype)
 
 
-def dense(x, kernel) -> tf.Tensor:
-    """x [..., in] @ kernel [in, out] -> [..., out], as ONE 2-D matrix product over all leading axes.
+def dense(x, kernel, bias=None) -> tf.Tensor:
+    """x [..., in] @ kernel [in, out] (+ bias [out]) -> [..., out], as ONE 2-D matrix product over all leading axes.
 
-    The same numbers as `tf.matmul(x, kernel)`, whose broadcasting batch product of a rank-3 x [S, B, in] with a
-    rank-2 kernel runs about twice as slow on CPU as the reshaped [S * B, in] x [in, out] GEMM.
+    The same numbers as `tf.matmul(x, kernel) + bias`, whose broadcasting batch product of a rank-3 x [S, B, in]
+    with a rank-2 kernel runs about twice as slow on CPU as the reshaped [S * B, in] x [in, out] GEMM. The bias
+    goes in by `tf.nn.bias_add` on the 2-D product, which TensorFlow's graph optimizer fuses into the product
+    (`_FusedMatMul`): a separate addition is one more pass over an [S x B, out] tensor.
     """
     if x.shape.rank == 2:
-        return tf.matmul(x, kernel)
+        y = tf.matmul(x, kernel)
+        return y if bias is None else tf.nn.bias_add(y, bias)
     shape = tf.shape(x)
     y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)
     return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[-1]]], 0))
 
 
 class Posterior(NamedTuple):
     """One layer's posterior parameters as tensors for one step: locations, scales sigma = softplus(rho), and
-    (in training) KL(q(W) q(b) || p(W) p(b)) in nats, None when not asked for."""
+    (in training) KL(q(W) q(b) || p(W) p(b)) in nats, None when not asked for; a serving snapshot
+    (`MeanFieldLayer.snapshot`) also holds the variances sigma^2, tau^2."""
     kernel_loc: tf.Tensor
     kernel_scale: tf.Tensor
     bias_loc: tf.Tensor
     bias_scale: tf.Tensor
     kl: tf.Tensor | None = None
+    kernel_var: tf.Tensor | None = None
+    bias_var: tf.Tensor | None = None
+
+    def variances(self):
+        """(sigma^2 [kernel shape], tau^2 [units]): the snapshot's, or computed from the scales."""
+        if self.kernel_var is not None:
+            return self.kernel_var, self.bias_var
+        return tf.square(self.kernel_scale), tf.square(self.bias_scale)
 
 
 @tf.custom_gradient
@@ -218,6 +233,7 @@ class MeanFieldLayer(tf_keras.layers.Layer):
         self.prior_scale_init = float(prior_scale)
         self.learn_prior_scale = bool(learn_prior_scale)
         self.init_rho = float(init_rho)
+        object.__setattr__(self, "_snapshot", None)
 
     def _kernel_shape(self, input_shape) -> list:
         raise NotImplementedError
@@ -259,7 +275,10 @@ class MeanFieldLayer(tf_keras.layers.Layer):
 
     def posterior_parameters(self, with_kl: bool = False) -> Posterior:
         """The posterior's locations and scales as tensors, and with `with_kl` its KL to the prior (`scale_and_kl`:
-        the scales and the KL share their softplus, so a training step takes both from here)."""
+        the scales and the KL share their softplus, so a training step takes both from here). Inside
+        `snapshot()`, without `with_kl`: the snapshot."""
+        if self._snapshot is not None and not with_kl:
+            return self._snapshot
         kernel_loc, bias_loc = tf.convert_to_tensor(self.kernel_loc), tf.convert_to_tensor(self.bias_loc)
         if not with_kl:
             return Posterior(kernel_loc, self.kernel_scale, bias_loc, self.bias_scale)
@@ -267,6 +286,30 @@ class MeanFieldLayer(tf_keras.layers.Layer):
         kernel_scale, kernel_kl = scale_and_kl(kernel_loc, tf.convert_to_tensor(self.kernel_rho), log_s)
         bias_scale, bias_kl = scale_and_kl(bias_loc, tf.convert_to_tensor(self.bias_rho), log_s)
         return Posterior(kernel_loc, kernel_scale, bias_loc, bias_scale, kernel_kl + bias_kl)
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Within, `posterior_parameters()` returns the posterior as it is now, held in new non-trainable variables:
+        locations, sigma = softplus(rho), tau and the variances sigma^2, tau^2 (yields that `Posterior`).
+
+        For export: a signature traced inside reads sigma^2 from a variable instead of computing softplus(rho)^2
+        for every request, a pass over every parameter of the network (478,000 for the MNIST 784-400-400-10
+        network) whatever the batch: 1.9 -> 1.3 ms for a one-example request at S = 100 here. The variables are
+        not the layer's weights (not trained, not checkpointed); whoever traces inside keeps them (the exported
+        servable does). On leaving, the layer reads its live weights again.
+        """
+        q = self.posterior_parameters()
+        kernel_var, bias_var = q.variances()
+        frozen = Posterior(*[tf.Variable(t, trainable=False, name=f"serving_{name}") for name, t in (
+            ("kernel_loc", q.kernel_loc), ("kernel_scale", q.kernel_scale), ("bias_loc", q.bias_loc),
+            ("bias_scale", q.bias_scale))], None,
+            tf.Variable(kernel_var, trainable=False, name="serving_kernel_var"),
+            tf.Variable(bias_var, trainable=False, name="serving_bias_var"))
+        object.__setattr__(self, "_snapshot", frozen)  # bypasses Keras' tracking: not a weight of the layer
+        try:
+            yield frozen
+        finally:
+            object.__setattr__(self, "_snapshot", None)
 
     def kl(self) -> tf.Tensor:
         """KL(q(W) q(b) || p(W) p(b)) in nats, in closed form (equals TFP's `kl_divergence` of `posterior()` and
@@ -309,18 +352,21 @@ class DenseMeanField(MeanFieldLayer):
           mean: E[h] [batch, in].
           var: Var[h] [batch, in]; None for a deterministic input (then the result is exact).
         """
-        out_mean = dense(mean, self.kernel_loc) + self.bias_loc
+        q = self.posterior_parameters()
+        kernel_var, bias_var = q.variances()
+        out_mean = dense(mean, q.kernel_loc, q.bias_loc)
         second = tf.square(mean) if var is None else tf.square(mean) + var
-        out_var = dense(second, tf.square(self.kernel_scale)) + tf.square(self.bias_scale)
+        out_var = dense(second, kernel_var, bias_var)
         if var is not None:
-            out_var += dense(var, tf.square(self.kernel_loc))
+            out_var += dense(var, tf.square(q.kernel_loc))
         return out_mean, out_var
 
     def _pre_activations(self, x, seed, num_samples, q, per_example: bool):
         """Local reparameterization: m + sqrt(v) * eps, eps [S, batch, units] if `per_example`, else [S, 1, units]."""
         x, s, shared = self._shared(x, num_samples)
-        mean = dense(x, q.kernel_loc) + q.bias_loc
-        var = dense(tf.square(x), tf.square(q.kernel_scale)) + tf.square(q.bias_scale)
+        kernel_var, bias_var = q.variances()
+        mean = dense(x, q.kernel_loc, q.bias_loc)
+        var = dense(tf.square(x), kernel_var, bias_var)
         if per_example:
             shape = tf.concat([[s], tf.shape(mean)], 0) if shared else tf.shape(mean)
         else:
@@ -395,8 +441,9 @@ class Conv2DMeanField(MeanFieldLayer):
 
     def _local_reparameterization(self, x, seed, num_samples, q):
         flat, s, shared = self._merge(x, num_samples)
-        mean = self._conv(flat, q.kernel_loc) + q.bias_loc
-        var = self._conv(tf.square(flat), tf.square(q.kernel_scale)) + tf.square(q.bias_scale)
+        kernel_var, bias_var = q.variances()
+        mean = tf.nn.bias_add(self._conv(flat, q.kernel_loc), q.bias_loc)
+        var = tf.nn.bias_add(self._conv(tf.square(flat), kernel_var), bias_var)
         if shared:
             shape = tf.concat([[s], tf.shape(mean)], 0)
             return mean + tf.sqrt(var) * normal(shape, seed, dtype=mean.dtype)

@@ -31,6 +31,7 @@ graph (TFP's distributions are traced away), so stock TensorFlow Serving, which 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -281,9 +282,15 @@ def export(model, dataset, export_base: str | os.PathLike, num_samples: int = 10
     Besides the family's signatures, every export carries `model_info` (no inputs -> `info`, a JSON string: family,
     configuration, data set, S and seed of `serving_default`) and the same JSON in `assets.extra/` (MODEL_INFO_FILE).
     """
-    servable = build_servable(model, dataset, num_samples, seed)
-    info = json.dumps(model_info(model, dataset, num_samples, seed), sort_keys=True)
-    servable.model_info = tf.function(lambda: {"info": tf.constant(info)}, input_signature=[])
-    signatures = dict(servable.signatures(), model_info=servable.model_info)
-    return save_versioned(servable, export_base, signatures, servable.warmup_requests(),
-                          extra_files={MODEL_INFO_FILE: info})
+    # A model that can precompute what its signatures would derive from its parameters on every request (the
+    # mean-field networks' sigma^2 = softplus(rho)^2) does so for the export; the servable keeps the result.
+    snapshot = getattr(model, "serving_snapshot", contextlib.nullcontext)
+    with snapshot() as precomputed:
+        servable = build_servable(model, dataset, num_samples, seed)
+        if precomputed is not None:
+            servable.precomputed = precomputed
+        info = json.dumps(model_info(model, dataset, num_samples, seed), sort_keys=True)
+        servable.model_info = tf.function(lambda: {"info": tf.constant(info)}, input_signature=[])
+        signatures = dict(servable.signatures(), model_info=servable.model_info)
+        return save_versioned(servable, export_base, signatures, servable.warmup_requests(),
+                              extra_files={MODEL_INFO_FILE: info})

@@ -264,6 +264,38 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
     _assert_batch_invariant(lenet_signatures, ("predict_mc",), tf.random.stateless_uniform([5, 28, 28, 1], [3, 3]))
 
 
+def test_mean_field_export_precomputes_the_posterior_variances_and_answers_as_the_live_model(tmp_path):
+    """The signatures read sigma^2 from variables written at export instead of taking softplus(rho)^2 on every
+    request (no Softplus left in a classifier's graphs), with the same answers bit for bit; the model itself keeps
+    its weights and goes on reading the live ones."""
+    from models import bayesian_dense
+
+    mnist_like = data.Dataset(name="stand-in", task="classification", num_classes=10,
+                              x_train=np.zeros((2, 28, 28, 1), np.float32), y_train=np.zeros(2, np.int32),
+                              x_test=np.zeros((2, 28, 28, 1), np.float32), y_test=np.zeros(2, np.int32))
+    tf_keras.utils.set_random_seed(3)
+    model = bayesian_dense.build_model(bayesian_dense.Config(hidden_units=(16, 16), init_rho=-2.0), mnist_like)
+    weights = [w.name for w in model.variables]
+    signatures = tf.saved_model.load(str(export.export(model, mnist_like, tmp_path / "bnn"))).signatures
+    assert [w.name for w in model.variables] == weights  # the snapshot is the export's, not a weight of the model
+    for name in ("predict_mc", "predict_moments"):
+        ops = {node.op for f in signatures[name].graph.as_graph_def().library.function for node in f.node_def}
+        assert "Softplus" not in ops, name
+    x = tf.random.stateless_uniform([6, 28, 28, 1], [5, 5])
+    args = dict(num_samples=tf.constant(32), seed=tf.constant([4, 2], tf.int32))
+    live = export.build_servable(model, mnist_like, 32, 0)
+    for name in ("predict_mc", "predict_moments"):
+        served, reference = signatures[name](x=x, **args), getattr(live, name)(x, **args)
+        for key in served:
+            np.testing.assert_array_equal(served[key], reference[key], err_msg=f"{name} {key}")
+    before = live.predict_mc(x, **args)["probabilities"].numpy()
+    layer = model.hidden_layers[0]
+    layer.kernel_rho.assign(layer.kernel_rho + 1.0)  # wider posterior: the live model must see it
+    assert np.abs(live.predict_mc(x, **args)["probabilities"].numpy() - before).max() > 1e-3
+    served_again = signatures["predict_mc"](x=x, **args)["probabilities"].numpy()
+    np.testing.assert_array_equal(served_again, before)  # and the export keeps what it was given
+
+
 def _assert_batch_invariant(signatures, names, x):
     args = dict(num_samples=tf.constant(64), seed=tf.constant([4, 2]))
     for name in names:
