@@ -19,7 +19,8 @@ it also times the same signature function compiled by XLA in process (stock TF S
 with `--xla_cpu_compilation_enabled`, so exports are not compiled by default).
 
 All sides run in one process under the model server's TensorFlow settings (`serving.RUNTIME_DEFAULTS`: the
-pooling CPU allocator; `TF_CPU_ALLOCATOR_USE_BFC=false python benchmarks/predictive.py` times them under malloc).
+pooling CPU allocator; `TF_CPU_ALLOCATOR_USE_BFC=false python benchmarks/predictive.py` times them under malloc,
+with `TF_ENABLE_ONEDNN_OPTS=0` too on CPUs where TensorFlow turns oneDNN, and its own pool, on by default).
 
 The networks are untrained (their latency does not depend on the weights' values); the linear regression is
 fitted on concrete (see `build`). Settings: the MNIST classifiers of the

@@ -436,9 +436,11 @@ except ValueError:  # "Allocator stats not available": malloc keeps none
 def test_training_processes_run_the_pooling_allocator_unless_the_user_chose(preset, expected):
     """Training binaries evaluate with the server's Monte Carlo computations and take its CPU allocator
     (`serving.RUNTIME_DEFAULTS`) when the package is imported, before TensorFlow runs any op; the user's
-    TF_CPU_ALLOCATOR_USE_BFC wins. TensorFlow keeps allocation statistics for the pool only."""
+    TF_CPU_ALLOCATOR_USE_BFC wins. TensorFlow keeps allocation statistics for a pool only. With oneDNN's ops on
+    (TensorFlow's default on CPUs with AVX512-VNNI, AVX512-BF16 or AMX) TensorFlow puts oneDNN's own pooling
+    allocator where malloc would be, so the user's choice shows only with oneDNN off, as the subprocess runs."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0")
     if preset is not None:
         env["TF_CPU_ALLOCATOR_USE_BFC"] = preset
     out = subprocess.run([sys.executable, "-c", ALLOCATOR_SCRIPT], cwd=REPO, env=env, capture_output=True,
