@@ -301,6 +301,10 @@ def _learning_rate(config, total_steps: int):
     return config.learning_rate
 
 
+def _checkpoint_number(prefix: str) -> int:
+    return int(str(prefix).rsplit("-", 1)[1])
+
+
 def checkpoints_newest_first(directory: pathlib.Path, recorded) -> list:
     """The checkpoints in `directory` to resume from, newest first.
 
@@ -308,26 +312,25 @@ def checkpoints_newest_first(directory: pathlib.Path, recorded) -> list:
     leaves a newer checkpoint than the recorded one: every `ckpt-N` with an index counts. The index is written
     last but not atomically, so one killed mid-write may not read; the caller then tries the next.
     """
-    def number(prefix):
-        return int(prefix.rsplit("-", 1)[1])
-
     written = {str(p)[:-len(".index")] for p in pathlib.Path(directory).glob("ckpt-*.index")}
     written = {p for p in written if p.rsplit("-", 1)[1].isdigit()}
     if recorded:
         written.add(recorded)
-    return sorted(written, key=number, reverse=True)
+    return sorted(written, key=_checkpoint_number, reverse=True)
 
 
-def restore_newest_readable(checkpoint, manager, directory: pathlib.Path, step) -> None:
-    """Restores the newest checkpoint in `directory` that reads, or nothing when none ever finished writing.
+def restore_newest_readable(checkpoint, directory: pathlib.Path, step) -> str | None:
+    """Restores the newest checkpoint in `directory` that reads, or nothing when none ever finished writing;
+    returns the checkpoint restored, or None.
 
-    An unreadable checkpoint the manager never recorded is a save killed mid-write: it is skipped, and if it is
-    the only one, training starts afresh (its files are overwritten when that step is saved again). One the
-    manager recorded had been complete; if no checkpoint reads but a recorded one exists, training refuses to
-    start over it: someone should look at the files.
+    An unreadable checkpoint the manager never recorded (in its `checkpoint` file) is a save killed mid-write: it
+    is skipped, and if it is the only one, training starts afresh (its files are overwritten when that step is
+    saved again). One the manager recorded had been complete; if no checkpoint reads but a recorded one exists,
+    training refuses to start over it: someone should look at the files.
     """
-    recorded = {pathlib.Path(p).name for p in manager.checkpoints}
-    candidates = checkpoints_newest_first(directory, manager.latest_checkpoint)
+    state = tf.train.get_checkpoint_state(str(directory))
+    recorded = {pathlib.Path(p).name for p in state.all_model_checkpoint_paths} if state else set()
+    candidates = checkpoints_newest_first(directory, state.model_checkpoint_path if state else None)
     for candidate in candidates:
         try:
             checkpoint.restore(candidate)
@@ -336,7 +339,7 @@ def restore_newest_readable(checkpoint, manager, directory: pathlib.Path, step) 
                             "" if pathlib.Path(candidate).name in recorded else "; it was never recorded as saved")
             continue
         logging.info("resumed from %s at step %d", candidate, int(step))
-        return
+        return candidate
     damaged = [c for c in candidates if pathlib.Path(c).name in recorded]
     if damaged:
         raise RuntimeError(f"no checkpoint in {directory} can be read, and {', '.join(damaged)} had been saved "
@@ -344,6 +347,48 @@ def restore_newest_readable(checkpoint, manager, directory: pathlib.Path, step) 
     if candidates:
         logging.warning("no checkpoint in %s finished writing (%s): training from the start", directory,
                         ", ".join(candidates))
+    return None
+
+
+def record_unrecorded(directory: pathlib.Path, restored: str | None) -> list:
+    """Adds to the manager's `checkpoint` file the checkpoints up to `restored` that a kill left unrecorded (the
+    one resumed from, and any older ones written while the file was lost); returns their names.
+
+    `tf.train.CheckpointManager` deletes only checkpoints its file lists, beyond `max_to_keep`; an unrecorded one
+    would stay on disk for good. Each is listed with its index file's time, after `last_preserved_timestamp`,
+    which is what makes the manager count it as deletable. Unrecorded ones newer than `restored` did not read
+    (a save killed mid-write; listing them would make them look complete): their files are removed, since the
+    run redoes their steps.
+    """
+    if restored is None:
+        return []
+    state = tf.train.get_checkpoint_state(str(directory))
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    stamps = list(state.all_model_checkpoint_timestamps) if state else []
+    times = dict(zip(paths, stamps)) if len(stamps) == len(paths) else {}
+    known = {pathlib.Path(p).name for p in paths}
+    limit = _checkpoint_number(restored)
+    unrecorded = [c for c in checkpoints_newest_first(directory, None) if pathlib.Path(c).name not in known]
+    for broken in [c for c in unrecorded if _checkpoint_number(c) > limit]:
+        for f in pathlib.Path(directory).glob(pathlib.Path(broken).name + ".*"):
+            f.unlink()
+        logging.warning("removed %s: it did not read and was never recorded (a save killed mid-write)", broken)
+    added = [c for c in unrecorded if _checkpoint_number(c) <= limit]
+    if not added:
+        return []
+    for c in added:
+        times[c] = os.path.getmtime(c + ".index")
+    listed = sorted(set(paths) | set(added), key=_checkpoint_number)
+    listed_times = [times.get(p, time.time()) for p in listed]
+    preserved = min(state.last_preserved_timestamp if state else math.inf, min(listed_times) - 1.0)
+    latest = max(listed, key=_checkpoint_number)
+    tf.compat.v1.train.update_checkpoint_state(
+        str(directory), latest, all_model_checkpoint_paths=listed,
+        all_model_checkpoint_timestamps=listed_times, last_preserved_timestamp=preserved)
+    names = [pathlib.Path(c).name for c in added]
+    logging.info("recorded %s in %s, so that the checkpoint manager's retention covers them", ", ".join(names),
+                 directory)
+    return names
 
 
 def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=None) -> float:
@@ -373,8 +418,10 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
     # Outside the strategy scope: one host-side counter, not one copy per replica.
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    restored = restore_newest_readable(checkpoint, workdir / "checkpoints", step)
+    record_unrecorded(workdir / "checkpoints", restored)
+    # Made after both: the manager reads its `checkpoint` file once, when it is made.
     manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)
-    restore_newest_readable(checkpoint, manager, workdir / "checkpoints", step)
     base_seed = tf.constant([config.seed, 0], tf.int32)
 
     def replica_step(batch):

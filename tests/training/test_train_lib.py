@@ -155,6 +155,10 @@ def test_resume_takes_the_newest_readable_checkpoint_even_one_the_manager_never_
             (checkpoints / "ckpt-14.index").write_bytes(b"half an index")
         # Two epochs in all: what is left after the checkpoint resumed from.
         assert fit(name, 2) * steps_per_epoch == pytest.approx(2 * steps_per_epoch - resumed_at)
+        # The checkpoints the lost `checkpoint` file no longer listed were recorded on resuming, so the manager's
+        # keep-3 retention swept them with the rest: nothing is left behind for good.
+        assert sorted(p.name for p in checkpoints.glob("*.index")) == ["ckpt-20.index", "ckpt-24.index",
+                                                                       "ckpt-28.index"]
 
 
 def test_a_first_checkpoint_killed_mid_write_trains_afresh_but_a_damaged_saved_one_stops(tmp_path, data_dir):
