@@ -306,20 +306,39 @@ def aspired_versions(config, children: Dict[int, str]) -> Dict[int, str]:
     return {v: children[v] for v in sorted(children, reverse=True)[:num]}
 
 
-def list_versions(base_path: str) -> Dict[int, str]:
-    """Numbered sub-directories of a base path: version -> path.
+_C_SPACES = " \t\n\v\f\r"  # C's isspace in the "C" locale
 
-    Names that are not non-negative int64s in ASCII digits (an exporter's temporary
-    directories, for instance) are ignored, as TF Serving ignores them; `00000123` is
-    version 123.
+
+def parse_version(name: str) -> Optional[int]:
+    """A base path child's version number, or None: TF Serving's `ParseVersionNumber`, i.e. tsl's
+    `safe_strto64`: optional leading and trailing whitespace around an optional "-" and ASCII digits, within
+    int64. So "-4" is version -4 and " 7" version 7, while "+7", "tmp-3", Arabic-Indic digits and 2^63 are not
+    versions (a version past int64 could be neither reported nor asked for)."""
+    text = name.strip(_C_SPACES)
+    digits = text[1:] if text.startswith("-") else text
+    if not digits or not all("0" <= c <= "9" for c in digits):
+        return None
+    value = int(text)
+    return value if -_INT64_MAX - 1 <= value <= _INT64_MAX else None
+
+
+def list_versions(base_path: str) -> Dict[int, str]:
+    """The base path's children that name versions: version -> path.
+
+    As TF Serving's file system source: every child whose name parses (`parse_version`) counts, files too (a
+    file then fails to load like a version directory without a SavedModel), and names that do not parse (an
+    exporter's temporary directories, for instance) are ignored; `00000123` is version 123. Where two names
+    give one version, the later in byte order wins, with TF Serving's warning.
     """
     children = {}
-    for entry in os.listdir(base_path):
-        if not (entry.isascii() and entry.isdigit() and int(entry) <= _INT64_MAX):
+    for entry in sorted(os.listdir(base_path)):
+        version = parse_version(entry)
+        if version is None:
             continue
-        path = os.path.join(base_path, entry)
-        if os.path.isdir(path):
-            children[int(entry)] = path
+        if version in children:
+            logging.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s "
+                            "will be ignored.", version, entry, os.path.basename(children[version]))
+        children[version] = os.path.join(base_path, entry)
     return children
 
 

@@ -244,15 +244,23 @@ def test_a_reload_waiting_for_a_new_model_stalls_neither_polling_nor_shutdown(
     assert server.wait_exit(timeout=20) == 0
 
 
-def test_only_int64_version_directories_are_versions(tmp_path):
+def test_version_names_parse_as_tf_serving_parses_them(tmp_path):
+    """TF Serving's file system source counts every child whose name tsl's safe_strto64 reads: whitespace around
+    an optional minus and ASCII digits, within int64; files too (they then fail to load)."""
     from serving import model_manager
-    for name in ("1", "007", str(2 ** 63), "\u0661\u0662", "tmp-3", "-4"):
+    for name in ("1", "007", str(2 ** 63), "\u0661\u0662", "tmp-3", "-4", "+6", " 8", "9 x", "-", ".10"):
         (tmp_path / name).mkdir()
-    (tmp_path / "5").write_text("a file, not a version")
+    (tmp_path / "5").write_text("a file, not a SavedModel")
     # A version past int64 could be neither reported (ModelVersionStatus.version is int64)
     # nor answered (ModelSpec.version): as "latest" it would fail every request.
-    assert model_manager.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"),
-                                                          7: str(tmp_path / "007")}
+    assert model_manager.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"), 7: str(tmp_path / "007"),
+                                                          -4: str(tmp_path / "-4"), 5: str(tmp_path / "5"),
+                                                          8: str(tmp_path / " 8")}
+    assert model_manager.parse_version(str(-2 ** 63)) == -2 ** 63
+    assert model_manager.parse_version(str(-2 ** 63 - 1)) is None
+    # Two names of one version: the later in byte order ("7" after "007") is loaded.
+    (tmp_path / "7").mkdir()
+    assert model_manager.list_versions(str(tmp_path))[7] == str(tmp_path / "7")
 
 
 @pytest.mark.parametrize("seconds, ms", [(None, 0), (0.0, 1), (-3.0, 1), (0.0421, 45), (0.345, 362),
