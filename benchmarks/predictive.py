@@ -27,7 +27,8 @@ fitted on concrete (see `build`). Settings: the MNIST classifiers of the
 families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for the meta-networks) and the UCI
 protocol's regression network (8-50-2, heteroscedastic; its statistics include the mixture's 95% interval), and
 Bayesian linear regression on the same 8 features, exact and CAVI posteriors: ours integrates the weights out
-(one Normal for the exact posterior; S draws of the noise precision for CAVI), the loop draws the weights.
+(one Normal for the exact posterior; for CAVI, 32 quadrature strata of the noise precision's posterior), the
+loop draws the weights.
 
     python benchmarks/predictive.py [--settings=bnn_mnist,bnn_uci] [--jit_compile]
 """
@@ -204,7 +205,7 @@ def main():
                 size = f"variational parameters {model.num_variational_parameters():,}"
             else:
                 size = {"exact": "exact Gaussian posterior (weights integrated out: one component)",
-                        "cavi": "CAVI posterior (weights integrated out, S draws of the noise precision)"}[
+                        "cavi": "CAVI posterior (weights and noise precision integrated out: 32 components)"}[
                             model.config.inference]
             print(f"## {setting} ({widths}, {task}), {size}")
             header = ("| batch | S | ours ms | (a) loop ms | speed-up vs (a) | (b) deterministic ms | "

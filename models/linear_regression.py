@@ -33,18 +33,30 @@ All three share the closed-form ELBO (used by CAVI and to score the gradient sol
     E_q(alpha)[KL(N(m, S) || N(0, I/alpha))] = 1/2 (E[alpha](tr S + m^T m) - D - D E[log alpha] - log |S|).
 
 The posterior predictive goes through `models.predictive` like every family, with the weights integrated out
-exactly (Rao-Blackwellized): q(w) = N(m, S) is Gaussian and independent of beta under q, so per noise-precision
-sample beta_s ~ q(beta)
-    p(y | x, beta_s) = integral N(y; w . phi, 1/beta_s) N(w; m, S) dw = N(m . phi, phi^T S phi + 1/beta_s),
-and only the scalar beta is drawn. For `exact` (beta a point estimate) that is one Normal, the closed-form predictive,
-with no Monte Carlo error at all. The weights' share phi^T S phi of each component's variance is the epistemic
-part (`integrated_variance`, which `models.predictive.regression_predictive` reports as such).
+exactly (Rao-Blackwellized): q(w) = N(m, S) is Gaussian and independent of beta under q, so for a noise precision
+beta
+    p(y | x, beta) = integral N(y; w . phi, 1/beta) N(w; m, S) dw = N(m . phi, phi^T S phi + 1/beta),
+and what is left is a one-dimensional integral over q(beta) = Gamma(a, b). For `exact` (beta a point estimate) that
+is one Normal, the closed-form predictive. For `cavi` and `gradient` it is done by quadrature instead of Monte
+Carlo (`noise_variance_nodes`): q(beta) is cut into K = 32 strata of equal probability, and stratum k contributes
+the Normal whose noise variance is the mean of 1/beta over it,
+
+    n_k = E[1/beta | beta in stratum k] = K b / (a - 1) (P(a - 1, x_{k+1}) - P(a - 1, x_k)),
+
+with P the regularized lower incomplete gamma function and x_k = P(a, .)^-1(k / K) the strata's edges
+(`gamma_quantiles`); so the mixture's variance is exact (sum_k n_k / K = E[1/beta] = b / (a - 1)) and its quantiles
+within 1e-5 relative for a > 100 (any regression data set of 200 rows or more; 6e-4 at a = 6). A Monte Carlo mixture
+of S = 100 draws of beta is off by about 1/sqrt(100 (a - 2)) in the variance, and costs three times as many
+components. The answer is deterministic: `num_samples` and the seed do not change it. The weights' share
+phi^T S phi of each component's variance is the epistemic part (`integrated_variance`, which
+`models.predictive.regression_predictive` reports as such).
 
 Computation runs in float64 (the closed forms are compared with numpy to 1e-6); inputs may be float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Sequence
@@ -56,6 +68,45 @@ from models.objective import ElboTerms
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
+
+QUADRATURE_NODES = 32
+_NEWTON_STEPS = 12
+
+
+def gamma_quantiles(concentration, probs) -> tf.Tensor:
+    """x with P(a, x) = p for each p in `probs` [n] (the standard Gamma(a, 1) quantiles), a = `concentration` > 0.
+
+    Wilson and Hilferty's start, x ~ a (1 - 1/(9a) + z / (3 sqrt a))^3 with z the Normal quantile of p (within
+    1e-3 relative for a > 5), then Newton steps on log x, where the derivative of P(a, e^u) - p is the density times
+    x, x^a e^-x / Gamma(a), and each step is capped at 1 in u (a far start shrinks or grows x by e at most per
+    step). Core TensorFlow ops only (`Igamma`, `Lgamma`, `Ndtri`), so an export needs no TFP.
+    """
+    a = tf.convert_to_tensor(concentration)
+    p = tf.cast(probs, a.dtype)
+    z = tf.math.ndtri(p)
+    base = 1.0 - 1.0 / (9.0 * a) + z / (3.0 * tf.sqrt(a))
+    u = tf.math.log(a) + 3.0 * tf.math.log(tf.maximum(base, 0.05))
+    for _ in range(_NEWTON_STEPS):
+        x = tf.exp(u)
+        slope = tf.exp(a * u - x - tf.math.lgamma(a))
+        u -= tf.clip_by_value((tf.math.igamma(a, x) - p) / tf.maximum(slope, 1e-300), -1.0, 1.0)
+    return tf.exp(u)
+
+
+def noise_variance_nodes(concentration, rate, num_nodes: int = QUADRATURE_NODES) -> tf.Tensor:
+    """[K] noise variances n_k: the mean of 1/beta over the k-th of K equal-probability strata of
+    q(beta) = Gamma(a, b) (module docstring), so their average is E[1/beta] = b / (a - 1) exactly.
+
+    With a <= 1, E[1/beta] is infinite; the strata's midpoints n_k = b / x_{(k + 1/2) / K} stand in.
+    """
+    a = tf.convert_to_tensor(concentration)
+    b = tf.cast(rate, a.dtype)
+    k = tf.cast(tf.range(1, num_nodes), a.dtype) / num_nodes
+    edges = tf.math.igamma(tf.maximum(a - 1.0, 1e-3), gamma_quantiles(a, k))  # P(a - 1, x_k), k = 1..K-1
+    cumulative = tf.concat([tf.zeros([1], a.dtype), edges, tf.ones([1], a.dtype)], 0)
+    strata = num_nodes * b / (a - 1.0) * (cumulative[1:] - cumulative[:-1])
+    midpoints = b / gamma_quantiles(a, (tf.cast(tf.range(num_nodes), a.dtype) + 0.5) / num_nodes)
+    return tf.where(a > 1.0, strata, midpoints)
 
 INFERENCE_METHODS = ("exact", "cavi", "gradient")
 SURROGATES = ("full", "diag")
@@ -144,6 +195,7 @@ class BayesianLinearRegression(tf.Module):
         super().__init__(name=name)
         self.config = config
         self.num_features = int(num_features)
+        object.__setattr__(self, "_noise_snapshot", None)  # `serving_snapshot`'s, while an export traces
         dim = self.num_features + 1
         self.loc = tf.Variable(tf.zeros([dim], DTYPE), name="loc")
         gradient = config.inference == "gradient"
@@ -197,29 +249,51 @@ class BayesianLinearRegression(tf.Module):
         return tfd.JointDistributionNamed(dict(w=q_w, alpha=q_alpha, beta=q_beta))
 
     def predictive(self, x, num_samples, seed) -> tfd.Normal:
-        """Per-sample predictive with the weights integrated out: p(y | x, beta_s) = N(m . phi, phi^T S phi + 1/beta_s).
+        """The predictive with the weights integrated out, as an equally weighted mixture of Normals
+        N(m . phi, phi^T S phi + n_k) over noise variances n_k (see the module docstring).
 
-        Exact in w for every inference method (q(w) is Gaussian and independent of beta), so the mixture over S
-        draws of beta ~ q(beta) has Monte Carlo error only from beta's spread, and the predictive mean m . phi none.
-        For `exact`, q(beta) is a point mass: the components would all be the same Normal, so one is returned (the
-        closed-form predictive; `num_samples` and `seed` do not change it).
+        Exact in w for every inference method (q(w) is Gaussian and independent of beta), so the predictive mean
+        m . phi is exact. For `exact`, q(beta) is a point mass: one component, n = 1 / beta (the closed-form
+        predictive). Otherwise K = `QUADRATURE_NODES` components by quadrature over q(beta)
+        (`noise_variance_nodes`). Deterministic: `num_samples` and `seed` do not change it (they are the
+        interface every family's predictive shares).
 
         Args:
           x: [batch, features] standardized inputs.
-          num_samples: S, a scalar.
-          seed: int32 [2], a stateless seed (draws beta).
+          num_samples: S, a scalar (unused).
+          seed: int32 [2] (unused).
 
         Returns:
-          `tfd.Normal` with batch shape [S, batch, 1] ([1, batch, 1] for `exact`).
+          `tfd.Normal` with batch shape [K, batch, 1] ([1, batch, 1] for `exact`).
         """
+        del num_samples, seed
         mean, spread = self._weight_marginal(x)
         q_beta = self.posterior().model["beta"]
         if self.config.inference == "exact":
             noise_var = tf.math.reciprocal(q_beta.mean())[None]  # [1]
+        elif self._noise_snapshot is not None:
+            noise_var = tf.convert_to_tensor(self._noise_snapshot)  # [K], computed at export
         else:
-            noise_var = tf.math.reciprocal(q_beta.sample(num_samples, seed=seed))  # [S]
-        scale = tf.sqrt(spread + noise_var[:, None])[..., None]  # [S, batch, 1]
+            noise_var = noise_variance_nodes(q_beta.concentration, q_beta.rate)  # [K]
+        scale = tf.sqrt(spread + noise_var[:, None])[..., None]  # [K, batch, 1]
         return tfd.Normal(tf.broadcast_to(mean[:, None], tf.shape(scale)), scale)
+
+    @contextlib.contextmanager
+    def serving_snapshot(self):
+        """Within, `predictive` reads its K noise variances from a variable computed now (yielded in a list for
+        the export to keep; None for `exact`): the quadrature's Newton steps are some 200 small ops, a fixed cost
+        that would otherwise be paid by every request. Not a variable of the model (not checkpointed)."""
+        if self.config.inference == "exact":
+            yield None
+            return
+        q_beta = self.posterior().model["beta"]
+        nodes = tf.Variable(noise_variance_nodes(q_beta.concentration, q_beta.rate), trainable=False,
+                            name="serving_noise_variances")
+        object.__setattr__(self, "_noise_snapshot", nodes)  # bypasses tf.Module's tracking
+        try:
+            yield [nodes]
+        finally:
+            object.__setattr__(self, "_noise_snapshot", None)
 
     def integrated_variance(self, x) -> tf.Tensor:
         """[batch, 1] Var_q[w . phi] = phi^T S phi: the epistemic part every `predictive` component holds."""

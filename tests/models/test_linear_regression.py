@@ -101,26 +101,45 @@ def test_predictive_of_exact_posterior_is_the_closed_form_whatever_the_samples(c
         np.testing.assert_allclose(s["upper"][:, 0], loc + 1.959963984540054 * scale, rtol=1e-6, atol=1e-9)
 
 
-def test_predictive_integrates_the_weights_exactly_and_samples_only_the_noise_precision(cavi_model):
+def test_predictive_integrates_the_weights_exactly_and_the_noise_precision_by_quadrature(cavi_model):
     model, _ = cavi_model
     x = np.random.default_rng(0).normal(size=(50, model.num_features)).astype(np.float32)
-    num_samples = 4000
-    s = predictive.regression_predictive(model, x, num_samples, tf.constant([3, 4]), shift=1.5, scale=2.0)
+    s = predictive.regression_predictive(model, x, 100, tf.constant([3, 4]), shift=1.5, scale=2.0)
     q = model.posterior().model
     a, b = float(q["beta"].concentration), float(q["beta"].rate)
     m, cov = q["w"].loc.numpy(), q["w"].covariance().numpy()
     phi = _design(x)
-    # Mean: m . phi exactly, whatever the draws (a Monte Carlo mean over weight samples would be off by
-    # ~ sqrt(phi^T S phi / S)).
+    # Mean: m . phi exactly (a Monte Carlo mean over weight samples would be off by ~ sqrt(phi^T S phi / S)).
     # In the data's units y = 1.5 + 2 y_standardized.
     np.testing.assert_allclose(s["mean"][:, 0], 1.5 + 2.0 * phi @ m, rtol=1e-9, atol=1e-12)
-    # Variance: phi^T S phi (epistemic, exact) + E[1/beta] = b / (a - 1) (aleatoric); the draws of beta carry
-    # the only error, relative sd of the mean of 1/beta ~ 1/sqrt((a - 2) S) (about 4e-4 here).
+    # Variance: phi^T S phi (epistemic) + E[1/beta] = b / (a - 1) (aleatoric), both exact: the quadrature's
+    # strata means of 1/beta average to E[1/beta] (S = 100 draws of beta would be off by ~5e-3 here).
     weight_var = np.einsum("nd,de,ne->n", phi, cov, phi)
-    tolerance = 5 / math.sqrt((a - 2) * num_samples)
     np.testing.assert_allclose(s["epistemic_stddev"][:, 0] ** 2, 4.0 * weight_var, rtol=1e-9)
-    np.testing.assert_allclose(s["aleatoric_stddev"][:, 0] ** 2, 4.0 * b / (a - 1), rtol=tolerance)
-    np.testing.assert_allclose(s["stddev"][:, 0] ** 2, 4.0 * (weight_var + b / (a - 1)), rtol=tolerance)
+    np.testing.assert_allclose(s["aleatoric_stddev"][:, 0] ** 2, 4.0 * b / (a - 1), rtol=1e-9)
+    np.testing.assert_allclose(s["stddev"][:, 0] ** 2, 4.0 * (weight_var + b / (a - 1)), rtol=1e-9)
+    # The 95% interval against the same integral on 4096 strata, solved by bisection here.
+    fine = lr.noise_variance_nodes(tf.constant(a, tf.float64), tf.constant(b, tf.float64), 4096).numpy()
+    sd = np.sqrt(weight_var[:, None] + fine[None, :])  # [examples, strata]
+    lo, hi = np.zeros(len(x)), np.full(len(x), 20.0) * sd.max(axis=1)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        cdf = np.mean(0.5 * np.vectorize(math.erfc)(-mid[:, None] / sd / math.sqrt(2.0)), axis=1)
+        lo, hi = np.where(cdf < 0.975, mid, lo), np.where(cdf < 0.975, hi, mid)
+    half_width = 2.0 * lo  # in the data's units; the 32 strata are within 1e-5 of it
+    np.testing.assert_array_less(np.abs(s["upper"][:, 0] - (1.5 + 2.0 * (phi @ m + lo))), 1e-5 * half_width)
+    np.testing.assert_array_less(np.abs(s["lower"][:, 0] - (1.5 + 2.0 * (phi @ m - lo))), 1e-5 * half_width)
+    # Deterministic: neither S nor the seed changes it.
+    again = predictive.regression_predictive(model, x, 7, tf.constant([5, 6]), shift=1.5, scale=2.0)
+    for key in ("mean", "stddev", "lower", "upper"):
+        np.testing.assert_array_equal(again[key], s[key])
+
+
+@pytest.mark.parametrize("concentration", [0.5, 2.5, 6.0, 450.0, 5000.0])
+def test_gamma_quantiles_invert_the_incomplete_gamma_function(concentration):
+    a = tf.constant(concentration, tf.float64)
+    p = tf.constant(np.linspace(0.005, 0.995, 199))
+    np.testing.assert_allclose(tf.math.igamma(a, lr.gamma_quantiles(a, p)), p, rtol=0, atol=1e-10)
 
 
 def test_cavi_elbo_never_decreases(cavi_model):

@@ -118,22 +118,44 @@ def test_outputs_are_in_original_units_and_match_the_model(exported, fitted):
     np.testing.assert_allclose(out["stddev"].numpy(), closed.scale.numpy() * dataset.target_scale, rtol=0.03)
 
 
-def test_predict_mc_same_seed_same_answer_other_seed_other_answer(exported):
-    path, dataset = exported
-    loaded = tf.saved_model.load(str(path))
+def test_predict_mc_same_seed_same_answer_other_seed_other_answer(fitted, tmp_path):
+    """On a family that samples (a mean-field network: its weights are drawn), the seed decides the draws."""
+    from models import bayesian_dense
+
+    _, dataset = fitted
+    tf_keras.utils.set_random_seed(2)
+    model = bayesian_dense.build_model(bayesian_dense.Config(hidden_units=(16,), init_rho=-1.5), dataset)
+    loaded = tf.saved_model.load(str(export.export(model, dataset, tmp_path / "bnn")))
     x = tf.constant(_raw_inputs(dataset))
     call = lambda s, n=32: loaded.signatures["predict_mc"](  # noqa: E731
         x=x, num_samples=tf.constant(n), seed=tf.constant(s, tf.int32))
     a, b, c = call([1, 2]), call([1, 2]), call([1, 3])
     for k in OUTPUTS:
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy())
-    # Only the noise precision is drawn (the weights are integrated out): the seed moves the spread, not the mean.
-    assert not np.array_equal(a["stddev"].numpy(), c["stddev"].numpy())
-    np.testing.assert_allclose(a["mean"].numpy(), c["mean"].numpy(), rtol=1e-6)
-    # The weights' share of the uncertainty is exact, so even one sample has it (a weight sample would have none).
-    np.testing.assert_allclose(call([1, 2], n=1)["epistemic_stddev"].numpy(), c["epistemic_stddev"].numpy(),
-                               rtol=1e-6)
-    assert c["epistemic_stddev"].numpy().min() > 0
+        assert not np.array_equal(a[k].numpy(), c[k].numpy()), k
+
+
+def test_linear_regression_predictive_integrates_weights_and_noise_precision_without_sampling(exported, fitted):
+    """CAVI's predictive: the weights integrated out in closed form, q(beta) by quadrature; the variance is exact,
+    N(m . phi, phi^T S phi + b / (a - 1)) in its first two moments, whatever the seed and S (no draws at all)."""
+    path, dataset = exported
+    model, _ = fitted
+    loaded = tf.saved_model.load(str(path))
+    x = _raw_inputs(dataset)
+    call = lambda s, n: loaded.signatures["predict_mc"](  # noqa: E731
+        x=tf.constant(x), num_samples=tf.constant(n), seed=tf.constant(s, tf.int32))
+    a, c = call([1, 2], 1), call([1, 3], 500)
+    for k in OUTPUTS:
+        np.testing.assert_array_equal(a[k].numpy(), c[k].numpy())
+    q = model.posterior().model
+    concentration, rate = float(q["beta"].concentration), float(q["beta"].rate)
+    closed = model.exact_predictive(dataset.x_test[:5])  # N(m . phi, 1/E[beta] + phi^T S phi)
+    weight_var = closed.scale.numpy()[:, 0] ** 2 - 1.0 / float(q["beta"].mean())
+    units = dataset.target_scale ** 2
+    np.testing.assert_allclose(a["mean"].numpy()[:, 0], dataset.y_scaler.invert(closed.loc.numpy())[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(a["epistemic_stddev"].numpy()[:, 0] ** 2, units * weight_var, rtol=1e-5)
+    np.testing.assert_allclose(a["aleatoric_stddev"].numpy()[:, 0] ** 2, units * rate / (concentration - 1), rtol=1e-5)
+    assert a["epistemic_stddev"].numpy().min() > 0
 
 
 def test_serving_default_is_deterministic(exported):

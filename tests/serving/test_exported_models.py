@@ -84,15 +84,25 @@ def test_regression_serving_default_matches_the_signature_in_process(exports, st
 
 
 def test_predict_mc_over_grpc_is_reproducible_by_seed(exports, server):
+    images = exports["mnist"].x_test[:4]
+    with client_lib.PredictiveClient(server.address, CLASSIFIER, timeout=30) as c:
+        a, b, other = (c.predict_mc(images, 200, (5, 6)), c.predict_mc(images, 200, (5, 6)),
+                       c.predict_mc(images, 200, (5, 7)))
+    for name in export.CLASSIFICATION_OUTPUTS:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["probabilities"], other["probabilities"])  # the seed draws the weights
+    want = _in_process(exports, CLASSIFIER, "predict_mc", x=images, num_samples=np.int32(200),
+                       seed=np.array([5, 6], np.int32))
+    np.testing.assert_allclose(a["probabilities"], want["probabilities"], rtol=1e-5, atol=1e-7)
+    # The linear model's predictive draws nothing (weights integrated out, q(beta) by quadrature): any seed
+    # and S give the in-process answer.
     x = _rows(exports)
     with client_lib.PredictiveClient(server.address, REGRESSION, timeout=30) as c:
-        a, b, other = c.predict_mc(x, 200, (5, 6)), c.predict_mc(x, 200, (5, 6)), c.predict_mc(x, 200, (5, 7))
-    for name in export.REGRESSION_OUTPUTS:
-        np.testing.assert_array_equal(a[name], b[name])
-    assert not np.array_equal(a["upper"], other["upper"])  # the seed draws the noise precision
+        got = c.predict_mc(x, 7, (5, 7))
     want = _in_process(exports, REGRESSION, "predict_mc", x=x, num_samples=np.int32(200),
                        seed=np.array([5, 6], np.int32))
-    np.testing.assert_allclose(a["upper"], want["upper"], rtol=1e-5)
+    for name in export.REGRESSION_OUTPUTS:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
 
 
 def test_regress_with_tf_examples_answers_the_predictive_mean(exports, stub):
