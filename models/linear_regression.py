@@ -108,6 +108,7 @@ def noise_variance_nodes(concentration, rate, num_nodes: int = QUADRATURE_NODES)
     midpoints = b / gamma_quantiles(a, (tf.cast(tf.range(num_nodes), a.dtype) + 0.5) / num_nodes)
     return tf.where(a > 1.0, strata, midpoints)
 
+
 INFERENCE_METHODS = ("exact", "cavi", "gradient")
 SURROGATES = ("full", "diag")
 DTYPE = tf.float64

@@ -283,7 +283,8 @@ def export(model, dataset, export_base: str | os.PathLike, num_samples: int = 10
     configuration, data set, S and seed of `serving_default`) and the same JSON in `assets.extra/` (MODEL_INFO_FILE).
     """
     # A model that can precompute what its signatures would derive from its parameters on every request (the
-    # mean-field networks' sigma^2 = softplus(rho)^2) does so for the export; the servable keeps the result.
+    # mean-field networks' sigma^2 = softplus(rho)^2, the linear model's quadrature nodes over q(beta)) does so
+    # for the export; the servable keeps the result.
     snapshot = getattr(model, "serving_snapshot", contextlib.nullcontext)
     with snapshot() as precomputed:
         servable = build_servable(model, dataset, num_samples, seed)

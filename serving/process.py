@@ -224,15 +224,20 @@ class ServerProcess:
         self.proc.wait()
 
     def stop(self):
-        """SIGTERM (a clean shutdown), SIGKILL after 20 s."""
+        """SIGTERM (a clean shutdown), SIGKILL after 20 s; before the SIGKILL, SIGUSR1 makes the server write
+        every thread's stack to its log (`serving.server` registers it), so a shutdown that hangs says where."""
         self._close_channel()
         if self.alive():
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.send_signal(signal.SIGUSR1)
+                try:
+                    self.proc.wait(timeout=2)  # the dump, or an exit it happened to unblock
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -14,10 +14,12 @@ start it in-process or as `python -m serving.server`).
 """
 
 import dataclasses
+import faulthandler
 import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from typing import List
 
@@ -520,23 +522,34 @@ class Server:
         self._stopped.wait()
 
     def stop(self, grace_seconds: float = 5.0):
-        """Stops accepting requests, lets in-flight ones finish, unloads the models."""
+        """Stops accepting requests, lets in-flight ones finish, unloads the models (each step logged with its
+        time, so a slow shutdown shows which waited)."""
         if self._stopped.is_set():
             return
+        started = time.monotonic()
+
+        def done(step):
+            logging.info("Shutdown: %s stopped (%.2f s)", step, time.monotonic() - started)
+
         if self._health is not None:  # NOT_SERVING from the start of shutdown, as gRPC's default service says
             self._health.shutdown()
         if self._rest is not None:
             self._rest.stop()
+            done("REST server")
         if self._grpc is not None:
             self._grpc.stop(grace_seconds).wait()
+            done("gRPC server")
         if self._batcher is not None:
             self._batcher.stop()
+            done("batch scheduler")
         if self.manager is not None:
             # Before the config poller: its thread may be inside a reload that only the
             # manager's stop ends.
             self.manager.stop()
+            done("models")
         if self._config_poller is not None:
             self._config_poller.stop()
+            done("config file poller")
         self._stopped.set()
 
 
@@ -578,6 +591,9 @@ def main(argv):
                       exc.message)
         server.stop(grace_seconds=0)
         return 255
+    # SIGUSR1 writes every thread's stack to stderr: where a hung shutdown or request waits (the test harness
+    # sends it before it SIGKILLs a server that did not stop).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.stop).start())
     signal.signal(signal.SIGINT, lambda *_: threading.Thread(target=server.stop).start())
     server.wait()

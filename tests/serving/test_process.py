@@ -40,3 +40,29 @@ def test_a_port_taken_before_the_server_binds_it_is_replaced(tmp_path, tf_servin
             assert answer.json() == {"predictions": [2.5, 3.0]}
         finally:
             server.stop()
+
+
+def test_sigusr1_dumps_every_thread_and_sigterm_logs_each_shutdown_step(tmp_path, tf_serving_testdata):
+    """What the harness relies on when a server does not stop within 20 s: SIGUSR1 writes the stacks of all
+    threads to the log without stopping the server, and a clean stop logs each step with its time."""
+    import signal
+    import time
+
+    server = process.ServerProcess(
+        ["--model_name=half_plus_two", f"--model_base_path={tf_serving_testdata / 'saved_model_half_plus_two_cpu'}"],
+        tmp_path / "server.log")
+    try:
+        server.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "Current thread" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Current thread" in server.log() and "Thread 0x" in server.log()
+        answer = requests.post(f"{server.rest}/v1/models/half_plus_two:predict", json={"instances": [1.0]},
+                               timeout=10)
+        assert answer.json() == {"predictions": [2.5]}  # still serving
+        server.proc.terminate()
+        assert server.wait_exit(timeout=20) == 0
+        for step in ("REST server", "gRPC server", "models"):
+            assert f"Shutdown: {step} stopped" in server.log(), step
+    finally:
+        server.stop()
