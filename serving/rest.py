@@ -372,8 +372,10 @@ class RestServer:
         self._httpd.max_body_bytes = max_body_bytes
         self._httpd.cors = cors
         self._httpd.idle_timeout = idle_timeout
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest_api",
-                                        daemon=True)
+        # `shutdown` waits for the loop to look at its flag, once per poll interval: 0.5 s by default, which every
+        # stop of the server paid; 0.05 s costs an idle server 20 wakeups a second.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="rest_api", daemon=True)
 
     @property
     def port(self) -> int:
