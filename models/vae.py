@@ -88,6 +88,7 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from models import bayesian_layers
+from models import predictive as predictive_lib
 from models.objective import ElboTerms
 
 tfd = tfp.distributions
@@ -733,7 +734,7 @@ class VAEServable(tf.Module):
         return {name: getattr(self, name) for name in SIGNATURE_OUTPUTS}
 
     def _observed(self, x):
-        x = tf.debugging.assert_all_finite(x, "x must be finite")
+        x = predictive_lib.assert_all_finite(x, "x must be finite")
         with tf.control_dependencies([
                 tf.debugging.assert_greater_equal(x, 0.0, message="x must be in [0, 1]"),
                 tf.debugging.assert_less_equal(x, 1.0, message="x must be in [0, 1]")]):
@@ -763,7 +764,7 @@ class VAEServable(tf.Module):
         return {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
 
     def _decode(self, z):
-        z = tf.debugging.assert_all_finite(z, "z must be finite")
+        z = predictive_lib.assert_all_finite(z, "z must be finite")
         return {"mean": self.model.decode(z).mean()}
 
     def _reconstruct(self, x, num_samples, seed):

@@ -90,7 +90,7 @@ class PredictiveServable(tf.Module):
 
     def _checked(self, x, num_samples):
         """(x, num_samples), usable only after both are checked (so a bad request fails with the check's message)."""
-        checks = [tf.debugging.assert_all_finite(x, "x must be finite"),
+        checks = [predictive.assert_all_finite(x, "x must be finite"),
                   tf.debugging.assert_positive(num_samples, "num_samples must be positive")]
         with tf.control_dependencies(checks):
             return tf.identity(x), tf.identity(num_samples)

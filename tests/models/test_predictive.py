@@ -208,3 +208,13 @@ def test_summary_traces_to_a_graph_with_a_dynamic_sample_count():
 
     for s in (1, 4, 9):
         assert f(tf.zeros([s, 3, 1])).shape == (3, 1)
+
+
+def test_assert_all_finite_answers_as_tensorflows_check_and_passes_finite_tensors_through():
+    check = tf.function(lambda x: predictive.assert_all_finite(x, "x must be finite"))
+    x = tf.random.stateless_uniform([64, 784], [1, 2])
+    np.testing.assert_array_equal(check(x), x)
+    for bad, kind in ((float("nan"), "NaN"), (float("inf"), "Inf")):
+        broken = tf.tensor_scatter_nd_update(x, [[3, 5]], [bad])
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"x must be finite : Tensor had {kind} values"):
+            check(broken)
