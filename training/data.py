@@ -179,10 +179,14 @@ class Dataset:
         start_epoch, offset = divmod(start_step, steps_per_epoch)
 
         def epoch(e):
-            # A stateless permutation: tf.data's own shuffle seeds interact with the global seed.
+            # A stateless permutation: tf.data's own shuffle seeds interact with the global seed. Cut into its
+            # batches as rows of one [steps, batch_size] tensor, so the pipeline hands out one row per step where
+            # slicing single indices and batching them again cost two tf.data events per example (0.35 ms of a
+            # 0.57 ms step for a batch of 32 on these 2 cores, taken from the step's own).
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(len(x)), seed=tf.stack([tf.constant(seed, tf.int64), e]))
-            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+            return tf.data.Dataset.from_tensor_slices(
+                tf.reshape(order[:steps_per_epoch * batch_size], [steps_per_epoch, batch_size]))
 
         def gather(indices):
             batch = tuple(tf.gather(a, indices) for a in arrays)
