@@ -289,8 +289,9 @@ class MeanFieldLayer(tf_keras.layers.Layer):
 
     @contextlib.contextmanager
     def snapshot(self):
-        """Within, `posterior_parameters()` returns the posterior as it is now, held in new non-trainable variables:
-        locations, sigma = softplus(rho), tau and the variances sigma^2, tau^2 (yields that `Posterior`).
+        """Within, `posterior_parameters()` returns the posterior as it is now: the layer's own location variables,
+        and sigma = softplus(rho), tau and the variances sigma^2, tau^2 held in new non-trainable variables (yields
+        that `Posterior`).
 
         For export: a signature traced inside reads sigma^2 from a variable instead of computing softplus(rho)^2
         for every request, a pass over every parameter of the network (478,000 for the MNIST 784-400-400-10
@@ -300,9 +301,9 @@ class MeanFieldLayer(tf_keras.layers.Layer):
         """
         q = self.posterior_parameters()
         kernel_var, bias_var = q.variances()
-        frozen = Posterior(*[tf.Variable(t, trainable=False, name=f"serving_{name}") for name, t in (
-            ("kernel_loc", q.kernel_loc), ("kernel_scale", q.kernel_scale), ("bias_loc", q.bias_loc),
-            ("bias_scale", q.bias_scale))], None,
+        frozen = Posterior(  # the locations need no copy: the export saves the layer's variables anyway
+            self.kernel_loc, tf.Variable(q.kernel_scale, trainable=False, name="serving_kernel_scale"),
+            self.bias_loc, tf.Variable(q.bias_scale, trainable=False, name="serving_bias_scale"), None,
             tf.Variable(kernel_var, trainable=False, name="serving_kernel_var"),
             tf.Variable(bias_var, trainable=False, name="serving_bias_var"))
         object.__setattr__(self, "_snapshot", frozen)  # bypasses Keras' tracking: not a weight of the layer
