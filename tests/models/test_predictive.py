@@ -191,6 +191,19 @@ def test_classification_mutual_information_matches_a_direct_computation():
     np.testing.assert_allclose(s["mutual_information"], h - eh, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classification_a_class_no_sample_allows_has_zero_probability_and_finite_entropies(dtype):
+    # Logit -inf in every sample (a masked class): it adds nothing to any entropy; the rest is the 2-class answer.
+    logits = np.array([[[1.0, -np.inf, 0.0]], [[0.0, -np.inf, 1.0]]], dtype)
+    s = predictive.classification_summary(tfd.Categorical(logits=logits))
+    p = np.exp([1.0, 0.0]) / np.exp([1.0, 0.0]).sum()
+    h = -(p * np.log(p)).sum()
+    np.testing.assert_allclose(s["probabilities"][0], [0.5, 0.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(s["expected_entropy"][0], h, rtol=1e-6)
+    np.testing.assert_allclose(s["predictive_entropy"][0], math.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(s["mutual_information"][0], math.log(2.0) - h, rtol=1e-5)
+
+
 def test_affine_maps_statistics_to_original_units():
     loc, scale = np.array([[[0.5]], [[1.5]]]), np.array([[[1.0]], [[2.0]]])
     s = predictive.regression_summary(predictive.affine(tfd.Normal(loc, scale), 10.0, 3.0))
