@@ -219,7 +219,8 @@ def main():
                         help="compile both sides' training steps with XLA (ours: --jit_compile; fit: jit_compile)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; Adam, constant learning rate; examples per second after the first "
-          f"epoch (the first epoch, with tracing, in parentheses); test ELBO per example, nats\n")
+          f"epoch (the first epoch, with tracing, in parentheses); test ELBO per example, nats"
+          f"{'; both sides compiled by XLA' if args.jit_compile else ''}\n")
     print("| setting | batch | epochs | ours ex/s | tf_keras fit ex/s | speed-up | ours test ELBO | fit test ELBO |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.settings.split(","):
