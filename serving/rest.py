@@ -44,6 +44,10 @@ _STATUS = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
 _INT64_MAX = 2 ** 63 - 1
+# What TF Serving's HTTP layer answers for a path that neither a handler (the metrics path) nor the /v1/ dispatcher
+# takes: libevent's `evhttp_send_error(req, 404, NULL)`, this page as text/html, and the connection closed.
+HTML_ERROR_TYPE = "text/html"
+NOT_FOUND_PAGE = "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 
 
 class _UnwrittenError(errors.InvalidArgument):
@@ -83,8 +87,8 @@ class RestApi:
         if self._metrics is not None and path == self._metrics_path:
             return 200, "text/plain", self._metrics.render()  # registered by path: any method
         if not _PATH.fullmatch(path):
-            error = errors.NotFound(f"Not found: {method} {path}")
-            return errors.http_status(error.code), "application/json", codec.error_to_json(error.message)
+            logging.vlog(1, "REST %s %s: no handler (404)", method, path)
+            return 404, HTML_ERROR_TYPE, NOT_FOUND_PAGE
         try:
             return 200, "application/json", self._dispatch(method, path, body)
         except Exception as exc:  # pylint: disable=broad-except
@@ -214,6 +218,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # with their bodies read, as TF Serving's event loop queues them for its HTTP worker threads.
         with self.server.workers:
             status, content_type, text = api.handle(method, self.path, body)
+        if content_type == HTML_ERROR_TYPE:  # the HTTP layer's own error page: no CORS headers, connection closed
+            self.close_connection = True
         self._reply(status, content_type, text)
 
     def _read_body(self) -> bytes:
@@ -266,7 +272,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        if self.server.cors:
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        if self.server.cors and content_type != HTML_ERROR_TYPE:
             self.send_header("Access-Control-Allow-Origin", "*")
             self.send_header("Access-Control-Allow-Methods", "POST, GET")
             self.send_header("Access-Control-Allow-Headers", "Content-Type")

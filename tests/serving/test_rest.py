@@ -304,9 +304,28 @@ def test_prometheus_metrics_count_requests(fixture_server):
     assert after == before + 1
 
 
-def test_unknown_path_is_404(fixture_server):
-    response = requests.get(fixture_server.rest + "/healthz", timeout=30)
-    assert response.status_code == 404
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_a_path_outside_v1_gets_the_http_layers_html_404_and_the_connection_closes(fixture_server, method):
+    # TF Serving's HTTP layer answers it with libevent's error page, not a JSON error.
+    import socket
+    with socket.create_connection(("localhost", fixture_server.rest_port), timeout=30) as sock:
+        sock.sendall(f"{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after the page
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    assert lines[0] == "HTTP/1.1 404 Not Found"
+    assert headers["content-type"] == "text/html"
+    assert headers["connection"] == "close"
+    page = (b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
+            b"</BODY></HTML>\n")
+    assert int(headers["content-length"]) == len(page)
+    assert body == (b"" if method == "HEAD" else page)
+    # A path under /v1/ in any case is the API's, with its JSON errors.
+    response = requests.get(fixture_server.rest + "/V1/models/nope", timeout=30)
+    assert response.status_code == 404 and response.headers["Content-Type"] == "application/json"
 
 
 def test_a_malformed_http_request_gets_an_answer_and_the_server_lives(fixture_server):
