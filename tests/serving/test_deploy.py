@@ -17,6 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import health
 from tests.serving.conftest import FEATURES, install_version, tensor, to_array
 
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
@@ -137,6 +138,9 @@ def test_kubernetes_probes_and_service_point_at_what_the_server_opens():
     names = {c.name for c in _model_config().model_config_list.config}
     probe = container["readinessProbe"]["httpGet"]
     assert probe["port"] in ports and probe["path"].rsplit("/", 1)[1] in names
+    # Liveness asks the gRPC health service (Kubernetes' grpc probes take a port number, not a name).
+    assert container["livenessProbe"]["grpc"]["port"] == ports["grpc"]
+    assert "--enable_grpc_healthcheck_service=true" in container["args"]
     assert {p["targetPort"] for p in manifest["Service"]["spec"]["ports"]} <= set(ports)
     selector = manifest["Deployment"]["spec"]["selector"]["matchLabels"]
     assert manifest["Service"]["spec"]["selector"] == selector
@@ -162,6 +166,11 @@ def test_the_container_arguments_serve_every_configured_model(arguments, start_s
         np.testing.assert_allclose(mean, x.sum(1, keepdims=True) + 0.5 + np.zeros([2, 2]), rtol=0.1)
         status = requests.get(f"{server.rest}/v1/models/{config.name}", timeout=10).json()
         assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    # What the liveness probe asks: grpc.health.v1.Health/Check for the whole server ("").
+    check = server.channel.unary_unary("/grpc.health.v1.Health/Check",
+                                       request_serializer=health.HealthCheckRequest.SerializeToString,
+                                       response_deserializer=health.HealthCheckResponse.FromString)
+    assert check(health.HealthCheckRequest(service=""), timeout=30).status == health.SERVING
     metrics = requests.get(server.rest + "/monitoring/prometheus/metrics", timeout=10)
     assert metrics.status_code == 200 and ":tensorflow:serving:request_count" in metrics.text
     log = server.log()
