@@ -44,10 +44,27 @@ _STATUS = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
 _INT64_MAX = 2 ** 63 - 1
-# What TF Serving's HTTP layer answers for a path that neither a handler (the metrics path) nor the /v1/ dispatcher
-# takes: libevent's `evhttp_send_error(req, 404, NULL)`, this page as text/html, and the connection closed.
+# TF Serving's HTTP layer answers some requests itself, before any handler, with libevent's
+# `evhttp_send_error(req, status, NULL)`: a page as text/html, no CORS headers, and the connection closed. It does
+# so for a path that neither a handler (the metrics path) nor the /v1/ dispatcher takes (404), a Content-Length
+# that is not a number (400), and a chunked body whose framing is corrupt (libevent files that under "data too
+# long": 413). Reason phrases as libevent's table has them.
 HTML_ERROR_TYPE = "text/html"
-NOT_FOUND_PAGE = "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+HTTP_LAYER_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large"}
+
+
+def http_layer_page(status: int) -> str:
+    """The page libevent's `evhttp_send_error` writes for `status` (one of HTTP_LAYER_PHRASES)."""
+    phrase = HTTP_LAYER_PHRASES[status]
+    return f"<HTML><HEAD>\n<TITLE>{status} {phrase}</TITLE>\n</HEAD><BODY>\n<H1>{phrase}</H1>\n</BODY></HTML>\n"
+
+
+class _MalformedBody(ValueError):
+    """A body whose HTTP framing is broken; `status` is what TF Serving's HTTP layer answers (above)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
 
 
 class _UnwrittenError(errors.InvalidArgument):
@@ -88,7 +105,7 @@ class RestApi:
             return 200, "text/plain", self._metrics.render()  # registered by path: any method
         if not _PATH.fullmatch(path):
             logging.vlog(1, "REST %s %s: no handler (404)", method, path)
-            return 404, HTML_ERROR_TYPE, NOT_FOUND_PAGE
+            return 404, HTML_ERROR_TYPE, http_layer_page(404)
         try:
             return 200, "application/json", self._dispatch(method, path, body)
         except Exception as exc:  # pylint: disable=broad-except
@@ -208,8 +225,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         api: RestApi = self.server.api
         try:
             body = self._read_body()
-        except ValueError as exc:
-            self._refuse(400, f"Malformed request: {exc}")
+        except _MalformedBody as exc:
+            logging.vlog(1, "REST %s %s: %s (%d)", method, self.path, exc, exc.status)
+            self.close_connection = True  # the body was not read to its end
+            self._reply(exc.status, HTML_ERROR_TYPE, http_layer_page(exc.status))
             return
         except errors.ResourceExhausted as error:
             self._refuse(errors.http_status(error.code), error.message)
@@ -227,7 +246,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         `Content-Encoding: gzip` (`_gunzip`).
 
         Raises:
-          ValueError: the framing is malformed.
+          _MalformedBody: the framing is malformed (with the status TF Serving's HTTP layer answers).
           ResourceExhausted: the body is larger than the server's limit.
         """
         body = self._read_framed_body()
@@ -240,15 +259,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             body = bytearray()
             while True:
-                size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                try:
+                    size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                except ValueError:
+                    size = -1
                 if size < 0:
-                    raise ValueError("bad chunk size")
+                    raise _MalformedBody(413, "bad chunk size")
                 if size == 0:
                     break
                 _check_body_size(len(body) + size, limit)
                 chunk = self.rfile.read(size)
                 if len(chunk) != size or self.rfile.readline(3).strip():
-                    raise ValueError("bad chunk")
+                    raise _MalformedBody(413, "bad chunk")
                 body += chunk
             while self.rfile.readline(65537).strip():
                 pass  # trailer fields, unused
@@ -256,9 +278,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            raise ValueError("bad Content-Length") from None
+            raise _MalformedBody(400, "bad Content-Length") from None
         if length < 0:
-            raise ValueError("bad Content-Length")
+            raise _MalformedBody(400, "bad Content-Length")
         _check_body_size(length, limit)
         return self.rfile.read(length) if length else b""
 
@@ -269,7 +291,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, content_type: str, text: str):
         data = text.encode("utf-8")
-        self.send_response(status)
+        self.send_response(status, HTTP_LAYER_PHRASES.get(status) if content_type == HTML_ERROR_TYPE else None)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:

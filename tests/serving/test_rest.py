@@ -304,36 +304,51 @@ def test_prometheus_metrics_count_requests(fixture_server):
     assert after == before + 1
 
 
-@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
-def test_a_path_outside_v1_gets_the_http_layers_html_404_and_the_connection_closes(fixture_server, method):
-    # TF Serving's HTTP layer answers it with libevent's error page, not a JSON error.
+def _raw_exchange(server, request: bytes):
+    """Sends `request` over a raw socket and reads until the server closes: (status line, headers, body)."""
     import socket
-    with socket.create_connection(("localhost", fixture_server.rest_port), timeout=30) as sock:
-        sock.sendall(f"{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    with socket.create_connection(("localhost", server.rest_port), timeout=30) as sock:
+        sock.sendall(request)
         answer = b""
-        while chunk := sock.recv(4096):  # the server closes the connection after the page
+        while chunk := sock.recv(4096):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    assert lines[0] == "HTTP/1.1 404 Not Found"
-    assert headers["content-type"] == "text/html"
-    assert headers["connection"] == "close"
-    page = (b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
-            b"</BODY></HTML>\n")
+    return lines[0], {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}, body
+
+
+def _assert_http_layer_page(status_line, headers, body, status, phrase, head=False):
+    """libevent's `evhttp_send_error` answer, as TF Serving's HTTP layer sends it, connection closed after it."""
+    page = (f"<HTML><HEAD>\n<TITLE>{status} {phrase}</TITLE>\n</HEAD><BODY>\n<H1>{phrase}</H1>\n"
+            f"</BODY></HTML>\n").encode()
+    assert status_line == f"HTTP/1.1 {status} {phrase}"
+    assert headers["content-type"] == "text/html" and headers["connection"] == "close"
     assert int(headers["content-length"]) == len(page)
-    assert body == (b"" if method == "HEAD" else page)
+    assert body == (b"" if head else page)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_a_path_outside_v1_gets_the_http_layers_html_404_and_the_connection_closes(fixture_server, method):
+    # TF Serving's HTTP layer answers it with libevent's error page, not a JSON error.
+    answer = _raw_exchange(fixture_server, f"{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                           .encode())
+    _assert_http_layer_page(*answer, 404, "Not Found", head=method == "HEAD")
     # A path under /v1/ in any case is the API's, with its JSON errors.
     response = requests.get(fixture_server.rest + "/V1/models/nope", timeout=30)
     assert response.status_code == 404 and response.headers["Content-Type"] == "application/json"
 
 
-def test_a_malformed_http_request_gets_an_answer_and_the_server_lives(fixture_server):
-    import socket
-    with socket.create_connection(("localhost", fixture_server.rest_port), timeout=30) as sock:
-        sock.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: banana\r\n\r\n")
-        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+@pytest.mark.parametrize("framing, status, phrase", [
+    (b"Content-Length: banana\r\n\r\n", 400, "Bad Request"),
+    (b"Content-Length: -3\r\n\r\n", 400, "Bad Request"),
+    # libevent files a corrupt chunked body under "data too long".
+    (b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 413, "Request Entity Too Large"),
+    (b"Transfer-Encoding: chunked\r\n\r\n5\r\n[1.0]XXX\r\n", 413, "Request Entity Too Large"),
+])
+def test_a_malformed_http_request_gets_the_http_layers_answer_and_the_server_lives(fixture_server, framing,
+                                                                                   status, phrase):
+    answer = _raw_exchange(fixture_server, b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n" + framing)
+    _assert_http_layer_page(*answer, status, phrase)
     response = _post(fixture_server, "/v1/models/half_plus_two:predict", {"instances": [1.0]})
     assert response.json() == {"predictions": [2.5]}
 
