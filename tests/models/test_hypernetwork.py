@@ -159,7 +159,9 @@ def test_meta_representation_grows_epistemic_uncertainty_inside_the_gap(tmp_path
     metrics = _train(tmp_path, data_dir, "toy/gap", hn.Config(hidden_units=(50, 50)), train_steps=6000,
                      batch_size=32, learning_rate=1e-2, clip_norm=1.0)
     epistemic = _epistemic_on_grid(metrics)
-    assert epistemic["gap"] > 2.0 * epistemic["data"]  # measured 3-7x over seeds 1-3
+    # Measured 3.8x here (1.8-16.5x on seeds 0-3 and 5: benchmarks/gap_seeds.py). Seed 4, and 2 of seeds 0-2
+    # under --jit_compile, settle where only the output bias is uncertain: a flat band at an ELBO as good (README).
+    assert epistemic["gap"] > 2.0 * epistemic["data"]
 
 
 @pytest.mark.slow
