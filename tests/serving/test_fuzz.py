@@ -1,7 +1,8 @@
 """A fuzzer over gRPC PredictRequests and REST bodies: every answer is a clean error or a valid result.
 
 Hypothesis generates requests with wrong dtypes and shapes, NaN and Inf, huge `num_samples` and declared shapes,
-deep JSON, bytes that are not UTF-8, empty batches, and extra and missing inputs, against one server process
+deep JSON, bytes that are not UTF-8, empty batches, extra and missing inputs, and broken HTTP framing (Content-Length
+and chunks; raw over a socket, where an answer must still be HTTP), against one server process
 serving the tiny Monte Carlo model (`x` [batch, 3], `num_samples`, `seed`) and TF Serving's half_plus_two. Every
 gRPC answer must be OK with well-formed outputs or one of the client-error codes (never UNKNOWN, INTERNAL or a
 dropped connection); every HTTP answer must be JSON with `predictions`/`outputs` on 200 or `error` otherwise, never
@@ -233,6 +234,60 @@ def test_fuzzed_rest_bodies_get_json_results_or_json_errors(server):
 
     check()
     assert seen.get(200, 0) > 0 and seen.get(400, 0) > 0, seen
+    _assert_healthy(server, rss_before)
+
+
+@st.composite
+def raw_http_requests(draw):
+    """Whole HTTP/1.1 requests as bytes, their framing right or broken: Content-Length true, short, not a number or
+    huge; chunked bodies well or badly framed; gzip that is not gzip; methods and paths in and outside the API."""
+    method = draw(st.sampled_from([b"POST", b"GET", b"PUT", b"HEAD", b"DELETE"]))
+    path = draw(st.sampled_from([f"/v1/models/{MC_MODEL}:predict".encode(), b"/v1/models/half_plus_two:predict",
+                                 b"/v1/models/half_plus_two", b"/elsewhere", b"/V1/MODELS"]))
+    body = draw(st.sampled_from([b'{"instances": [1.0, 2.0]}', b"", b'{"instances": [[1, 2, 3]]}'])
+                | st.binary(max_size=48))
+    framing = draw(st.sampled_from(["length", "short", "bad_length", "chunked", "bad_chunks", "gzip", "none"]))
+    headers = [b"Host: fuzz"]
+    if framing == "length":
+        headers.append(b"Content-Length: %d" % len(body))
+    elif framing == "short":  # more declared than sent: the body ends at the client's end of stream
+        headers.append(b"Content-Length: %d" % (len(body) + draw(st.integers(1, 1000))))
+    elif framing == "bad_length":
+        headers.append(b"Content-Length: " + draw(st.sampled_from([b"banana", b"-1", b"1e3", b"0x10", b"",
+                                                                   b"99999999999999999999"])))
+    elif framing == "chunked":
+        headers.append(b"Transfer-Encoding: chunked")
+        cut = draw(st.integers(0, len(body)))
+        body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:cut], body[cut:]) if part) + b"0\r\n\r\n"
+    elif framing == "bad_chunks":
+        headers.append(b"Transfer-Encoding: chunked")
+        body = draw(st.sampled_from([b"zz\r\n", b"5\r\nabcdefgh\r\n0\r\n\r\n", b"-1\r\n", b"ffffffffffff\r\nx"]))
+    elif framing == "gzip":
+        headers += [b"Content-Encoding: gzip", b"Content-Length: %d" % len(body)]
+    return method + b" " + path + b" HTTP/1.1\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
+
+
+def test_fuzzed_http_framing_gets_an_http_answer_and_the_server_lives(server):
+    # Raw requests over a socket; the client ends its side after sending, so a short body ends there too.
+    rss_before = rss_kib(server.proc.pid)
+    statuses = {}
+
+    @SETTINGS
+    @hypothesis.given(request=raw_http_requests())
+    def check(request):
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 "), (request[:200], answer[:200])
+        status = int(answer[9:12])
+        statuses[status] = statuses.get(status, 0) + 1
+        assert status in (200, 400, 404, 413, 429), (request[:200], answer[:300])
+
+    check()
+    assert {200, 400, 404, 413} <= set(statuses), statuses
     _assert_healthy(server, rss_before)
 
 
