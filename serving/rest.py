@@ -47,15 +47,19 @@ _INT64_MAX = 2 ** 63 - 1
 # TF Serving's HTTP layer answers some requests itself, before any handler, with libevent's
 # `evhttp_send_error(req, status, NULL)`: a page as text/html, no CORS headers, and the connection closed. It does
 # so for a path that neither a handler (the metrics path) nor the /v1/ dispatcher takes (404), a Content-Length
-# that is not a number (400), and a chunked body whose framing is corrupt (libevent files that under "data too
-# long": 413). Reason phrases as libevent's table has them.
+# that is not a number (400), a chunked body whose framing is corrupt (libevent files that under "data too long":
+# 413), and a method it does not take (501). Reason phrases as libevent's table has them.
 HTML_ERROR_TYPE = "text/html"
-HTTP_LAYER_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large"}
+HTTP_LAYER_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large", 501: "Not Implemented"}
+
+
+def http_layer_phrase(status: int) -> str:
+    return HTTP_LAYER_PHRASES.get(status) or http.HTTPStatus(status).phrase
 
 
 def http_layer_page(status: int) -> str:
-    """The page libevent's `evhttp_send_error` writes for `status` (one of HTTP_LAYER_PHRASES)."""
-    phrase = HTTP_LAYER_PHRASES[status]
+    """The page libevent's `evhttp_send_error` writes for `status`."""
+    phrase = http_layer_phrase(status)
     return f"<HTML><HEAD>\n<TITLE>{status} {phrase}</TITLE>\n</HEAD><BODY>\n<H1>{phrase}</H1>\n</BODY></HTML>\n"
 
 
@@ -291,7 +295,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, content_type: str, text: str):
         data = text.encode("utf-8")
-        self.send_response(status, HTTP_LAYER_PHRASES.get(status) if content_type == HTML_ERROR_TYPE else None)
+        self.send_response(status, http_layer_phrase(status) if content_type == HTML_ERROR_TYPE else None)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
@@ -328,6 +332,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self):  # noqa: N802
         self._serve("HEAD")
+
+    def send_error(self, code, message=None, explain=None):
+        """The HTTP parser's own errors (a request line it cannot read, a method it has no `do_` for, a line too
+        long), written as TF Serving's HTTP layer writes its own: libevent's page, the connection closed."""
+        del explain
+        logging.vlog(1, "REST HTTP error %d: %s", code, message)
+        self.close_connection = True
+        self._reply(code, HTML_ERROR_TYPE, http_layer_page(code))
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         logging.vlog(1, "REST %s", format % args)

@@ -333,6 +333,14 @@ def test_a_path_outside_v1_gets_the_http_layers_html_404_and_the_connection_clos
     answer = _raw_exchange(fixture_server, f"{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
                            .encode())
     _assert_http_layer_page(*answer, 404, "Not Found", head=method == "HEAD")
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "FOO"])
+def test_a_method_the_http_layer_does_not_take_is_501_with_its_page(fixture_server, method):
+    # libevent takes GET, POST, HEAD, PUT, DELETE, OPTIONS and PATCH for TF Serving; anything else is 501.
+    answer = _raw_exchange(fixture_server, f"{method} /v1/models/half_plus_two HTTP/1.1\r\nHost: x\r\n\r\n"
+                           .encode())
+    _assert_http_layer_page(*answer, 501, "Not Implemented")
     # A path under /v1/ in any case is the API's, with its JSON errors.
     response = requests.get(fixture_server.rest + "/V1/models/nope", timeout=30)
     assert response.status_code == 404 and response.headers["Content-Type"] == "application/json"
