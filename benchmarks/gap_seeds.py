@@ -25,7 +25,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import serving  # noqa: E402
 
-serving.apply_runtime_defaults()
+if __name__ == "__main__":  # as the training binaries run; a test importing `epistemic_by_region` keeps its own
+    serving.apply_runtime_defaults()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -37,7 +38,8 @@ from training import train_lib  # noqa: E402
 
 
 def epistemic_by_region(export_path: str) -> dict:
-    """Mean epistemic standard deviation of the export's predictive per region of x."""
+    """Mean epistemic standard deviation of the export's predictive per region of x (`gap`, `data`, `outside`;
+    also what `tests/models/test_hypernetwork.py` asserts on)."""
     loaded = tf.saved_model.load(export_path)
     x = np.linspace(-6, 6, 241, dtype=np.float32)[:, None]
     out = loaded.signatures["predict_mc"](x=tf.constant(x), num_samples=tf.constant(400), seed=tf.constant([1, 2]))

@@ -2,6 +2,7 @@
 
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -13,6 +14,9 @@ from models import bayesian_dense
 from models import hypernetwork as hn
 from training import config as config_lib
 from training import train_lib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+import gap_seeds  # noqa: E402  (benchmarks/gap_seeds.py: the same reading of the band, over seeds)
 
 SEED_A, SEED_B = tf.constant([1, 2]), tf.constant([3, 4])
 
@@ -145,13 +149,7 @@ def _train(tmp_path, data_dir, dataset, model_config, **train):
 
 
 def _epistemic_on_grid(metrics):
-    loaded = tf.saved_model.load(metrics["export_path"])
-    x = np.linspace(-6, 6, 241, dtype=np.float32)[:, None]
-    out = loaded.signatures["predict_mc"](x=tf.constant(x), num_samples=tf.constant(400), seed=tf.constant([1, 2]))
-    epistemic = out["epistemic_stddev"].numpy()[:, 0]
-    regions = {"gap": np.abs(x[:, 0]) < 1.0, "data": (np.abs(x[:, 0]) > 2.0) & (np.abs(x[:, 0]) < 3.5),
-               "outside": np.abs(x[:, 0]) > 5.0}
-    return {name: epistemic[mask].mean() for name, mask in regions.items()}
+    return gap_seeds.epistemic_by_region(metrics["export_path"])
 
 
 @pytest.mark.slow
