@@ -121,7 +121,8 @@ def run_load(address: str, requests: Dict[str, list], clients: int, seconds: flo
 
     Args:
       address: host:port of the server.
-      requests: model name -> list of (PredictRequest, rows); client k starts at model k and request k.
+      requests: model name -> list of (PredictRequest, rows); client k starts at model k (of the models in
+        turn) and at its request k // len(requests).
       clients: concurrent clients.
       seconds: how long every client keeps calling (or until `stop` is set).
       timeout: deadline of each call.
@@ -133,7 +134,10 @@ def run_load(address: str, requests: Dict[str, list], clients: int, seconds: flo
     from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=import-outside-toplevel
 
     stop = stop or threading.Event()
-    plan = [(name, request, rows) for name, items in requests.items() for request, rows in items]
+    # Interleaved (each model's first request, then each one's second, ...), so client k starts at model k: every
+    # model is asked from the first moment, however few calls a slow machine completes in `seconds`.
+    plan = [(name, *items[j]) for j in range(max(map(len, requests.values()), default=0))
+            for name, items in requests.items() if j < len(items)]
     result = LoadResult()
     lock = threading.Lock()
     start = time.monotonic()

@@ -249,6 +249,7 @@ _PARSE_ERRORS = {
 _SURROGATE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u([dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
 _HUGE_INTEGER = re.compile(r"-?\d{4301,}")
 # The body's number skeleton: every digit as "0", "E" as "e", "+" dropped, and whatever may stand just before a
 # number ("[", ",", ":", "-", whitespace) as ",". Skeleton searches are substring searches (tens of ms for 15 MiB);
@@ -295,11 +296,37 @@ def _parse_int(literal: str) -> int:
 
 
 def _byte_offset(text: str, index: int) -> int:
-    """rapidjson reports offsets in bytes of the UTF-8 body."""
-    return len(text[:index].encode("utf-8"))
+    """rapidjson reports offsets in bytes of the UTF-8 body (bytes that are not UTF-8 count one each)."""
+    return len(text[:index].encode("utf-8", "surrogateescape"))
 
 
-def _check_surrogate_escapes(text: str):
+def text_bytes(value: str) -> bytes:
+    """The bytes a string of a REST body stood for: its UTF-8, with the body's bytes that are not UTF-8 (held as
+    lone surrogates, see `parse_json_document`) given back as they came."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def proto_text(value: str) -> str:
+    """A string of a REST body as a protobuf string field can hold it: bytes that are not UTF-8 become U+FFFD
+    (TF Serving's C++ protos keep them; a name holding them matches nothing either way)."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# rapidjson's Writer escapes control characters as \u00XX with upper-case hex digits; Python's json, lower-case.
+_LOWER_HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u00([01][a-f])")
+
+
+def _upper_hex_escapes(text: str) -> str:
+    return _LOWER_HEX_ESCAPE.sub(lambda m: m.group(1) + "\\u00" + m.group(2).upper(), text)
+
+
+def json_string(value: str) -> str:
+    """A string as rapidjson's writer quotes it (TF Serving's messages and answers): UTF-8 as is, only quote,
+    backslash and control characters escaped."""
+    return _upper_hex_escapes(json.dumps(value, ensure_ascii=False))
+
+
+def _check_surrogate_escapes(text: str, base: int = 0):
     """Refuses unpaired surrogate escapes, which rapidjson refuses and Python's json accepts.
 
     Accepted, a lone `"\\ud800"` becomes a string that no UTF-8 codec encodes, and the request
@@ -308,7 +335,7 @@ def _check_surrogate_escapes(text: str):
     def invalid(index):
         return errors.InvalidArgument(
             "JSON Parse error: The surrogate pair in string is invalid. at offset: "
-            f"{_byte_offset(text, index)}")
+            f"{base + _byte_offset(text, index)}")
 
     if "\\u" not in text:
         return
@@ -339,6 +366,10 @@ def parse_json_document(body) -> dict:
         body = bytes(body)
     if not body:
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
+    # rapidjson's UTF-8 input stream skips a byte order mark (Windows tools write one); its offsets still count it.
+    start = 0
+    if body[:3] == _UTF8_BOM or body[:1] == "\ufeff":
+        body, start = body[3:] if isinstance(body, bytes) else body[1:], 3
     skeleton = _skeleton(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass"))
     doc = None
     if _WIDE_INTEGER not in skeleton:
@@ -347,20 +378,23 @@ def parse_json_document(body) -> dict:
         except orjson.JSONDecodeError:
             pass
     if doc is None:  # a JSON null body is not an object either way: the json module says so
-        doc = _parse_with_json(body, skeleton)
+        doc = _parse_with_json(body, skeleton, start)  # start: the byte order mark's bytes, if any
     if not isinstance(doc, dict):
         raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")
     return doc
 
 
-def _parse_with_json(body, skeleton: bytes):
-    """The json module's reading of a body orjson did not take, its errors as rapidjson's."""
+def _parse_with_json(body, skeleton: bytes, base: int = 0):
+    """The json module's reading of a body orjson did not take, its errors as rapidjson's (offsets from `base`,
+    the bytes before `body`).
+
+    Bytes that are not UTF-8 are kept: TF Serving's parser does not validate the encoding (no
+    `kParseValidateEncodingFlag`), so a Latin-1 byte inside a string reaches the model as it came. They are read
+    as lone surrogates (`surrogateescape`; `text_bytes` gives them back) and, outside a string, fail as rapidjson
+    fails there ("Invalid value.").
+    """
     if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise errors.InvalidArgument(
-                f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+        body = body.decode("utf-8", "surrogateescape")
     try:
         # Checking every number costs a Python call each, so only bodies that may hold a huge one pay it.
         maybe_huge = _THREE_DIGIT_EXPONENT in skeleton or _LONG_DIGIT_RUN in skeleton
@@ -370,11 +404,13 @@ def _parse_with_json(body, skeleton: bytes):
         start = next((m.start() for m in _NUMBER.finditer(body) if m.group(0) == exc.literal), 0)
         raise errors.InvalidArgument(
             "JSON Parse error: Number too big to be stored in double. at offset: "
-            f"{_byte_offset(body, start)}") from None
+            f"{base + _byte_offset(body, start)}") from None
     except json.JSONDecodeError as exc:
         reason = _PARSE_ERRORS.get(exc.msg, "Invalid value.")
+        if exc.pos == len(body) and not body.strip(" \t\n\r"):
+            reason = "The document is empty."  # only whitespace (or a byte order mark)
         raise errors.InvalidArgument(
-            f"JSON Parse error: {reason} at offset: {_byte_offset(body, exc.pos)}") from None
+            f"JSON Parse error: {reason} at offset: {base + _byte_offset(body, exc.pos)}") from None
     except RecursionError:
         raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
     except ValueError:
@@ -382,8 +418,8 @@ def _parse_with_json(body, skeleton: bytes):
         match = _HUGE_INTEGER.search(body)
         raise errors.InvalidArgument(
             "JSON Parse error: Number too big to be stored in double. at offset: "
-            f"{_byte_offset(body, match.start() if match else 0)}") from None
-    _check_surrogate_escapes(body)
+            f"{base + _byte_offset(body, match.start() if match else 0)}") from None
+    _check_surrogate_escapes(body, base)
     return doc
 
 
@@ -396,12 +432,12 @@ def json_value_to_string(value) -> str:
     if isinstance(value, float):
         return format_decimal(value, np.float64)
     chunks, size = [], 0
-    for chunk in json.JSONEncoder(indent=4).iterencode(value):
+    for chunk in json.JSONEncoder(indent=4, ensure_ascii=False).iterencode(value):
         chunks.append(chunk)
         size += len(chunk)
         if size > errors.MAX_MESSAGE_CHARS:
             break
-    return "".join(chunks)[:errors.MAX_MESSAGE_CHARS]
+    return _upper_hex_escapes("".join(chunks)[:errors.MAX_MESSAGE_CHARS])
 
 
 def _json_type(value) -> str:
@@ -479,7 +515,7 @@ def _json_scalar(value, dtype):
     if dtype == DT_STRING:
         if not isinstance(value, str):
             raise _type_error(value, dtype)
-        return value.encode("utf-8")
+        return text_bytes(value)
     if dtype == DT_BOOL:
         if not isinstance(value, bool):
             raise _type_error(value, dtype)
@@ -610,9 +646,9 @@ def _instances_to_arrays(instances, input_dtypes: dict) -> dict:
     shapes = {}
 
     def add(item, name, index, key_in_message, keep):
-        if name not in input_dtypes:
-            raise errors.InvalidArgument(f"JSON object: does not have named input: {name}")
         try:
+            if name not in input_dtypes:
+                raise errors.InvalidArgument(f"JSON object: does not have named input: {name}")
             array = json_to_ndarray(item, input_dtypes[name])
             _check_rank(array.ndim + 1, "Instance")  # Rows stack along a new batch dimension.
             if name not in shapes:
@@ -682,7 +718,7 @@ def signature_name_from_json(doc: dict) -> str:
         raise errors.InvalidArgument(
             f"JSON Value: {json_value_to_string(doc)} not formatted correctly. 'signature_name' key "
             "must be a string value.")
-    return doc["signature_name"]
+    return proto_text(doc["signature_name"])
 
 
 def json_to_predict_inputs(doc: dict, input_dtypes: dict, signature_name: str):
@@ -742,7 +778,7 @@ def _add_feature_value(value, name, feature):
         feature.bytes_list.value.append(_decode_b64(value))
     elif isinstance(value, str):
         check_kind("bytes_list")
-        feature.bytes_list.value.append(value.encode("utf-8"))
+        feature.bytes_list.value.append(text_bytes(value))
     elif isinstance(value, float):
         check_kind("float_list")
         if math.isfinite(value) and abs(value) > _FLOAT_LIMIT[DT_FLOAT]:
@@ -765,12 +801,12 @@ def _json_to_example(value, example):
     if not isinstance(value, dict):
         raise errors.InvalidArgument(f"Example must be JSON object but got JSON {_json_type(value)}")
     for name, content in value.items():
-        feature = example.features.feature[name]
+        feature = example.features.feature[proto_text(name)]
         for item in (content if isinstance(content, list) else [content]):
             _add_feature_value(item, name, feature)
 
 
-def json_to_classify_regress_request(doc: dict, request, method: str):
+def json_to_classify_regress_request(doc: dict, request):
     """Fills a Classification/RegressionRequest from REST JSON (`examples`, optional `context`)."""
     request.model_spec.signature_name = signature_name_from_json(doc)
     has_context = "context" in doc
@@ -778,7 +814,8 @@ def json_to_classify_regress_request(doc: dict, request, method: str):
         _json_to_example(doc["context"], request.input.example_list_with_context.context)
     if "examples" not in doc:
         raise errors.InvalidArgument(
-            f"JSON Value: {json_value_to_string(doc)} When method is {method}, key 'examples' is "
+            # "classify" for regress too: TF Serving's one parser for both hard-codes it.
+            f"JSON Value: {json_value_to_string(doc)} When method is classify, key 'examples' is "
             "expected and was not found")
     examples = doc["examples"]
     if not isinstance(examples, list):
@@ -960,8 +997,8 @@ def regression_result_to_json(result) -> str:
 
 
 def error_to_json(message: str) -> str:
-    """TF Serving's REST error body."""
-    return json.dumps({"error": message})
+    """TF Serving's REST error body, as its `MakeJsonFromStatus` writes it (rapidjson's PrettyWriter)."""
+    return '{\n    "error": ' + json_string(message) + "\n}"
 
 
 def status_response_to_json(response) -> str:

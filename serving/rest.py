@@ -175,14 +175,14 @@ class RestApi:
     def _classify(self, name, version, label, body) -> str:
         request = classification_pb2.ClassificationRequest()
         _fill_model_spec(request.model_spec, name, version, label)
-        codec.json_to_classify_regress_request(codec.parse_json_document(body), request, "classify")
+        codec.json_to_classify_regress_request(codec.parse_json_document(body), request)
         response = self._plane.classify(request, self._timeout)
         return codec.classification_result_to_json(response.result)
 
     def _regress(self, name, version, label, body) -> str:
         request = regression_pb2.RegressionRequest()
         _fill_model_spec(request.model_spec, name, version, label)
-        codec.json_to_classify_regress_request(codec.parse_json_document(body), request, "regress")
+        codec.json_to_classify_regress_request(codec.parse_json_document(body), request)
         response = self._plane.regress(request, self._timeout)
         return codec.regression_result_to_json(response.result)
 
@@ -294,7 +294,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(status, "application/json", codec.error_to_json(message))
 
     def _reply(self, status: int, content_type: str, text: str):
-        data = text.encode("utf-8")
+        # A message may quote a request's bytes that are not UTF-8 (`codec.text_bytes`): sent back as they came,
+        # as TF Serving does.
+        data = text.encode("utf-8", "surrogateescape")
         self.send_response(status, http_layer_phrase(status) if content_type == HTML_ERROR_TYPE else None)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))

@@ -91,6 +91,13 @@ def _dtype_enum_name(array: np.ndarray) -> str:
     return types_pb2.DataType.Name(codec.datatype_of(array))
 
 
+def _require_model_spec(request) -> None:
+    """Predict, Classify, Regress, GetModelMetadata and GetModelStatus refuse a request without a `model_spec`
+    before they look for a servable (`predict_impl.cc`, `classification_service.cc`, ...)."""
+    if not request.HasField("model_spec"):
+        raise errors.InvalidArgument("Missing ModelSpec")
+
+
 def _input_size_error(sent: set, expected: set) -> errors.InvalidArgument:
     """`VerifyRequestInputsSize`'s message."""
     return errors.InvalidArgument(
@@ -209,6 +216,7 @@ class DataPlane:
 
     def predict(self, request, timeout: Optional[float] = None):
         """`Predict` (`predict_util.cc`): run a signature on named tensors."""
+        _require_model_spec(request)
         with self.manager.servable(request.model_spec) as loaded:
             return self.predict_on(loaded, request, timeout)
 
@@ -229,19 +237,24 @@ class DataPlane:
         sent, expected = set(request.inputs), set(signature.inputs)
         if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
             raise _input_size_error(sent, expected)
+        # `saved_model::GetInputValues`: each signature input from the request, else from the signature's
+        # defaults; then every request input must have been one of them.
         arrays = {}
-        for alias in sorted(request.inputs):
-            if alias not in signature.inputs:
+        for alias in sorted(expected):
+            if alias in sent:
+                proto = request.inputs[alias]
+            elif alias in signature.defaults:
+                proto = signature.defaults[alias]
+            else:
                 raise errors.InvalidArgument(
-                    f"input tensor alias not found in signature: {alias}. Inputs expected to be "
-                    f"in the set {{{_sorted_keys(expected)}}}.")
-            arrays[alias] = codec.tensor_proto_to_ndarray(
-                request.inputs[alias], alias, self.limits.max_tensor_bytes)
-        for alias in sorted(expected - sent):
-            if alias not in signature.defaults:
-                raise _input_size_error(sent, expected)
-            arrays[alias] = codec.tensor_proto_to_ndarray(
-                signature.defaults[alias], alias, self.limits.max_tensor_bytes)
+                    f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in "
+                    f"request and no default value provided. Inputs expected to be in the request "
+                    f"{{{_sorted_keys(sent)}}}, or default input alias set: {_sorted_keys(signature.defaults)}")
+            arrays[alias] = codec.tensor_proto_to_ndarray(proto, alias, self.limits.max_tensor_bytes)
+        if sent - expected:
+            raise errors.InvalidArgument(
+                f"Inputs contains invalid name. Used request inputs: {_sorted_keys(sent & expected)}, "
+                f"request input: {_sorted_keys(sent)}")
         aliases = []
         for alias in request.output_filter:
             if alias not in signature.outputs:
@@ -372,6 +385,7 @@ class DataPlane:
 
     def classify(self, request, timeout: Optional[float] = None):
         """`Classify`: tf.Examples in, (label, score) pairs out."""
+        _require_model_spec(request)
         with self.manager.servable(request.model_spec) as loaded:
             return self.classify_on(loaded, request, timeout)
 
@@ -390,6 +404,7 @@ class DataPlane:
 
     def regress(self, request, timeout: Optional[float] = None):
         """`Regress`: tf.Examples in, one float per example out."""
+        _require_model_spec(request)
         with self.manager.servable(request.model_spec) as loaded:
             return self.regress_on(loaded, request, timeout)
 
@@ -466,8 +481,7 @@ class DataPlane:
 
     def get_model_metadata(self, request):
         """`GetModelMetadata`: the SignatureDefs of the MetaGraphDef, in an Any."""
-        if not request.HasField("model_spec"):
-            raise errors.InvalidArgument("Missing ModelSpec")
+        _require_model_spec(request)
         if not request.metadata_field:
             raise errors.InvalidArgument(
                 "GetModelMetadataRequest must specify at least one metadata_field")
@@ -488,8 +502,7 @@ class DataPlane:
 
     def get_model_status(self, request):
         """`GetModelStatus`: the state of one or all versions of a model."""
-        if not request.HasField("model_spec"):
-            raise errors.InvalidArgument("Missing ModelSpec")
+        _require_model_spec(request)
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
         response = get_model_status_pb2.GetModelStatusResponse()

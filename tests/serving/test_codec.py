@@ -251,7 +251,7 @@ def test_classify_json_builds_examples_with_context():
     request = classification_pb2.ClassificationRequest()
     codec.json_to_classify_regress_request(
         {"context": {"c": "s"}, "examples": [{"x": [1.0, 2.0], "n": 3, "b": {"b64": "AAE="}}]},
-        request, "classify")
+        request)
     example = request.input.example_list_with_context.examples[0]
     assert list(example.features.feature["x"].float_list.value) == [1.0, 2.0]
     assert list(example.features.feature["n"].int64_list.value) == [3]
@@ -260,8 +260,7 @@ def test_classify_json_builds_examples_with_context():
     assert serialized.shape == (1,)
     with pytest.raises(errors.InvalidArgument, match="expecting type: float"):
         codec.json_to_classify_regress_request({"examples": [{"x": [1.0, "a"]}]},
-                                               classification_pb2.ClassificationRequest(),
-                                               "classify")
+                                               classification_pb2.ClassificationRequest())
 
 
 def test_errors_map_to_grpc_and_http_in_one_place():
@@ -307,6 +306,16 @@ def test_lone_surrogate_escapes_are_a_parse_error(body, offset):
 def test_surrogate_pairs_and_escaped_backslashes_are_fine():
     doc = codec.parse_json_document('{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}')
     assert doc == {"a": "\U0001F600", "b": "\\ud800"}
+
+
+def test_bytes_that_are_not_utf8_reach_strings_and_examples_as_they_came():
+    from tensorflow_serving.apis import regression_pb2
+    doc = codec.parse_json_document(b'\xef\xbb\xbf{"s": ["caf\xe9", "\xed\xa0\x80"], "examples": [{"f\xff": "\xc3"}]}')
+    assert codec.json_to_ndarray(doc["s"], codec.DT_STRING).tolist() == [b"caf\xe9", b"\xed\xa0\x80"]
+    request = codec.json_to_classify_regress_request(doc, regression_pb2.RegressionRequest())
+    (feature_name, feature), = request.input.example_list.examples[0].features.feature.items()
+    # A protobuf string holds UTF-8 only: the name's stray byte becomes U+FFFD; the value's bytes are kept.
+    assert (feature_name, list(feature.bytes_list.value)) == ("f\ufffd", [b"\xc3"])
 
 
 @pytest.mark.parametrize("rank", [65, 300])

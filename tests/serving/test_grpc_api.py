@@ -88,10 +88,38 @@ def test_extra_input_is_invalid_argument(mc_stub):
 
 
 def test_misnamed_input_is_invalid_argument(mc_stub):
+    # `saved_model::GetInputValues`, which TF Serving's Predict calls: each signature input is looked up in the
+    # request, then in the signature's defaults.
+    from tensorflow_serving.apis import get_model_metadata_pb2
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = MC_MODEL
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    mc_stub.GetModelMetadata(metadata, timeout=30).metadata["signature_def"].Unpack(signatures)
+    feed = signatures.signature_def["serving_default"].inputs["x"].name
     error = rpc_error(mc_stub.Predict, _request(MC_MODEL, z=_x()), timeout=30)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (
-        "input tensor alias not found in signature: z. Inputs expected to be in the set {x}.")
+        f"Signature input alias: x(feed name: {feed}) not found in request and no default value provided. "
+        "Inputs expected to be in the request {z}, or default input alias set: ")
+
+
+def test_an_input_the_signature_lacks_is_refused_when_defaults_fill_the_rest(fixture_stub):
+    # The TF2 fixture's serving_default has a default for its one input, so a request naming another input
+    # passes the size check and fails on the name.
+    error = rpc_error(fixture_stub.Predict, _request("tf2", z=tensor([[1.0]])), timeout=30)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Inputs contains invalid name. Used request inputs: , request input: z")
+    response = fixture_stub.Predict(_request("tf2"), timeout=30)  # the default alone
+    assert response.outputs
+
+
+@pytest.mark.parametrize("method", ["Predict", "Classify", "Regress"])
+def test_a_request_without_model_spec_is_missing_model_spec(fixture_stub, method):
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
+    request = {"Predict": predict_pb2.PredictRequest, "Classify": classification_pb2.ClassificationRequest,
+               "Regress": regression_pb2.RegressionRequest}[method]()
+    error = rpc_error(getattr(fixture_stub, method), request, timeout=30)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
 
 
 def test_wrong_dtype_is_invalid_argument(mc_stub):
