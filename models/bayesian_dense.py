@@ -3,7 +3,7 @@
 Model: a network f_W with weights W (every layer a `models.bayesian_layers` mean-field layer) and a likelihood
 head, with the variational posterior q(W) = prod N(mu, sigma^2) and prior p(W) = prod N(0, s^2):
 
-    regression, heteroscedastic:  y | x, W ~ N(f_W(x)_1, softplus(f_W(x)_2)^2)        (network predicts the noise)
+    regression, heteroscedastic:  y | x, W ~ N(f_W(x)_1, (1e-3 + softplus(f_W(x)_2))^2)  (network predicts the noise)
     regression, homoscedastic:    y | x, W ~ N(f_W(x), sigma_noise^2), sigma_noise a learned point estimate
     classification:               y | x, W ~ Categorical(logits = f_W(x))
 

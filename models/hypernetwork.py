@@ -10,7 +10,7 @@ carries a code z_u in R^D with prior N(0, I) and mean-field posterior q(z_u) = N
 shared by the whole network (trunk shared, one head per layer) turns the codes of the two units a weight joins
 into that weight's distribution,
 
-    w_ij | z_i, z_j ~ N(mu_ij, sigma_ij^2),   (mu_ij, rho_ij) = g_l([z_i, z_j]),   sigma_ij = softplus(rho_ij),
+    w_ij | z_i, z_j ~ N(mu_ij, sigma_ij^2),   (mu_ij, rho_ij) = g_l([z_i, z_j]),   sigma_ij = 1e-3 + softplus(rho_ij),
 
 scaled by sqrt(2 / fan_in). g_l is a tanh layer on [z_i, z_j] with a linear head, plus a bilinear term
 z_i^T M_l z_j in the mean: the bilinear part alone can express any rank-D weight matrix, the tanh part bends it,

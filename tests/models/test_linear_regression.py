@@ -135,7 +135,7 @@ def test_predictive_integrates_the_weights_exactly_and_the_noise_precision_by_qu
         np.testing.assert_array_equal(again[key], s[key])
 
 
-@pytest.mark.parametrize("concentration", [0.5, 2.5, 6.0, 450.0, 5000.0])
+@pytest.mark.parametrize("concentration", [0.02, 0.1, 0.2, 0.5, 2.5, 6.0, 450.0, 5000.0])
 def test_gamma_quantiles_invert_the_incomplete_gamma_function(concentration):
     a = tf.constant(concentration, tf.float64)
     p = tf.constant(np.linspace(0.005, 0.995, 199))
