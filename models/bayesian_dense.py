@@ -81,9 +81,7 @@ class Config:
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        self.hidden_units = tuple(int(u) for u in self.hidden_units)
-        if any(u < 1 for u in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {self.hidden_units}")
+        self.hidden_units = bayesian_layers.layer_widths(self.hidden_units)
         if not self.prior_scale > 0:
             raise ValueError(f"prior_scale must be positive, got {self.prior_scale}")
         if self.mc_samples < 1:

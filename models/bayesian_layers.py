@@ -183,6 +183,18 @@ def scale_and_kl(loc, rho, log_prior_scale):
     return (sigma, kl), grad
 
 
+def layer_widths(values) -> tuple:
+    """A config's `hidden_units` (ints or their strings, as a list flag gives them) as positive ints; a
+    `ValueError` starting with the field's name otherwise (the training binaries name the flag from it)."""
+    try:
+        widths = tuple(int(u) for u in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"hidden_units must be integers, got {values}") from None
+    if any(u < 1 for u in widths):
+        raise ValueError(f"hidden_units must be positive, got {widths}")
+    return widths
+
+
 def relu_moments(mean, var):
     """(E[relu(a)], Var[relu(a)]) for a ~ N(mean, var), elementwise; shapes [..., units].
 

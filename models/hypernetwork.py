@@ -97,14 +97,12 @@ class Config:
         for name, allowed in (("variant", VARIANTS), ("head", HEADS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        self.hidden_units = bayesian_layers.layer_widths(self.hidden_units)
         if self.init_code_scale is None:
             self.init_code_scale = DEFAULT_INIT_SCALE[self.variant]
         for name in ("code_dim", "hyper_units", "flow_layers", "mc_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if any(u < 1 for u in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {self.hidden_units}")
         for name in ("prior_scale", "init_code_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -151,9 +151,7 @@ class Config:
                               ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        self.hidden_units = tuple(int(u) for u in self.hidden_units)
-        if any(u < 1 for u in self.hidden_units):
-            raise ValueError(f"hidden_units must be positive, got {self.hidden_units}")
+        self.hidden_units = bayesian_layers.layer_widths(self.hidden_units)
         if self.arch == "mlp" and not self.hidden_units:
             raise ValueError("hidden_units must name at least one layer for arch=mlp")
         for name in ("latent_dim", "latent_variables", "eval_importance_samples"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Optional
@@ -67,6 +68,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Checks every value and combination; raises `ConfigError` naming the flag."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{field.name} must be a finite number, got {value}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_samples": self.num_samples,
                     "eval_batch_size": self.eval_batch_size, "steps_per_execution": self.steps_per_execution}
         for name, value in positive.items():
@@ -98,8 +103,9 @@ class TrainConfig:
             raise ConfigError("--jit_compile compiles the step on one device; use it with --strategy=default")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if not -2 ** 31 <= int(self.seed) < 2 ** 31:
-            raise ConfigError(f"--seed must fit in 32 bits (the stateless seeds are int32), got {self.seed}")
+        if not 0 <= int(self.seed) < 2 ** 31:
+            # The stateless seeds are int32, and NumPy's generators (initialization, shuffles) take no negative seed.
+            raise ConfigError(f"--seed must be in [0, 2**31), got {self.seed}")
         if not self.workdir:
             raise ConfigError("--workdir is required: checkpoints, TensorBoard logs and metrics.json go there")
         for name in ("workdir", "export_base"):

@@ -7,6 +7,7 @@ function from parsed flags to a model config. Nothing below `main` reads `FLAGS`
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from typing import Callable
 
@@ -84,11 +85,15 @@ def train_config_from_flags() -> config_lib.TrainConfig:
 
 def model_config(cls, **values):
     """Builds a family's config dataclass; a bad value becomes a `ConfigError` naming its flag."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise config_lib.ConfigError(f"--{name} must be a finite number, got {value}")
     try:
         return cls(**values)
     except ValueError as e:
         message = str(e)
-        flag = next((name for name in values if message.startswith(name)), None)
+        # The longest name the message starts with: "prior_scale must be ..." is about --prior_scale, not --prior.
+        flag = max((name for name in values if message.startswith(name + " ")), key=len, default=None)
         raise config_lib.ConfigError(f"--{flag}: {message}" if flag else message) from e
     except TypeError as e:
         raise config_lib.ConfigError(str(e)) from e

@@ -73,6 +73,7 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
       The metrics written to `<workdir>/metrics.json` (for `all`: mean and standard error over splits).
     """
     train_config.validate()
+    _check_split_layout(pathlib.Path(train_config.workdir).expanduser(), train_config.split == "all")
     # One strategy per process: multi-worker collectives must be set up before any other TensorFlow work.
     strategy = make_strategy(train_config.strategy)
     if train_config.split != "all":
@@ -95,6 +96,18 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
     return summary
 
 
+def _check_split_layout(workdir: pathlib.Path, all_splits: bool) -> None:
+    """Refuses a workdir that holds the other kind of run: `--split=all` trains in `split_<k>/` subdirectories
+    and writes their summary to the top-level metrics.json, which a one-split run there would overwrite (and the
+    other way round)."""
+    if all_splits and has_checkpoint(workdir):
+        raise config_lib.ConfigError(f"--split=all: --workdir={workdir} holds a run of one split; give --split=all "
+                                     "its own --workdir")
+    if not all_splits and any(has_checkpoint(d) for d in workdir.glob("split_*")):
+        raise config_lib.ConfigError(f"--workdir={workdir} holds a --split=all run (its split_<k>/ directories); "
+                                     "resume it with --split=all or train one split in another --workdir")
+
+
 def _train_and_evaluate_split(config, model_config, build_model, strategy) -> dict:
     chief = is_chief(strategy)
     workdir = pathlib.Path(config.workdir).expanduser()
@@ -102,7 +115,6 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
         # Every worker saves checkpoints (the collectives need them all), but only the chief's are the run's.
         workdir = workdir / f".worker_{strategy.cluster_resolver.task_id}"
     dataset = data_lib.load(config.dataset, config.data_dir, config.split_index)
-    ood = _load_ood(config, dataset) if chief else None  # before training: its evaluation comes after
     if config.validation_fraction > 0:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
     # Initializers without their own seed draw from the global generator: seeding it here makes --seed fix the
@@ -113,6 +125,8 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
             model = build_model(model_config, dataset)
     except ValueError as e:  # the family cannot take this data set (a classifier's labels for a regression, ...)
         raise config_lib.ConfigError(f"--dataset={config.dataset}: {e}") from e
+    # Before training, as its evaluation comes after; by the model's task (a VAE on MNIST is no classifier).
+    ood = _load_ood(config, dataset, getattr(model, "task", dataset.task)) if chief else None
     # Only now does the workdir take this run's settings: a run that could not start does not bind it.
     with _workdir_lock(workdir):
         return _run_in_workdir(config, model_config, strategy, workdir, dataset, model, ood)
@@ -141,7 +155,8 @@ def _workdir_lock(workdir: pathlib.Path):
 def _run_in_workdir(config, model_config, strategy, workdir, dataset, model, ood) -> dict:
     """Trains, evaluates and exports a built model in its (locked) workdir."""
     chief = is_chief(strategy)
-    _prepare_workdir(workdir, config, model_config)
+    _prepare_workdir(workdir, config, model_config,
+                     num_train=None if getattr(model, "closed_form", False) else dataset.num_train)
     previous = config_lib.load_json(workdir / METRICS_FILE) if chief else None
     start = time.time()
     epochs_run = 0.0
@@ -187,10 +202,13 @@ def _export_once(model, dataset, config, workdir: pathlib.Path) -> pathlib.Path:
     """
     from serving import export  # Serving is only needed when exporting.
 
+    saved = config_lib.load_json(workdir / CONFIG_FILE) or {}
     identity = {
         "checkpoint": ("closed_form" if getattr(model, "closed_form", False)
                        else pathlib.Path(tf.train.latest_checkpoint(str(workdir / "checkpoints")) or "").name),
-        "config": config_lib.load_json(workdir / CONFIG_FILE),
+        # The settings that shape the export: not where data came from or how it was evaluated or logged (the
+        # budget shows in the checkpoint's step).
+        "config": {k: v for k, v in saved.items() if k == "num_samples" or k not in config_lib.RESUMABLE_CHANGES},
         "export_base": str(pathlib.Path(config.export_base).expanduser().resolve()),
     }
     record = config_lib.load_json(workdir / EXPORT_RECORD)
@@ -203,15 +221,16 @@ def _export_once(model, dataset, config, workdir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _load_ood(config, dataset):
+def _load_ood(config, dataset, task: str):
     """The out-of-distribution set of a classifier's evaluation (None: none), loaded and checked up front."""
     name = config.ood_name()
-    if dataset.task != data_lib.CLASSIFICATION or not name:
+    if task != data_lib.CLASSIFICATION or not name:
         return None
     try:
         ood = data_lib.load(name, config.data_dir)
     except data_lib.DatasetError as e:
-        raise config_lib.ConfigError(f"--ood_dataset={config.ood_dataset}: {e}") from e
+        raise config_lib.ConfigError(
+            f"--ood_dataset={config.ood_dataset}: {e} (--ood_dataset=none evaluates without it)") from e
     if ood.x_test.shape[1:] != dataset.x_test.shape[1:]:
         raise config_lib.ConfigError(
             f"--ood_dataset={config.ood_dataset}: its examples have shape {ood.x_test.shape[1:]}, "
@@ -248,15 +267,18 @@ def is_chief(strategy) -> bool:
                                              "chief" not in resolver.cluster_spec().jobs)
 
 
-def _prepare_workdir(workdir: pathlib.Path, config, model_config) -> None:
+def _prepare_workdir(workdir: pathlib.Path, config, model_config, num_train: int | None = None) -> None:
     """Creates the workdir; refuses to resume a run trained with different settings (a workdir without a
-    checkpoint has nothing to resume: a run that failed before its first one does not bind it)."""
+    checkpoint has nothing to resume: a run that failed before its first one does not bind it), or, given the
+    training set's size, with a budget below the steps it has taken."""
     workdir.mkdir(parents=True, exist_ok=True)
     current = json.loads(json.dumps({**config.to_json(), **dataclasses.asdict(model_config)}))
     saved = config_lib.load_json(workdir / CONFIG_FILE)
     if saved is not None and has_checkpoint(workdir):
         # A family config may name fields that only affect evaluation (e.g. a VAE's importance samples).
         config_lib.check_resumable(saved, current, extra_allowed=getattr(model_config, "RESUMABLE_FIELDS", ()))
+    if num_train is not None:
+        _check_budget(workdir, config, num_train)
     _write_json(workdir / CONFIG_FILE, current)
 
 
@@ -391,6 +413,25 @@ def record_unrecorded(directory: pathlib.Path, restored: str | None) -> list:
     return names
 
 
+def training_budget(config, num_train: int) -> tuple:
+    """(batch size, steps per epoch, total steps): the batch capped at the data, `--train_steps` if given, else
+    `--epochs` of full batches."""
+    batch_size = min(config.batch_size, num_train)
+    steps_per_epoch = num_train // batch_size
+    return batch_size, steps_per_epoch, config.train_steps or config.epochs * steps_per_epoch
+
+
+def _check_budget(workdir: pathlib.Path, config, num_train: int) -> None:
+    """Refuses a budget below the steps the workdir's run has already taken: it would train nothing, evaluate
+    and export the longer run's model, and record the shorter budget as its settings."""
+    newest = checkpoints_newest_first(workdir / "checkpoints", None)
+    total = training_budget(config, num_train)[2]
+    if newest and _checkpoint_number(newest[0]) > total:
+        raise config_lib.ConfigError(
+            f"--train_steps/--epochs: {total} steps, but the run in --workdir={workdir} has already trained "
+            f"{_checkpoint_number(newest[0])}; train it longer, or use another --workdir for a shorter run")
+
+
 def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=None) -> float:
     """Minimizes the per-example negative ELBO with Adam; resumes from `<workdir>/checkpoints`.
 
@@ -402,12 +443,10 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
       The epochs this call trained (fractional; 0 when a finished run is resumed).
     """
     num_train = dataset.num_train
-    batch_size = min(config.batch_size, num_train)
+    batch_size, steps_per_epoch, total_steps = training_budget(config, num_train)
     if batch_size < config.batch_size:
         logging.warning("--batch_size=%d exceeds the %d training examples; using %d", config.batch_size,
                         num_train, batch_size)
-    steps_per_epoch = num_train // batch_size
-    total_steps = config.train_steps or config.epochs * steps_per_epoch
     num_epochs = -(-total_steps // steps_per_epoch)
     with strategy.scope():
         # The legacy (OptimizerV2) Adam updates each variable with one fused kernel; the newer tf_keras Adam

@@ -59,6 +59,9 @@ def test_binary_with_flagfile_writes_metrics_and_exports(tmp_path, data_dir):
     ("--strategy=tpu", "--strategy"),
     ("--alpha_prior=1", "--alpha_prior"),
     ("--seed=3000000000", "--seed"),  # would wrap in the int32 seeds: another seed's draws
+    ("--seed=-1", "--seed"),  # NumPy's generators take no negative seed: a traceback after loading the data
+    ("--learning_rate=nan", "--learning_rate"),  # would pass "> 0" checks written as "not <= 0"
+    ("--kl_warmup_epochs=inf", "--kl_warmup_epochs"),  # a KL weight of 0 for the whole run
     ("--export_base=gs://bucket/models", "--export_base"),  # would be written under ./gs:/bucket
 ])
 def test_bad_flags_fail_fast_naming_the_flag(tmp_path, data_dir, flag, message):
@@ -66,6 +69,19 @@ def test_bad_flags_fail_fast_naming_the_flag(tmp_path, data_dir, flag, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(prior_scale=0.0), "--prior_scale: prior_scale must be positive"),  # not "--prior:"
+    (dict(hidden_units=["50", "abc"]), "--hidden_units: hidden_units must be integers"),
+    (dict(init_rho=float("nan")), "--init_rho must be a finite number"),
+])
+def test_model_flags_are_named_in_their_errors(values, message):
+    from models import bayesian_dense
+    from training import flags as flags_lib
+    with pytest.raises(config_lib.ConfigError) as info:
+        flags_lib.model_config(bayesian_dense.Config, **values)
+    assert str(info.value).startswith(message)
 
 
 def test_missing_data_dir_fails_before_training(tmp_path):
@@ -357,6 +373,11 @@ def test_a_finished_run_run_again_keeps_its_timing_and_is_not_exported_twice(tmp
     assert again["train/seconds"] == first["train/seconds"]
     assert again["train/seconds_per_epoch"] == first["train/seconds_per_epoch"]
     assert again["test/rmse"] == first["test/rmse"]
+    # Settings of the evaluation or of where the data lives change nothing exported.
+    evaluated_otherwise = train_lib.train_and_evaluate(
+        dataclasses.replace(config, eval_batch_size=7, data_dir=str(data_dir) + "/"),
+        lr.Config(inference="gradient"), lr.build_model)
+    assert evaluated_otherwise["export_path"] == first["export_path"]
     # Other serving settings, or more training, make another model: a new version.
     other = train_lib.train_and_evaluate(dataclasses.replace(config, num_samples=7),
                                          lr.Config(inference="gradient"), lr.build_model)
@@ -377,11 +398,51 @@ def test_a_run_that_could_not_start_does_not_bind_its_workdir(tmp_path, data_dir
 
 
 def test_an_unusable_ood_dataset_is_refused_before_training(tmp_path, data_dir):
+    from models import bayesian_dense
+    classifier = bayesian_dense.Config(hidden_units=(8,))
     for ood, message in (("uci/concrete", "shape"), ("fashion-mnist", "unknown dataset")):
         config = _config(tmp_path, data_dir=str(data_dir), dataset="mnist", ood_dataset=ood)
         with pytest.raises(config_lib.ConfigError, match=f"--ood_dataset={ood}: .*{message}"):
-            train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+            train_lib.train_and_evaluate(config, classifier, bayesian_dense.build_model)
     assert not (tmp_path / "work").exists()
+
+
+def test_the_ood_dataset_is_needed_by_classifiers_only(tmp_path, data_dir, monkeypatch):
+    """A VAE on MNIST is no classifier: `--ood_dataset=auto` must not ask for Fashion-MNIST."""
+    from models import bayesian_dense, vae
+    only_mnist = tmp_path / "data"
+    only_mnist.mkdir()
+    (only_mnist / "mnist").symlink_to(pathlib.Path(data_dir).resolve() / "mnist")
+    seen = []
+    monkeypatch.setattr(train_lib, "_run_in_workdir", lambda *args: seen.append(args[-1]) or {})
+    config = _config(tmp_path, data_dir=str(only_mnist), dataset="mnist")
+    train_lib.train_and_evaluate(config, vae.Config(hidden_units=(8,), latent_dim=2), vae.build_model)
+    assert seen == [None]
+    with pytest.raises(config_lib.ConfigError, match="--ood_dataset=auto: .*fashion_mnist.*--ood_dataset=none"):
+        train_lib.train_and_evaluate(config, bayesian_dense.Config(hidden_units=(8,)), bayesian_dense.build_model)
+
+
+def test_a_workdir_holds_one_split_or_all_of_them_not_both(tmp_path, data_dir):
+    # Either run would overwrite the other's metrics.json; both are refused before any data is read.
+    one, every = tmp_path / "one", tmp_path / "every"
+    (one / "checkpoints").mkdir(parents=True)
+    (one / "checkpoints" / "ckpt-5.index").touch()
+    (every / "split_3" / "checkpoints").mkdir(parents=True)
+    (every / "split_3" / "checkpoints" / "ckpt-5.index").touch()
+    for workdir, split, message in ((one, "all", "holds a run of one split"), (every, "3", "holds a --split=all")):
+        config = _config(tmp_path, data_dir=str(data_dir), dataset="uci/yacht", split=split, workdir=str(workdir))
+        with pytest.raises(config_lib.ConfigError, match=message):
+            train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+
+
+def test_a_budget_below_the_steps_already_taken_is_refused(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir=str(data_dir), epochs=2)
+    train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
+    saved = (tmp_path / "work" / "config.json").read_text()
+    with pytest.raises(config_lib.ConfigError, match="--train_steps/--epochs: .* has already trained"):
+        train_lib.train_and_evaluate(dataclasses.replace(config, epochs=1), lr.Config(inference="gradient"),
+                                     lr.build_model)
+    assert (tmp_path / "work" / "config.json").read_text() == saved  # the run's settings stay as trained
 
 
 def test_workdir_and_export_base_expand_the_home_directory(tmp_path, monkeypatch):
