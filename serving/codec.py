@@ -367,9 +367,9 @@ def parse_json_document(body) -> dict:
     if not body:
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
     # rapidjson's UTF-8 input stream skips a byte order mark (Windows tools write one); its offsets still count it.
-    start = 0
+    bom = 0  # bytes before `body`
     if body[:3] == _UTF8_BOM or body[:1] == "\ufeff":
-        body, start = body[3:] if isinstance(body, bytes) else body[1:], 3
+        body, bom = body[3:] if isinstance(body, bytes) else body[1:], 3
     skeleton = _skeleton(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass"))
     doc = None
     if _WIDE_INTEGER not in skeleton:
@@ -378,7 +378,7 @@ def parse_json_document(body) -> dict:
         except orjson.JSONDecodeError:
             pass
     if doc is None:  # a JSON null body is not an object either way: the json module says so
-        doc = _parse_with_json(body, skeleton, start)  # start: the byte order mark's bytes, if any
+        doc = _parse_with_json(body, skeleton, bom)
     if not isinstance(doc, dict):
         raise errors.InvalidArgument(f"JSON Value: {json_value_to_string(doc)} Is not object")
     return doc
