@@ -317,6 +317,8 @@ _LOWER_HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u00([01][a-f])")
 
 
 def _upper_hex_escapes(text: str) -> str:
+    if "\\u00" not in text:
+        return text
     return _LOWER_HEX_ESCAPE.sub(lambda m: m.group(1) + "\\u00" + m.group(2).upper(), text)
 
 
@@ -889,7 +891,8 @@ def _string_text(value, as_bytes: bool) -> str:
     raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
     if as_bytes:
         return '{"b64": "%s"}' % base64.b64encode(raw).decode("ascii")
-    return json.dumps(raw.decode("utf-8", errors="replace"), ensure_ascii=False)
+    # Bytes that are not UTF-8 go out as they are, as rapidjson's writer (no encoding check) sends them.
+    return json_string(raw.decode("utf-8", "surrogateescape"))
 
 
 def _leaf_texts(array: np.ndarray, as_bytes: bool) -> list:
@@ -983,7 +986,7 @@ def classification_result_to_json(result) -> str:
     rows = []
     for classifications in result.classifications:
         rows.append("[" + ", ".join(
-            f"[{json.dumps(c.label)}, {format_decimal(c.score, np.float32)}]"
+            f"[{json_string(c.label)}, {format_decimal(c.score, np.float32)}]"
             for c in classifications.classes) + "]")
     return '{"results": [' + ", ".join(rows) + "]}"
 

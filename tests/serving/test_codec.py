@@ -318,6 +318,12 @@ def test_bytes_that_are_not_utf8_reach_strings_and_examples_as_they_came():
     assert (feature_name, list(feature.bytes_list.value)) == ("f\ufffd", [b"\xc3"])
 
 
+def test_string_outputs_are_written_as_rapidjsons_writer_writes_them():
+    # Bytes that are not UTF-8 as they are (no encoding check), control characters as upper-case \u00XX.
+    text = codec.arrays_to_predict_json({"s": np.array([b"caf\xe9", b"a\x1fb"], dtype=object)}, codec.ROW_FORMAT)
+    assert text.encode("utf-8", "surrogateescape") == b'{"predictions": ["caf\xe9", "a\\u001Fb"]}'
+
+
 @pytest.mark.parametrize("rank", [65, 300])
 def test_json_of_more_than_64_dimensions_is_invalid_argument(rank):
     value = 1.0
