@@ -342,6 +342,24 @@ def list_versions(base_path: str) -> Dict[int, str]:
     return children
 
 
+def _platform(model_config) -> str:
+    """`GetPlatform` (server_core.cc): the deprecated `model_type` or `model_platform`, exactly one of them."""
+    if model_config.model_type:  # not MODEL_TYPE_UNSPECIFIED
+        if model_config.model_platform:
+            raise errors.InvalidArgument(
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                "ModelServerConfig::model_platform.")
+        if model_config.model_type != 1:  # TENSORFLOW
+            raise errors.InvalidArgument(
+                f"ModelServerConfig::model_type choice {model_config.model_type} not supported.")
+        return "tensorflow"
+    if not model_config.model_platform:
+        raise errors.InvalidArgument(
+            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+            "ModelServerConfig::model_platform.")
+    return model_config.model_platform
+
+
 class ModelManager:
     """Loads, serves and unloads model versions according to a `ModelServerConfig`.
 
@@ -384,7 +402,8 @@ class ModelManager:
         Raises:
           FailedPrecondition / InvalidArgument: the config is refused (nothing changes), or a
             label names a version that is not available.
-          Unknown: "N servable(s) did not become available: {{{name: m version: 1} due to error: ...}, }".
+          Unknown: "N servable(s) did not become available: {{{name: m version: 1} due to error: ...}, }" ("N
+            model(s)" on a reload).
         """
         with self._config_lock:
             kind = new_config.WhichOneof("config")
@@ -397,6 +416,7 @@ class ModelManager:
                 return
             if kind != "model_config_list":
                 raise errors.Unimplemented("ModelServer does not yet support custom model config.")
+            first = self._config is None
             self._validate(new_config)
             self._update_labels(new_config)
             old_names = set(self._models)
@@ -430,9 +450,11 @@ class ModelManager:
                                    key=lambda e: e.version)
                     failed += [(name, e.version, e.error) for e in ended] or [(name, "latest", None)]
                 if failed:
-                    # TF Serving's text (`load_servables_fast.cc`), each servable with the error that ended it.
+                    # TF Serving's text, each servable with the error that ended it: the first config's load
+                    # (`load_servables_fast.cc`) counts servables, a reload (`ServerCore::WaitUntilModelsAvailable`)
+                    # models.
                     raise errors.Unknown(
-                        f"{len(failed)} servable(s) did not become available: {{"
+                        f"{len(failed)} {'servable' if first else 'model'}(s) did not become available: {{"
                         + "".join(f"{{{{name: {name} version: {version}}} due to error: "
                                   f"{errors.code_name(error.code) if error else 'UNKNOWN'}: "
                                   f"{error.message if error else 'not loaded'}}}, "
@@ -458,33 +480,36 @@ class ModelManager:
                 self._poll_model(name)
 
     def _validate(self, new_config):
+        """`ServerCore::ReloadConfig`'s checks, in its order: names unique, base paths absolute, no model changing
+        platform, then every platform known (`CreateStoragePathRoutes`; TF Serving checks that after the labels,
+        here before them, so a refused config changes nothing)."""
         names = set()
         for model_config in new_config.model_config_list.config:
             if model_config.name in names:
                 raise errors.InvalidArgument(
                     f"Illegal to list model {model_config.name} multiple times in config list")
             names.add(model_config.name)
-            if model_config.model_type and model_config.model_platform:
-                raise errors.InvalidArgument(
-                    "Illegal setting both ModelServerConfig::model_type (deprecated) and "
-                    "ModelServerConfig::model_platform.")
-            platform = model_config.model_platform or ("tensorflow" if model_config.model_type == 1
-                                                       else "")
-            if not platform:
-                raise errors.InvalidArgument(
-                    "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-                    "ModelServerConfig::model_platform.")
-            if platform != "tensorflow":
-                raise errors.InvalidArgument(
-                    f"Model {model_config.name} requests unsupported platform {platform}")
-            if not model_config.name:
-                raise errors.InvalidArgument("Model config has an empty name")
+        for model_config in new_config.model_config_list.config:
             if is_relative_path(model_config.base_path):
                 # As ServerCore's check (without a model_config_list_root_dir, which no flag sets): a relative
                 # path would depend on the directory the server happened to start in.
                 raise errors.InvalidArgument(
                     f"Expected model {model_config.name} to have an absolute path or URI; got "
                     f"base_path()={model_config.base_path}")
+        if self._config is not None:
+            old = {c.name: _platform(c) for c in self._config.model_config_list.config}
+            for model_config in new_config.model_config_list.config:
+                if model_config.name in old and _platform(model_config) != old[model_config.name]:
+                    raise errors.InvalidArgument(
+                        f"Illegal to change a model's platform. For model {model_config.name} platform was "
+                        f"{old[model_config.name]} and new platform requested is {_platform(model_config)}")
+        for model_config in new_config.model_config_list.config:
+            platform = _platform(model_config)
+            if platform != "tensorflow":
+                raise errors.InvalidArgument(
+                    f"Model {model_config.name} requests unsupported platform {platform}")
+            if not model_config.name:
+                raise errors.InvalidArgument("Model config has an empty name")
 
     def _update_labels(self, new_config):
         """`UpdateModelVersionLabelMap`: labels may only name AVAILABLE versions (by default)."""

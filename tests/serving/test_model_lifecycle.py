@@ -333,3 +333,36 @@ def test_a_model_that_cannot_load_is_named_with_its_error_and_wrong_tags_are_not
     [status] = manager.status("hpt")
     assert (status.version, status.state.name, status.error_code, status.error_message) == (
         123, "END", errors.Code.NOT_FOUND, cause)
+
+
+def test_reload_errors_are_server_cores(tmp_path, tf_serving_testdata):
+    """`ServerCore::ReloadConfig`: a model may not change platform, a deprecated model_type other than TENSORFLOW
+    is named by its number, and a model a reload adds that fails to load is counted as a model, not a servable
+    (the start-up wording)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    from serving import errors, model_manager
+    good = tf_serving_testdata / "saved_model_half_plus_two_cpu"
+    (tmp_path / "bad" / "1").mkdir(parents=True)
+    (tmp_path / "bad" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+
+    def config(*models):
+        return text_format.Parse("model_config_list { " + " ".join(
+            f'config {{ name: "{name}" base_path: "{path}" {extra} }}' for name, path, extra in models) + " }",
+            model_server_config_pb2.ModelServerConfig())
+
+    manager = model_manager.ModelManager(model_manager.ManagerOptions(
+        max_num_load_retries=0, file_system_poll_wait_seconds=0))
+    manager.reload_config(config(("m", good, 'model_platform: "tensorflow"')))
+    with pytest.raises(errors.InvalidArgument) as info:
+        manager.reload_config(config(("m", good, 'model_platform: "foo"')))
+    assert info.value.message == ("Illegal to change a model's platform. For model m platform was tensorflow and "
+                                  "new platform requested is foo")
+    with pytest.raises(errors.InvalidArgument) as info:
+        manager.reload_config(config(("m", good, "model_type: OTHER")))
+    assert info.value.message == "ModelServerConfig::model_type choice 2 not supported."
+    with pytest.raises(errors.Unknown) as info:
+        manager.reload_config(config(("m", good, 'model_platform: "tensorflow"'),
+                                     ("bad", tmp_path / "bad", 'model_platform: "tensorflow"')))
+    assert info.value.message.startswith("1 model(s) did not become available: {{{name: bad version: 1} due to ")
+    assert manager.status("m")[0].state.name == "AVAILABLE"
