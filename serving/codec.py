@@ -269,6 +269,11 @@ def _skeleton(raw: bytes) -> bytes:
 
 # A JSON number literal (for finding where an overflowing one starts).
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+# rapidjson's kParseNanAndInfFlag also reads Inf, -Inf and -NaN, which Python's json does not; a body that may hold
+# one (outside a string) is read with them spelled as json spells them (see `_parse_with_json`).
+_RAPIDJSON_ONLY_CONSTANT = re.compile(rb"-NaN|Inf(?!inity)")
+_STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|-NaN|-?Inf(?!i)')
+_JSON_SPELLING = {"-NaN": "NaN", "Inf": "Infinity", "-Inf": "-Infinity"}
 
 
 class _NumberTooBig(Exception):
@@ -357,11 +362,11 @@ def _check_surrogate_escapes(text: str, base: int = 0):
 def parse_json_document(body) -> dict:
     """Parses a REST request body (bytes or str); like TF Serving it must be one JSON object.
 
-    NaN and (-)Infinity are accepted, as rapidjson's `kParseNanAndInfFlag` does; a number literal beyond double
-    range (1e999999) is refused, as rapidjson refuses it. orjson reads the body when it reads it as the json
-    module does (about 5x faster on a large body of numbers): it refuses NaN, Infinity, numbers beyond double
-    range, unpaired surrogate escapes, invalid UTF-8 and nesting deeper than 1,023, and those bodies go to the
-    json module, whose errors are mapped to rapidjson's messages and offsets; it reads integer literals beyond
+    NaN, (-)Infinity, (-)Inf and -NaN are accepted, as rapidjson's `kParseNanAndInfFlag` does; a number literal
+    beyond double range (1e999999) is refused, as rapidjson refuses it. orjson reads the body when it reads it as
+    the json module does (about 5x faster on a large body of numbers): it refuses NaN, Infinity, numbers beyond
+    double range, unpaired surrogate escapes, invalid UTF-8 and nesting deeper than 1,023, and those bodies go to
+    the json module, whose errors are mapped to rapidjson's messages and offsets; it reads integer literals beyond
     64 bits as floats, so a body that may hold one (19 digits or more) goes there too.
     """
     if isinstance(body, bytearray):
@@ -397,6 +402,14 @@ def _parse_with_json(body, skeleton: bytes, base: int = 0):
     """
     if isinstance(body, bytes):
         body = body.decode("utf-8", "surrogateescape")
+    if _RAPIDJSON_ONLY_CONSTANT.search(skeleton):
+        spelled = _STRING_OR_CONSTANT.sub(lambda m: _JSON_SPELLING.get(m.group(0), m.group(0)), body)
+        if spelled != body:
+            spelled_bytes = spelled.encode("utf-8", "surrogateescape")
+            try:
+                return _parse_with_json(spelled_bytes, _skeleton(spelled_bytes), base)
+            except errors.InvalidArgument:
+                pass  # the error as the body has it, at its offsets
     try:
         # Checking every number costs a Python call each, so only bodies that may hold a huge one pay it.
         maybe_huge = _THREE_DIGIT_EXPONENT in skeleton or _LONG_DIGIT_RUN in skeleton

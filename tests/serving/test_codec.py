@@ -1,6 +1,7 @@
 """Wire conversions: TensorProto <-> numpy, REST JSON, tf.Example inputs."""
 
 import json
+import math
 
 import hypothesis
 from hypothesis import strategies as st
@@ -316,6 +317,16 @@ def test_bytes_that_are_not_utf8_reach_strings_and_examples_as_they_came():
     (feature_name, feature), = request.input.example_list.examples[0].features.feature.items()
     # A protobuf string holds UTF-8 only: the name's stray byte becomes U+FFFD; the value's bytes are kept.
     assert (feature_name, list(feature.bytes_list.value)) == ("f\ufffd", [b"\xc3"])
+
+
+def test_the_constants_rapidjson_reads_beyond_pythons_json_are_read():
+    doc = codec.parse_json_document(b'{"a": [Inf, -Inf, -NaN, Infinity], "s": "Inf and -NaN stay text"}')
+    assert doc["a"][:2] == [math.inf, -math.inf] and math.isnan(doc["a"][2]) and doc["a"][3] == math.inf
+    assert doc["s"] == "Inf and -NaN stay text"
+    # Errors keep the body's own offsets.
+    too_big = "JSON Parse error: Number too big to be stored in double. at offset: 7"
+    assert _parse_error(b'{"a": [1e400, Inf]}') == too_big
+    assert _parse_error(b'{"a": Infin}') == "JSON Parse error: Invalid value. at offset: 6"
 
 
 def test_string_outputs_are_written_as_rapidjsons_writer_writes_them():
