@@ -269,9 +269,9 @@ def _skeleton(raw: bytes) -> bytes:
 
 # A JSON number literal (for finding where an overflowing one starts).
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
-# rapidjson's kParseNanAndInfFlag also reads Inf, -Inf and -NaN, which Python's json does not; a body that may hold
-# one (outside a string) is read with them spelled as json spells them (see `_parse_with_json`).
-_RAPIDJSON_ONLY_CONSTANT = re.compile(rb"-NaN|Inf(?!inity)")
+# rapidjson's kParseNanAndInfFlag also reads Inf, -Inf and -NaN, which Python's json does not; a body the json module
+# refuses that holds one is read again with them spelled as json spells them (`_parse_with_rapidjson_constants`).
+_RAPIDJSON_ONLY_CONSTANT = re.compile(r"-NaN|Inf(?!inity)")
 _STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|-NaN|-?Inf(?!i)')
 _JSON_SPELLING = {"-NaN": "NaN", "Inf": "Infinity", "-Inf": "-Infinity"}
 
@@ -402,14 +402,6 @@ def _parse_with_json(body, skeleton: bytes, base: int = 0):
     """
     if isinstance(body, bytes):
         body = body.decode("utf-8", "surrogateescape")
-    if _RAPIDJSON_ONLY_CONSTANT.search(skeleton):
-        spelled = _STRING_OR_CONSTANT.sub(lambda m: _JSON_SPELLING.get(m.group(0), m.group(0)), body)
-        if spelled != body:
-            spelled_bytes = spelled.encode("utf-8", "surrogateescape")
-            try:
-                return _parse_with_json(spelled_bytes, _skeleton(spelled_bytes), base)
-            except errors.InvalidArgument:
-                pass  # the error as the body has it, at its offsets
     try:
         # Checking every number costs a Python call each, so only bodies that may hold a huge one pay it.
         maybe_huge = _THREE_DIGIT_EXPONENT in skeleton or _LONG_DIGIT_RUN in skeleton
@@ -421,6 +413,9 @@ def _parse_with_json(body, skeleton: bytes, base: int = 0):
             "JSON Parse error: Number too big to be stored in double. at offset: "
             f"{base + _byte_offset(body, start)}") from None
     except json.JSONDecodeError as exc:
+        doc = _parse_with_rapidjson_constants(body, base)
+        if doc is not None:
+            return doc
         reason = _PARSE_ERRORS.get(exc.msg, "Invalid value.")
         if exc.pos == len(body) and not body.strip(" \t\n\r"):
             reason = "The document is empty."  # only whitespace (or a byte order mark)
@@ -436,6 +431,22 @@ def _parse_with_json(body, skeleton: bytes, base: int = 0):
             f"{base + _byte_offset(body, match.start() if match else 0)}") from None
     _check_surrogate_escapes(body, base)
     return doc
+
+
+def _parse_with_rapidjson_constants(body: str, base: int):
+    """A body the json module refused, read again with rapidjson's own constants (Inf, -Inf, -NaN outside strings)
+    spelled as json spells them; None if it has none or still does not parse (the caller then reports the error
+    at the body's own offsets). Only refused bodies pay for the rewrite."""
+    if not _RAPIDJSON_ONLY_CONSTANT.search(body):
+        return None
+    spelled = _STRING_OR_CONSTANT.sub(lambda m: _JSON_SPELLING.get(m.group(0), m.group(0)), body)
+    if spelled == body:
+        return None
+    spelled_bytes = spelled.encode("utf-8", "surrogateescape")
+    try:
+        return _parse_with_json(spelled_bytes, _skeleton(spelled_bytes), base)
+    except errors.InvalidArgument:
+        return None
 
 
 def json_value_to_string(value) -> str:

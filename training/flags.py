@@ -45,7 +45,8 @@ def define_shared_flags(**defaults) -> None:
                          "epochs shorter than this run whole, several to a call).",
                          lower_bound=1)
     flags.DEFINE_bool("jit_compile", d["jit_compile"], "Compile the training step with XLA (one device only).")
-    flags.DEFINE_integer("seed", d["seed"], "Seeds data order, initialization and every Monte Carlo draw.")
+    flags.DEFINE_integer("seed", d["seed"], "Seeds data order, initialization and every Monte Carlo draw; in "
+                         "[0, 2**31).")
     flags.DEFINE_string("workdir", d["workdir"] or None, "Checkpoints, TensorBoard logs, metrics.json, plots.")
     flags.DEFINE_string("export_base", d["export_base"], "If set, export a new SavedModel version under it "
                         "(<export_base>/<version>/saved_model.pb).")

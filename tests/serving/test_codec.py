@@ -323,6 +323,7 @@ def test_the_constants_rapidjson_reads_beyond_pythons_json_are_read():
     doc = codec.parse_json_document(b'{"a": [Inf, -Inf, -NaN, Infinity], "s": "Inf and -NaN stay text"}')
     assert doc["a"][:2] == [math.inf, -math.inf] and math.isnan(doc["a"][2]) and doc["a"][3] == math.inf
     assert doc["s"] == "Inf and -NaN stay text"
+    assert math.isnan(codec.parse_json_document(b'{"a": [-NaN]}')["a"][0])  # alone too
     # Errors keep the body's own offsets.
     too_big = "JSON Parse error: Number too big to be stored in double. at offset: 7"
     assert _parse_error(b'{"a": [1e400, Inf]}') == too_big
