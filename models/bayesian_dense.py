@@ -128,10 +128,16 @@ class BayesianNetwork(heads.LikelihoodHead):
         """
         seeds = tfp.random.split_seed(seed, n=len(self.layers_with_posterior))
         posteriors = posteriors or [None] * len(self.layers_with_posterior)
+        return self._network(x, lambda i, layer, h: layer(h, seeds[i], estimator, num_samples,
+                                                          posterior=posteriors[i]))
+
+    def _network(self, x, apply) -> tf.Tensor:
+        """The architecture: `apply(i, layer, h)` gives the pre-activations of the i-th layer with a posterior for
+        its input h (the inputs [batch, ...] themselves for the first), ReLU and pooling in between."""
         h = tf.convert_to_tensor(x, tf.float32)
         i = 0
         for conv in self.conv_layers:
-            h = tf.nn.relu(conv(h, seeds[i], estimator, num_samples, posterior=posteriors[i]))
+            h = tf.nn.relu(apply(i, conv, h))
             shape = tf.shape(h)  # [S, B, H, W, C]: pool over the merged sample and batch axes
             pooled = tf.nn.max_pool2d(tf.reshape(h, tf.concat([[-1], shape[2:]], 0)), 2, 2, "SAME")
             h = tf.reshape(pooled, tf.concat([shape[:2], tf.shape(pooled)[1:]], 0))
@@ -141,9 +147,9 @@ class BayesianNetwork(heads.LikelihoodHead):
         else:
             h = tf.reshape(h, [tf.shape(h)[0], -1])  # [B, features]: shared by all samples
         for layer in self.hidden_layers:
-            h = tf.nn.relu(layer(h, seeds[i], estimator, num_samples, posterior=posteriors[i]))
+            h = tf.nn.relu(apply(i, layer, h))
             i += 1
-        return self.output_layer(h, seeds[i], estimator, num_samples, posterior=posteriors[i])
+        return apply(i, self.output_layer, h)
 
     def training_outputs(self, x, num_samples, seed) -> tf.Tensor:
         """Outputs through the training estimator (`Config.estimator`)."""
@@ -160,8 +166,55 @@ class BayesianNetwork(heads.LikelihoodHead):
     def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
         """Outputs [S, batch, head_units] by the layers' predictive route: local reparameterization with noise
         shared across the batch for dense layers, sampled kernels for convolutions; exact per example, and an
-        example's outputs depend on its input and the seed only (see bayesian_layers)."""
-        return self.forward(x, num_samples, seed, bayesian_layers.PREDICTIVE)
+        example's outputs depend on its input and the seed only (see bayesian_layers).
+
+        The samples go through the network a chunk at a time (`predictive_chunk`), so that each chunk's
+        activations [k, batch, units] stay in the CPU's cache between the products and the elementwise passes
+        over them, and memory is bounded for any S. Every draw is made whole first and sliced, and a dense first
+        layer's means and scales (its input is shared by all samples) are computed once, so the chunking changes
+        no number: the outputs are those of `forward(..., PREDICTIVE)`.
+        """
+        layers = self.layers_with_posterior
+        seeds = tf.unstack(tfp.random.split_seed(seed, n=len(layers)))
+        posteriors = [layer.posterior_parameters() for layer in layers]
+        draws = [layer.predictive_draws(num_samples, s, q) for layer, s, q in zip(layers, seeds, posteriors)]
+        x = tf.convert_to_tensor(x, tf.float32)
+        batch = tf.shape(x)[0]
+        first = None
+        if not self.conv_layers:  # [B, units] twice, shared by every chunk
+            first = layers[0].predictive_moments(tf.reshape(x, [batch, -1]), posteriors[0])
+        chunk = predictive_chunk(num_samples, batch, self._widest_activation())
+        num_chunks = (num_samples + chunk - 1) // chunk
+
+        def run(c, outputs):
+            rows = slice(c * chunk, tf.minimum((c + 1) * chunk, num_samples))
+
+            def apply(i, layer, h):
+                own = tf.nest.map_structure(lambda t: t[rows], draws[i])
+                if i == 0 and first is not None:
+                    return first[0] + first[1] * own
+                return layer.predictive_apply(h, own, posteriors[i])
+
+            return c + 1, outputs.write(c, self._network(x, apply))
+
+        def chunked():
+            _, outputs = tf.while_loop(
+                lambda c, _: c < num_chunks, run,
+                (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)))
+            return outputs.concat()
+
+        # One chunk (small batches) skips the loop and its array: 0.1 ms of a 0.5 ms request for the UCI network.
+        out = tf.cond(num_chunks > 1, chunked, lambda: run(0, tf.TensorArray(tf.float32, size=1))[1].read(0))
+        out.set_shape([None, None, self.output_layer.units])  # the chunks' shapes are not inferred
+        return out
+
+    def _widest_activation(self) -> int:
+        """Floats per example and sample of the largest activation (a convolution's H x W x filters)."""
+        widths = [layer.units for layer in self.hidden_layers + [self.output_layer]]
+        if self.conv_layers:
+            height, width = self.example_shape[:2]
+            widths.append(height * width * self.conv_layers[0].units)  # 'SAME', stride 1: the largest map
+        return max(widths)
 
     @property
     def supports_moments(self) -> bool:
@@ -205,6 +258,20 @@ class BayesianNetwork(heads.LikelihoodHead):
 
     def num_variational_parameters(self) -> int:
         return sum(layer.num_variational_parameters() for layer in self.layers_with_posterior)
+
+
+# Floats per activation tensor in one chunk of the predictive's samples (4 MiB): about a cache's worth.
+PREDICTIVE_CHUNK_FLOATS = 2 ** 20
+
+
+def predictive_chunk(num_samples, batch, width: int):
+    """Samples per chunk of the predictive: as many as keep a [k, batch, width] activation within
+    PREDICTIVE_CHUNK_FLOATS, at least one and at most S (int32 scalar tensor)."""
+    samples = tf.maximum(tf.cast(num_samples, tf.int64), 1)
+    rows = tf.maximum(tf.cast(batch, tf.int64) * width, 1)
+    most = tf.clip_by_value(PREDICTIVE_CHUNK_FLOATS // rows, 1, samples)
+    chunks = (samples + most - 1) // most
+    return tf.cast((samples + chunks - 1) // chunks, tf.int32)  # evened out: 100 = 50 + 50, not 81 + 19
 
 
 def default_hidden_units(dataset: str) -> tuple:

@@ -380,23 +380,31 @@ class DenseMeanField(MeanFieldLayer):
             out_var += dense(var, tf.square(q.kernel_loc))
         return out_mean, out_var
 
-    def _pre_activations(self, x, seed, num_samples, q, per_example: bool):
-        """Local reparameterization: m + sqrt(v) * eps, eps [S, batch, units] if `per_example`, else [S, 1, units]."""
-        x, s, shared = self._shared(x, num_samples)
+    def predictive_moments(self, x, q):
+        """(mean, stddev) [..., units] of the pre-activations given inputs x [..., in]: local reparameterization's
+        two products, m = x mu + nu and sqrt(v) = sqrt(x^2 sigma^2 + tau^2)."""
         kernel_var, bias_var = q.variances()
-        mean = dense(x, q.kernel_loc, q.bias_loc)
-        var = dense(tf.square(x), kernel_var, bias_var)
-        if per_example:
-            shape = tf.concat([[s], tf.shape(mean)], 0) if shared else tf.shape(mean)
-        else:
-            shape = tf.stack([s, 1, self.units])
-        return mean + tf.sqrt(var) * normal(shape, seed, dtype=mean.dtype)
+        return dense(x, q.kernel_loc, q.bias_loc), tf.sqrt(dense(tf.square(x), kernel_var, bias_var))
+
+    def predictive_draws(self, num_samples, seed, q):
+        """The predictive route's noise eps [S, 1, units]: one draw per sample and unit, shared by the batch."""
+        return normal(tf.stack([num_samples, 1, self.units]), seed, dtype=q.kernel_loc.dtype)
+
+    def predictive_apply(self, x, draws, q):
+        """Pre-activations [k, batch, units] = m + sqrt(v) eps for inputs x [k, batch, in] (or shared [batch, in])
+        and k samples' `predictive_draws`."""
+        mean, std = self.predictive_moments(x, q)
+        return mean + std * draws
 
     def _local_reparameterization(self, x, seed, num_samples, q):
-        return self._pre_activations(x, seed, num_samples, q, per_example=True)
+        x, s, shared = self._shared(x, num_samples)
+        mean, std = self.predictive_moments(x, q)
+        shape = tf.concat([[s], tf.shape(mean)], 0) if shared else tf.shape(mean)
+        return mean + std * normal(shape, seed, dtype=mean.dtype)
 
     def _predictive(self, x, seed, num_samples, q):
-        return self._pre_activations(x, seed, num_samples, q, per_example=False)
+        _, s, _ = self._shared(x, num_samples)
+        return self.predictive_apply(x, self.predictive_draws(s, seed, q), q)
 
     def _reparameterization(self, x, seed, num_samples, q):
         x, s, shared = self._shared(x, num_samples)
@@ -486,28 +494,37 @@ class Conv2DMeanField(MeanFieldLayer):
 
         return self._per_sample(x, seed, num_samples, body)
 
-    def _predictive(self, x, seed, num_samples, q):
-        """S sampled kernels (exact), all in one convolution: the kernels side by side along the output channels,
-        [kh, kw, in, S * filters]; a shared input [B, H, W, C] is convolved with all of them, per-sample inputs
-        [S, B, H, W, C] go in as S groups of channels, [B, H, W, S * C], each meeting its own kernel (a grouped
-        convolution)."""
-        shared = x.shape.rank == 4
-        s = num_samples if shared else tf.shape(x)[0]
-        if not shared:
+    def predictive_draws(self, num_samples, seed, q):
+        """S sampled kernels [S, kh, kw, in, filters] and biases [S, filters] (exact: see the class docstring)."""
+        kernel_seed, bias_seed = _split(seed, 2)
+        kernels = q.kernel_loc + q.kernel_scale * normal(
+            tf.concat([[num_samples], tf.shape(q.kernel_loc)], 0), kernel_seed, dtype=q.kernel_loc.dtype)
+        biases = q.bias_loc + q.bias_scale * normal(
+            tf.stack([num_samples, self.units]), bias_seed, dtype=q.bias_loc.dtype)
+        return kernels, biases
+
+    def predictive_apply(self, x, draws, q):
+        """Outputs [k, B, H', W', filters] of k sampled kernels (`predictive_draws`), all in one convolution: the
+        kernels side by side along the output channels, [kh, kw, in, k * filters]; a shared input [B, H, W, C] is
+        convolved with all of them, per-sample inputs [k, B, H, W, C] go in as k groups of channels,
+        [B, H, W, k * C], each meeting its own kernel (a grouped convolution)."""
+        del q  # the draws are whole kernels
+        kernels, biases = draws
+        s = tf.shape(kernels)[0]
+        if x.shape.rank != 4:
             shape = tf.shape(x)
             x = tf.reshape(tf.transpose(x, [1, 2, 3, 0, 4]), tf.concat([shape[1:4], [s * shape[4]]], 0))
-        kernel_seed, bias_seed = _split(seed, 2)
-        kernel_shape = tf.shape(q.kernel_loc)
-        kernels = q.kernel_loc + q.kernel_scale * normal(
-            tf.concat([[s], kernel_shape], 0), kernel_seed, dtype=x.dtype)  # [S, kh, kw, in, out]
+        kernel_shape = tf.shape(kernels)[1:]
         stacked = tf.reshape(tf.transpose(kernels, [1, 2, 3, 0, 4]),
                              tf.concat([kernel_shape[:3], [s * self.units]], 0))
-        y = self._conv(x, stacked)  # [B, H', W', S * out]
+        y = self._conv(x, stacked)  # [B, H', W', k * out]
         shape = tf.shape(y)
         y = tf.transpose(tf.reshape(y, tf.concat([shape[:3], [s, self.units]], 0)), [3, 0, 1, 2, 4])
-        bias = q.bias_loc + q.bias_scale * normal(
-            tf.stack([s, self.units]), bias_seed, dtype=x.dtype)
-        return y + bias[:, None, None, None, :]
+        return y + biases[:, None, None, None, :]
+
+    def _predictive(self, x, seed, num_samples, q):
+        s = num_samples if x.shape.rank == 4 else tf.shape(x)[0]
+        return self.predictive_apply(x, self.predictive_draws(s, seed, q), q)
 
     def _flipout(self, x, seed, num_samples, q):
         def body(xs, s):

@@ -48,6 +48,41 @@ def test_predictive_distributions_have_the_sample_axis_first():
     assert dist.batch_shape == (3, 2) and dist.logits_parameter().shape == (3, 2, 10)
 
 
+@pytest.mark.parametrize("arch, example_shape", [("mlp", (3,)), ("lenet5", (8, 8, 1))])
+def test_predictive_in_chunks_of_samples_equals_the_unchunked_route(monkeypatch, arch, example_shape):
+    model = bayesian_dense.BayesianNetwork(bayesian_dense.Config(arch=arch, hidden_units=(8, 8), init_rho=-2.0),
+                                           example_shape, "classification", 4)
+    x = tf.random.stateless_normal((5,) + example_shape, [1, 2])
+    seed = tf.constant([3, 4])
+    whole = model.forward(x, 13, seed, bayesian_layers.PREDICTIVE).numpy()  # every sample at once
+    assert model.predictive_outputs(x, 13, seed).shape == (13, 5, 4)
+    widest = 8 if arch == "mlp" else 8 * 8 * 6
+    monkeypatch.setattr(bayesian_dense, "PREDICTIVE_CHUNK_FLOATS", 5 * widest * 5)  # at most 5 samples a chunk
+    assert int(bayesian_dense.predictive_chunk(13, 5, model._widest_activation())) == 5  # 5 + 5 + 3
+    chunked = model.predictive_outputs(x, 13, seed).numpy()
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(chunked[0], chunked[5])  # the chunks hold different samples
+    traced = tf.function(model.predictive_outputs).get_concrete_function(
+        tf.TensorSpec((None,) + example_shape, tf.float32), tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([2], tf.int32))
+    assert traced.output_shapes.as_list() == [None, None, 4]  # a known rank, as the heads and exports need
+    np.testing.assert_allclose(traced(x, tf.constant(13), seed), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_predictive_chunk_keeps_a_chunk_within_the_budget_and_evens_the_chunks_out():
+    budget = bayesian_dense.PREDICTIVE_CHUNK_FLOATS  # 2^20 floats
+    chunk = lambda s, b, w: int(bayesian_dense.predictive_chunk(s, b, w))
+    assert chunk(100, 1024, 400) == 2  # 1024 x 400 floats a sample: two fit
+    assert chunk(100, 32, 400) == 50  # 81 fit: two chunks, evened out to 50 + 50
+    assert chunk(100, 1, 400) == 100 and chunk(1, 1024, 50) == 1  # one chunk
+    assert chunk(7, 10 ** 6, 400) == 1  # a sample larger than the budget: one at a time
+    assert chunk(100, 0, 400) == 100  # an empty batch
+    for s, b, w in [(100, 1024, 50), (1000, 256, 400), (37, 333, 17)]:
+        k = chunk(s, b, w)
+        chunks = -(-s // k)
+        assert k * b * w <= budget and chunks == -(-s // (budget // (b * w))) and k * chunks - s < chunks
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", bayesian_layers.ESTIMATORS)
 def test_each_estimator_beats_the_linear_model_on_concrete(tmp_path, data_dir, estimator):
