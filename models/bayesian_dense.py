@@ -40,6 +40,7 @@ from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow.python.ops import control_flow_util  # XLA tracing: no public API
 
 from models import bayesian_layers
 from models import heads
@@ -172,8 +173,12 @@ class BayesianNetwork(heads.LikelihoodHead):
         activations [k, batch, units] stay in the CPU's cache between the products and the elementwise passes
         over them, and memory is bounded for any S. Every draw is made whole first and sliced, and a dense first
         layer's means and scales (its input is shared by all samples) are computed once, so the chunking changes
-        no number: the outputs are those of `forward(..., PREDICTIVE)`.
+        no number: the outputs are those of `forward(..., PREDICTIVE)`. Traced for XLA (`jit_compile`) it is that
+        route, whole: XLA fuses the elementwise passes itself, and the loop over chunks compiled by XLA took 19 s a
+        call for the MNIST network at S = 100, batch 1024 (265 ms unchunked), and asked for 40 GiB at S = 1000.
         """
+        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+            return self.forward(x, num_samples, seed, bayesian_layers.PREDICTIVE)
         layers = self.layers_with_posterior
         seeds = tf.unstack(tfp.random.split_seed(seed, n=len(layers)))
         posteriors = [layer.posterior_parameters() for layer in layers]

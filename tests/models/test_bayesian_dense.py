@@ -69,6 +69,21 @@ def test_predictive_in_chunks_of_samples_equals_the_unchunked_route(monkeypatch,
     np.testing.assert_allclose(traced(x, tf.constant(13), seed), whole, rtol=1e-5, atol=1e-6)
 
 
+def test_predictive_traced_for_xla_runs_the_unchunked_route(monkeypatch):
+    model = bayesian_dense.BayesianNetwork(bayesian_dense.Config(hidden_units=(8,), init_rho=-2.0), (3,),
+                                           "regression", 1)
+    monkeypatch.setattr(bayesian_dense, "PREDICTIVE_CHUNK_FLOATS", 8)  # a chunk per sample, where it chunks
+    x, seed = tf.random.stateless_normal([4, 3], [1, 2]), tf.constant([3, 4])
+    ops = lambda fn: {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
+    plain = tf.function(lambda x: model.predictive_outputs(x, 6, seed))
+    compiled = tf.function(lambda x: model.predictive_outputs(x, 6, seed), jit_compile=True)
+    chunking = {"If", "StatelessIf"}  # one chunk or the loop over chunks (inside the branch)
+    assert chunking & ops(plain) and not chunking & ops(compiled)
+    # XLA draws other random numbers for the same seed (its own generator), so compare within XLA.
+    whole = tf.function(lambda x: model.forward(x, 6, seed, bayesian_layers.PREDICTIVE), jit_compile=True)
+    np.testing.assert_allclose(compiled(x), whole(x), rtol=1e-5, atol=1e-6)
+
+
 def test_predictive_chunk_keeps_a_chunk_within_the_budget_and_evens_the_chunks_out():
     budget = bayesian_dense.PREDICTIVE_CHUNK_FLOATS  # 2^20 floats
     chunk = lambda s, b, w: int(bayesian_dense.predictive_chunk(s, b, w))
