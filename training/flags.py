@@ -44,7 +44,10 @@ def define_shared_flags(**defaults) -> None:
                          "compiled step function (fewer Python round trips; calls stop at epoch ends, except that "
                          "epochs shorter than this run whole, several to a call).",
                          lower_bound=1)
-    flags.DEFINE_bool("jit_compile", d["jit_compile"], "Compile the training step with XLA (one device only).")
+    flags.DEFINE_bool("jit_compile", d["jit_compile"],
+                      "Run each call's --steps_per_execution steps as one XLA computation (one device only): "
+                      "several times the steps per second for small networks (UCI sizes), slower for large ones; "
+                      "compiling takes seconds.")
     flags.DEFINE_integer("seed", d["seed"], "Seeds data order, initialization and every Monte Carlo draw; in "
                          "[0, 2**31).")
     flags.DEFINE_string("workdir", d["workdir"] or None, "Checkpoints, TensorBoard logs, metrics.json, plots.")

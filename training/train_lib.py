@@ -480,25 +480,44 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
         return {"loss": loss, "nll": tf.reduce_sum(terms.nll) / batch_size,
                 "kl": tf.reduce_sum(kl) / batch_size}
 
-    if config.jit_compile:
-        # XLA fuses the step's elementwise work (sampling, KL, Adam); it needs the whole step on one device.
-        replica_step = tf.function(replica_step, jit_compile=True)
-
     def one_step(batch):
         per_replica = strategy.run(replica_step, args=(batch,))
         out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
         step.assign_add(1)
         return out
 
+    def run_steps(next_batch, num_steps):
+        totals = {"loss": tf.constant(0.0, tf.float64), "nll": tf.constant(0.0, tf.float64),
+                  "kl": tf.constant(0.0, tf.float64)}
+        for i in tf.range(num_steps):
+            out = one_step(next_batch(i))
+            totals = {k: totals[k] + tf.cast(out[k], tf.float64) for k in totals}
+        return totals
+
+    @tf.function(jit_compile=True)
+    def compiled_steps(batches, num_steps):
+        """The first `num_steps` of `batches` [steps_per_execution, batch, ...] as ONE XLA computation: the
+        loop, the sampling, the gradients and Adam fused, and no per-op dispatch (a small network's step is
+        mostly that). Fixed shapes: one compilation for every call."""
+        return run_steps(lambda i: tf.nest.map_structure(lambda t: t[i], batches), num_steps)
+
     @tf.function
     def train_steps(iterator, num_steps):
         """`num_steps` steps in one call: per-step Python and dispatch overhead is paid once per call."""
-        totals = {"loss": tf.constant(0.0, tf.float64), "nll": tf.constant(0.0, tf.float64),
-                  "kl": tf.constant(0.0, tf.float64)}
-        for _ in tf.range(num_steps):
-            out = one_step(next(iterator))
-            totals = {k: totals[k] + tf.cast(out[k], tf.float64) for k in totals}
-        return totals
+        if not config.jit_compile:
+            return run_steps(lambda i: next(iterator), num_steps)
+        # The call's batches, taken from the same pipeline (the same batches as uncompiled) and stacked, padded
+        # to --steps_per_execution so that every call has the shape of the first.
+        spec = iterator.element_spec
+        arrays = tf.nest.map_structure(lambda s: tf.TensorArray(s.dtype, size=num_steps, element_shape=s.shape),
+                                       spec)
+        for i in tf.range(num_steps):
+            arrays = tf.nest.map_structure(lambda a, t: a.write(i, t), arrays, next(iterator))
+        padding = config.steps_per_execution - num_steps
+        batches = tf.nest.map_structure(
+            lambda a: tf.pad(a.stack(), tf.concat([[[0, padding]], tf.zeros([a.element_shape.rank, 2], tf.int32)],
+                                                  0)), arrays)
+        return compiled_steps(batches, num_steps)
 
     writer = tf.summary.create_file_writer(str(workdir / "train"))
     first_step = int(step)
