@@ -166,6 +166,38 @@ def test_compiled_steps_train_like_uncompiled_and_resume_exactly(tmp_path, data_
     assert abs(losses[-1] - plain_losses[-1]) < 0.15 * abs(plain_losses[-1])
 
 
+def test_a_rerun_finds_its_compiled_steps_in_the_persistent_xla_cache(tmp_path, data_dir):
+    env = dict(_env(), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("TF_XLA_FLAGS", None)
+
+    def train(name):
+        done = subprocess.run(
+            [sys.executable, "-m", "training.train_bnn", "--dataset=uci/concrete", f"--data_dir={data_dir}",
+             f"--workdir={tmp_path / name}", "--train_steps=20", "--hidden_units=8", "--num_samples=10",
+             "--jit_compile"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+
+    first = train("a")
+    (directory,) = {p.parent for p in (tmp_path / "cache").rglob("xla_compile_cache*")}
+    assert directory.parent == tmp_path / "cache" / "vizoo" and directory.name.startswith("xla-tf2.")
+    assert train("b") == first  # compiled nothing new, rewrote nothing
+
+
+def test_the_users_xla_cache_choice_wins(monkeypatch, tmp_path):
+    import training
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ours = training.xla_cache_directory()
+    assert ours.parent == tmp_path / "vizoo" and f"-tf{tf.__version__}-cpu" in ours.name
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_clustering_debug")
+    training._use_xla_cache()
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_clustering_debug --tf_xla_persistent_cache_directory={ours}"
+    mine = "--tf_xla_persistent_cache_directory= --tf_xla_clustering_debug"  # empty: no cache
+    monkeypatch.setenv("TF_XLA_FLAGS", mine)
+    training._use_xla_cache()
+    assert os.environ["TF_XLA_FLAGS"] == mine
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path, data_dir):
     config = _config(tmp_path, data_dir=str(data_dir), epochs=1)
     train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
