@@ -40,7 +40,6 @@ from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow.python.ops import control_flow_util  # XLA tracing: no public API
 
 from models import bayesian_layers
 from models import heads
@@ -169,16 +168,11 @@ class BayesianNetwork(heads.LikelihoodHead):
         shared across the batch for dense layers, sampled kernels for convolutions; exact per example, and an
         example's outputs depend on its input and the seed only (see bayesian_layers).
 
-        The samples go through the network a chunk at a time (`predictive_chunk`), so that each chunk's
-        activations [k, batch, units] stay in the CPU's cache between the products and the elementwise passes
-        over them, and memory is bounded for any S. Every draw is made whole first and sliced, and a dense first
-        layer's means and scales (its input is shared by all samples) are computed once, so the chunking changes
-        no number: the outputs are those of `forward(..., PREDICTIVE)`. Traced for XLA (`jit_compile`) it is that
-        route, whole: XLA fuses the elementwise passes itself, and the loop over chunks compiled by XLA took 19 s a
-        call for the MNIST network at S = 100, batch 1024 (265 ms unchunked), and asked for 40 GiB at S = 1000.
+        The samples go through the network a chunk at a time (`bayesian_layers.over_sample_chunks`: cache-resident
+        activations, bounded memory for any S; whole when traced for XLA). Every draw is made whole first and
+        sliced, and a dense first layer's means and scales (its input is shared by all samples) are computed once,
+        so the chunking changes no number: the outputs are those of `forward(..., PREDICTIVE)`.
         """
-        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-            return self.forward(x, num_samples, seed, bayesian_layers.PREDICTIVE)
         layers = self.layers_with_posterior
         seeds = tf.unstack(tfp.random.split_seed(seed, n=len(layers)))
         posteriors = [layer.posterior_parameters() for layer in layers]
@@ -188,30 +182,18 @@ class BayesianNetwork(heads.LikelihoodHead):
         first = None
         if not self.conv_layers:  # [B, units] twice, shared by every chunk
             first = layers[0].predictive_moments(tf.reshape(x, [batch, -1]), posteriors[0])
-        chunk = predictive_chunk(num_samples, batch, self._widest_activation())
-        num_chunks = (num_samples + chunk - 1) // chunk
 
-        def run(c, outputs):
-            rows = slice(c * chunk, tf.minimum((c + 1) * chunk, num_samples))
-
+        def outputs(rows):
             def apply(i, layer, h):
                 own = tf.nest.map_structure(lambda t: t[rows], draws[i])
                 if i == 0 and first is not None:
                     return first[0] + first[1] * own
                 return layer.predictive_apply(h, own, posteriors[i])
 
-            return c + 1, outputs.write(c, self._network(x, apply))
+            return self._network(x, apply)
 
-        def chunked():
-            _, outputs = tf.while_loop(
-                lambda c, _: c < num_chunks, run,
-                (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)))
-            return outputs.concat()
-
-        # One chunk (small batches) skips the loop and its array: 0.1 ms of a 0.5 ms request for the UCI network.
-        out = tf.cond(num_chunks > 1, chunked, lambda: run(0, tf.TensorArray(tf.float32, size=1))[1].read(0))
-        out.set_shape([None, None, self.output_layer.units])  # the chunks' shapes are not inferred
-        return out
+        chunk = bayesian_layers.sample_chunk(num_samples, batch, self._widest_activation())
+        return bayesian_layers.over_sample_chunks(outputs, num_samples, chunk, [None, None, self.output_layer.units])
 
     def _widest_activation(self) -> int:
         """Floats per example and sample of the largest activation (a convolution's H x W x filters)."""
@@ -263,20 +245,6 @@ class BayesianNetwork(heads.LikelihoodHead):
 
     def num_variational_parameters(self) -> int:
         return sum(layer.num_variational_parameters() for layer in self.layers_with_posterior)
-
-
-# Floats per activation tensor in one chunk of the predictive's samples (4 MiB): about a cache's worth.
-PREDICTIVE_CHUNK_FLOATS = 2 ** 20
-
-
-def predictive_chunk(num_samples, batch, width: int):
-    """Samples per chunk of the predictive: as many as keep a [k, batch, width] activation within
-    PREDICTIVE_CHUNK_FLOATS, at least one and at most S (int32 scalar tensor)."""
-    samples = tf.maximum(tf.cast(num_samples, tf.int64), 1)
-    rows = tf.maximum(tf.cast(batch, tf.int64) * width, 1)
-    most = tf.clip_by_value(PREDICTIVE_CHUNK_FLOATS // rows, 1, samples)
-    chunks = (samples + most - 1) // most
-    return tf.cast((samples + chunks - 1) // chunks, tf.int32)  # evened out: 100 = 50 + 50, not 81 + 19
 
 
 def default_hidden_units(dataset: str) -> tuple:

@@ -73,6 +73,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
+from tensorflow.python.ops import control_flow_util  # XLA tracing: no public API
 
 tfd = tfp.distributions
 
@@ -126,6 +127,52 @@ def dense(x, kernel, bias=None) -> tf.Tensor:
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[-1]]], 0))
+
+
+# Floats per activation tensor in one chunk of a predictive's samples (4 MiB): about a cache's worth.
+CHUNK_FLOATS = 2 ** 20
+
+
+def sample_chunk(num_samples, batch, width: int):
+    """Samples per chunk of a predictive: as many as keep a [k, batch, width] activation within CHUNK_FLOATS, at
+    least one and at most S, evened out over the chunks (100 = 50 + 50, not 81 + 19); an int32 scalar tensor."""
+    samples = tf.maximum(tf.cast(num_samples, tf.int64), 1)
+    rows = tf.maximum(tf.cast(batch, tf.int64) * width, 1)
+    most = tf.clip_by_value(CHUNK_FLOATS // rows, 1, samples)
+    chunks = (samples + most - 1) // most
+    return tf.cast((samples + chunks - 1) // chunks, tf.int32)
+
+
+def over_sample_chunks(fn, num_samples, chunk, shape, whole_under_xla: bool = True) -> tf.Tensor:
+    """[S, ...] = fn(rows) for the sample rows [0, S) taken `chunk` at a time (a slice each; the last may be
+    shorter), concatenated along the sample axis; `shape` is the result's static shape (e.g. [None, None, units]).
+
+    For a predictive whose samples go through a network: each chunk's activations [k, batch, units] stay in the
+    CPU's cache between the products and the elementwise passes over them, and memory is bounded for any S. `fn`
+    should slice draws made whole for all S, so that the chunking changes no number. One chunk runs without the
+    loop (0.1 ms of a 0.5 ms request for the UCI network). Traced for XLA (`jit_compile`), with `whole_under_xla`,
+    all S go in one chunk: XLA fuses the elementwise passes itself, and a loop over chunks that XLA compiled took
+    19 s a call for the MNIST network at S = 100, batch 1024 (265 ms unchunked) and asked for 40 GiB at S = 1000.
+    """
+    whole = lambda: fn(slice(0, num_samples))  # noqa: E731
+    if whole_under_xla and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        out = whole()
+        out.set_shape(shape)
+        return out
+    num_chunks = (num_samples + chunk - 1) // chunk
+
+    def body(c, outputs):
+        rows = slice(c * chunk, tf.minimum((c + 1) * chunk, num_samples))
+        return c + 1, outputs.write(c, fn(rows))
+
+    def looped():
+        _, outputs = tf.while_loop(lambda c, _: c < num_chunks, body,
+                                   (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)))
+        return outputs.concat()
+
+    out = tf.cond(num_chunks > 1, looped, whole)
+    out.set_shape(shape)  # the chunks' shapes are not inferred
+    return out
 
 
 class Posterior(NamedTuple):

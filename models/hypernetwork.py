@@ -44,6 +44,7 @@ import dataclasses
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
@@ -229,19 +230,13 @@ class MetaRepresentationNetwork(_MetaNetwork):
         # no draw.
         noises = [bayesian_layers.normal(tf.stack([num_samples, 1, self.widths[l + 1]]), s)
                   for l, s in enumerate(noise_seeds)]
-        num_chunks = (num_samples + PREDICTIVE_CHUNK - 1) // PREDICTIVE_CHUNK
-
-        def chunk(c, outputs):
-            rows = slice(c * PREDICTIVE_CHUNK, tf.minimum((c + 1) * PREDICTIVE_CHUNK, num_samples))
+        def outputs(rows):
             weights = self.generate_weights([z[rows] for z in codes])
-            out = self._target_network(h, weights, lambda l, mean: noises[l][rows])
-            return c + 1, outputs.write(c, out)
+            return self._target_network(h, weights, lambda l, mean: noises[l][rows])
 
-        _, outputs = tf.while_loop(lambda c, _: c < num_chunks, chunk,
-                                   (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)))
-        out = outputs.concat()
-        out.set_shape([None, None, self.widths[-1]])  # the chunks' shapes are not inferred: rank for the heads
-        return out
+        # Chunked under XLA too: the bound on memory is the point here (XLA is not used on this network).
+        return bayesian_layers.over_sample_chunks(outputs, num_samples, PREDICTIVE_CHUNK, [None, None, self.widths[-1]],
+                                                  whole_under_xla=False)
 
     def _target_network(self, h, weights, noise):
         """The target network on flat inputs h [B, n_0] with sampled weight distributions [k, n_in + 1, n_out]
@@ -321,19 +316,30 @@ class BayesianHypernetwork(_MetaNetwork):
         return sum(int(tf.size(v)) for c in self.couplings for v in c.trainable_variables) + 2 * self.num_scales
 
     def forward(self, x, num_samples, seed, per_example_noise: bool = True) -> tf.Tensor:
-        del per_example_noise  # no noise below the weights: every example of a sample sees the same network
+        """No noise below the weights: every example of a sample sees the same network, in training and in the
+        predictive alike. The predictive (`per_example_noise=False`) runs the samples a chunk at a time
+        (`bayesian_layers.over_sample_chunks`), the scales drawn whole and the first product x v (shared by all
+        samples) taken once, so it returns the same numbers as all samples at once."""
         scales = self.posterior().sample(num_samples, seed=seed)  # [S, G]
-        h = self._flat_inputs(x)  # [B, n_0], shared by all samples until the first scaling
-        start = 0
-        for l, (v, b) in enumerate(zip(self.directions, self.biases)):
-            width = self.widths[l + 1]
-            c = scales[:, start:start + width]
-            start += width
-            direction = v / tf.norm(v, axis=0, keepdims=True)
-            h = bayesian_layers.dense(h, direction) * c[:, None, :] + b  # [B or S x B, n] -> [S, B, width]
-            if l < len(self.directions) - 1:
-                h = tf.nn.relu(h)
-        return h
+        directions = [v / tf.norm(v, axis=0, keepdims=True) for v in self.directions]
+        first = bayesian_layers.dense(self._flat_inputs(x), directions[0])  # [B, n_1], shared by all samples
+        offsets = np.cumsum([0] + list(self.widths[1:]))
+
+        def outputs(rows):
+            h = first
+            for l, (direction, b) in enumerate(zip(directions, self.biases)):
+                c = scales[rows, offsets[l]:offsets[l + 1]]
+                if l > 0:
+                    h = bayesian_layers.dense(h, direction)  # [k, B, n]
+                h = h * c[:, None, :] + b  # -> [k, B, width]
+                if l < len(directions) - 1:
+                    h = tf.nn.relu(h)
+            return h
+
+        if per_example_noise:  # training: no loop (gradients), a step draws few samples
+            return outputs(slice(0, num_samples))
+        chunk = bayesian_layers.sample_chunk(num_samples, tf.shape(first)[0], max(self.widths[1:]))
+        return bayesian_layers.over_sample_chunks(outputs, num_samples, chunk, [None, None, self.widths[-1]])
 
 
 def build_model(config: Config, dataset):

@@ -57,8 +57,8 @@ def test_predictive_in_chunks_of_samples_equals_the_unchunked_route(monkeypatch,
     whole = model.forward(x, 13, seed, bayesian_layers.PREDICTIVE).numpy()  # every sample at once
     assert model.predictive_outputs(x, 13, seed).shape == (13, 5, 4)
     widest = 8 if arch == "mlp" else 8 * 8 * 6
-    monkeypatch.setattr(bayesian_dense, "PREDICTIVE_CHUNK_FLOATS", 5 * widest * 5)  # at most 5 samples a chunk
-    assert int(bayesian_dense.predictive_chunk(13, 5, model._widest_activation())) == 5  # 5 + 5 + 3
+    monkeypatch.setattr(bayesian_layers, "CHUNK_FLOATS", 5 * widest * 5)  # at most 5 samples a chunk
+    assert int(bayesian_layers.sample_chunk(13, 5, model._widest_activation())) == 5  # 5 + 5 + 3
     chunked = model.predictive_outputs(x, 13, seed).numpy()
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
     assert not np.allclose(chunked[0], chunked[5])  # the chunks hold different samples
@@ -72,7 +72,7 @@ def test_predictive_in_chunks_of_samples_equals_the_unchunked_route(monkeypatch,
 def test_predictive_traced_for_xla_runs_the_unchunked_route(monkeypatch):
     model = bayesian_dense.BayesianNetwork(bayesian_dense.Config(hidden_units=(8,), init_rho=-2.0), (3,),
                                            "regression", 1)
-    monkeypatch.setattr(bayesian_dense, "PREDICTIVE_CHUNK_FLOATS", 8)  # a chunk per sample, where it chunks
+    monkeypatch.setattr(bayesian_layers, "CHUNK_FLOATS", 8)  # a chunk per sample, where it chunks
     x, seed = tf.random.stateless_normal([4, 3], [1, 2]), tf.constant([3, 4])
     ops = lambda fn: {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
     plain = tf.function(lambda x: model.predictive_outputs(x, 6, seed))
@@ -85,8 +85,8 @@ def test_predictive_traced_for_xla_runs_the_unchunked_route(monkeypatch):
 
 
 def test_predictive_chunk_keeps_a_chunk_within_the_budget_and_evens_the_chunks_out():
-    budget = bayesian_dense.PREDICTIVE_CHUNK_FLOATS  # 2^20 floats
-    chunk = lambda s, b, w: int(bayesian_dense.predictive_chunk(s, b, w))
+    budget = bayesian_layers.CHUNK_FLOATS  # 2^20 floats
+    chunk = lambda s, b, w: int(bayesian_layers.sample_chunk(s, b, w))
     assert chunk(100, 1024, 400) == 2  # 1024 x 400 floats a sample: two fit
     assert chunk(100, 32, 400) == 50  # 81 fit: two chunks, evened out to 50 + 50
     assert chunk(100, 1, 400) == 100 and chunk(1, 1024, 50) == 1  # one chunk

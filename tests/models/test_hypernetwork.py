@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from models import bayesian_dense
+from models import bayesian_layers
 from models import hypernetwork as hn
 from training import config as config_lib
 from training import train_lib
@@ -95,6 +96,23 @@ def test_meta_representation_predictive_in_chunks_of_samples_equals_all_at_once(
     traced = tf.function(model.predictive_outputs).get_concrete_function(
         tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32))
     assert traced.output_shapes.as_list() == [None, None, 2]  # a known rank, as the heads and exports need
+
+
+def test_bayesian_hypernetwork_predictive_in_chunks_of_samples_equals_all_at_once(monkeypatch):
+    tf.random.set_seed(0)
+    model = hn.build_model(hn.Config(variant="bayesian_hypernetwork", hidden_units=(5, 4), init_code_scale=0.5),
+                           _regression_stand_in())
+    x = tf.random.stateless_normal([6, 2], [0, 0])
+    whole = model.training_outputs(x, 13, SEED_A).numpy()  # the same draws, every sample at once
+    monkeypatch.setattr(bayesian_layers, "CHUNK_FLOATS", 6 * 5 * 5)  # 5 samples of [6, 5] a chunk: 5 + 5 + 3
+    chunked = model.predictive_outputs(x, 13, SEED_A).numpy()
+    assert chunked.shape == (13, 6, 2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(chunked[0], chunked[5])
+    traced = tf.function(model.predictive_outputs).get_concrete_function(
+        tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32))
+    assert traced.output_shapes.as_list() == [None, None, 2]
+    np.testing.assert_allclose(traced(x, tf.constant(13), SEED_A), whole, rtol=1e-5, atol=1e-6)
 
 
 def _regression_stand_in():
