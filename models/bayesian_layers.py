@@ -37,6 +37,8 @@ still independent across samples, units and layers); examples now share their Mo
 weight sampling. Two gains: the noise no longer grows with the batch (drawing S x batch x units normals was most
 of the predictive's time at batch 1024), and an example's answer depends only on its input and the seed, not on
 its batch or its position in it, so batched serving returns what a single request returns.
+A network runs its predictive a chunk of samples at a time (`over_sample_chunks`), with every layer's draws
+(`predictive_draws`) made for all S first and sliced: the same numbers, each chunk's activations in cache.
 
 Not for convolutions: one example's output positions share the kernel, so they are correlated and a convolution's
 local reparameterization (used in training, as an approximation) is not exact per example. The predictive route
