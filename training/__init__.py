@@ -39,8 +39,16 @@ def _use_xla_cache() -> None:
     network and batch size skip XLA's compilation (about 7 s for the UCI network here; the first epoch then
     takes as long as uncompiled). TensorFlow reads TF_XLA_FLAGS at its first compilation."""
     flags = _os.environ.get("TF_XLA_FLAGS", "")
-    if XLA_CACHE_FLAG not in flags:
-        _os.environ["TF_XLA_FLAGS"] = f"{flags} {XLA_CACHE_FLAG}={xla_cache_directory()}".strip()
+    if XLA_CACHE_FLAG in flags:
+        return
+    directory = xla_cache_directory()
+    try:  # a cache directory TensorFlow cannot write fails every compilation (NotFoundError): then no cache
+        directory.mkdir(parents=True, exist_ok=True)
+        writable = _os.access(directory, _os.W_OK | _os.X_OK)
+    except OSError:
+        writable = False
+    if writable:
+        _os.environ["TF_XLA_FLAGS"] = f"{flags} {XLA_CACHE_FLAG}={directory}".strip()
 
 
 _use_xla_cache()

@@ -196,6 +196,12 @@ def test_the_users_xla_cache_choice_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_XLA_FLAGS", mine)
     training._use_xla_cache()
     assert os.environ["TF_XLA_FLAGS"] == mine
+    # A cache TensorFlow could not write would fail every compilation: then none.
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_clustering_debug")
+    training._use_xla_cache()
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_clustering_debug"
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, data_dir):
