@@ -237,6 +237,27 @@ def test_importance_weighted_chunks_combine_to_the_bound_of_all_samples(binarize
     np.testing.assert_allclose(alone["log_likelihood"], whole["log_likelihood"][3:4], rtol=1e-5)
 
 
+@pytest.mark.parametrize("latent", ["normal", "gumbel_softmax"])
+def test_reconstruction_moments_in_chunks_equal_those_of_all_samples_decoded_at_once(binarized, latent):
+    model = _small(latent, seed=4)
+    x, seed, k = tf.constant(binarized.x_test[:5]), tf.constant([7, 2]), 12
+    budget = 5 * 5 * model.decoder.activations_per_row  # chunks of 5, 5, 2 samples
+    decoded = []
+    decode = model.decode
+    model.decode = lambda z: decoded.append(int(z.shape[0])) or decode(z)  # eager: the loop runs in Python
+    chunked = model.reconstruction_moments(x, k, seed, activation_budget=budget)
+    assert decoded == [5, 5, 2]
+    model.decode = decode
+    means = decode(model.sample_latents(model.encode(x), k, seed)).mean().numpy().astype(np.float64)
+    np.testing.assert_allclose(chunked["mean"], means.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(chunked["stddev"], means.std(0), rtol=1e-4, atol=1e-6)
+    assert means.std(0).max() > 1e-3  # the samples differ, so the spread is a real check
+    one = model.reconstruction_moments(x, 1, seed, activation_budget=budget)
+    assert np.max(one["stddev"]) == 0.0
+    np.testing.assert_allclose(one["mean"], decode(model.sample_latents(model.encode(x), 1, seed)).mean()[0],
+                               rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training on MNIST.
 # ----------------------------------------------------------------------------------------------------------------
