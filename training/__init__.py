@@ -12,6 +12,10 @@ import serving as _serving  # noqa: E402  (sets environment variables only; impo
 _serving.apply_runtime_defaults()
 
 XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+# Bytes the persistent XLA caches under ~/.cache/vizoo may hold (VIZOO_XLA_CACHE_MB overrides), and how long an
+# entry is left alone after its last use whatever the total (a running job may be about to read it).
+XLA_CACHE_BUDGET_MB = 1024
+XLA_CACHE_GRACE_SECONDS = 3600
 
 
 def xla_cache_directory() -> _pathlib.Path:
@@ -49,6 +53,45 @@ def _use_xla_cache() -> None:
         writable = False
     if writable:
         _os.environ["TF_XLA_FLAGS"] = f"{flags} {XLA_CACHE_FLAG}={directory}".strip()
+        try:
+            budget = int(float(_os.environ.get("VIZOO_XLA_CACHE_MB", XLA_CACHE_BUDGET_MB)) * 2 ** 20)
+        except ValueError:
+            budget = XLA_CACHE_BUDGET_MB * 2 ** 20
+        prune_xla_caches(directory.parent, budget)
+
+
+def prune_xla_caches(root: _pathlib.Path, budget: int, grace: float = XLA_CACHE_GRACE_SECONDS,
+                     now: float | None = None) -> list:
+    """Deletes the least recently used entries of the XLA caches under `root` (every `xla-*` directory: other
+    TensorFlow versions and CPUs too) until they hold at most `budget` bytes; returns the deleted paths.
+
+    An entry's last use is the later of its access and modification times (TensorFlow never rewrites an entry it
+    finds; under `relatime` a read still moves the access time at most a day late), and entries used within
+    `grace` seconds are kept whatever the total, so a job running now does not lose what it is about to read.
+    Races with other processes (an entry gone, being written) are skipped: pruning is best effort."""
+    import time
+
+    now = time.time() if now is None else now
+    entries = []
+    for path in root.glob("xla-*/*"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            entries.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for used, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= budget or now - used < grace:
+            break
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        deleted.append(path)
+    return deleted
 
 
 _use_xla_cache()

@@ -204,6 +204,38 @@ def test_the_users_xla_cache_choice_wins(monkeypatch, tmp_path):
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_clustering_debug"
 
 
+def test_xla_caches_are_pruned_to_their_budget_least_recently_used_first(monkeypatch, tmp_path):
+    import training
+    now = 1_000_000.0
+    hour = training.XLA_CACHE_GRACE_SECONDS
+    old_tf, ours = tmp_path / "vizoo" / "xla-tf2.0.0-cpuold", tmp_path / "vizoo" / "xla-tf2.21.0-cpunew"
+    ages = {old_tf / "a": 50 * hour, ours / "b": 40 * hour, ours / "c": 30 * hour, ours / "d": 2 * hour,
+            ours / "e": 0.5 * hour, ours / "f": 0.1 * hour}
+    for path, age in ages.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (now - age, now - age))
+    (tmp_path / "vizoo" / "notes.txt").write_bytes(b"x" * 10_000)  # not a cache entry: never touched
+    deleted = training.prune_xla_caches(tmp_path / "vizoo", budget=3500, now=now)
+    assert deleted == [old_tf / "a", ours / "b", ours / "c"]  # oldest first, down to 3 entries (3000 bytes)
+    assert sorted(p.name for p in ours.iterdir()) == ["d", "e", "f"] and (tmp_path / "vizoo" / "notes.txt").exists()
+    # Entries used within the grace period stay even over budget: a running job may be about to read them.
+    assert training.prune_xla_caches(tmp_path / "vizoo", budget=0, now=now) == [ours / "d"]
+    assert sorted(p.name for p in ours.iterdir()) == ["e", "f"]
+    # Importing the package prunes under the budget VIZOO_XLA_CACHE_MB gives, by the clock: e and f just used.
+    for name in "ef":
+        os.utime(ours / name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("VIZOO_XLA_CACHE_MB", "0")
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    stale = training.xla_cache_directory() / "stale"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    training._use_xla_cache()
+    assert not stale.exists() and sorted(p.name for p in ours.iterdir()) == ["e", "f"]
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path, data_dir):
     config = _config(tmp_path, data_dir=str(data_dir), epochs=1)
     train_lib.train_and_evaluate(config, lr.Config(inference="gradient"), lr.build_model)
