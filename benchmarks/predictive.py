@@ -58,7 +58,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 import tf_keras  # noqa: E402
 
-from models import bayesian_dense, hypernetwork, linear_regression  # noqa: E402
+from models import bayesian_dense, hypernetwork, linear_regression, vae  # noqa: E402
 from serving import export  # noqa: E402
 from training import config as config_lib  # noqa: E402
 from training import data as data_lib  # noqa: E402
@@ -75,6 +75,8 @@ SETTINGS = {
     "linear_uci_cavi": ("linear", (8,), 1, (), "regression"),
     "meta_representation_mnist": ("meta_representation", (28, 28, 1), 10, (100,), "classification"),
     "bayesian_hypernetwork_mnist": ("bayesian_hypernetwork", (28, 28, 1), 10, (100,), "classification"),
+    # The VAE: 784-200-200-50 encoder, its mirror as decoder (the benchmarks/vae_mnist.py model); "outputs" is D.
+    "vae_mnist": ("vae", (28, 28, 1), 50, (200, 200), "density"),
 }
 
 
@@ -109,6 +111,9 @@ def build(setting: str, data_dir: str):
             train_lib.fit(model, dataset, config_lib.TrainConfig(dataset="uci/concrete"),
                           tf.distribute.get_strategy(), pathlib.Path(workdir))
         return model, dataset
+    if family == "vae":  # binary images in: no binarization in the graph
+        return vae.VariationalAutoencoder(vae.Config(), input_shape, binarize=False), _dataset(
+            input_shape, 10, "classification")
     dataset = _dataset(input_shape, outputs, task)
     if family == "bnn":
         return bayesian_dense.build_model(bayesian_dense.Config(hidden_units=hidden), dataset), dataset
@@ -127,6 +132,8 @@ def loop_baseline(setting: str, model):
     """(a): a function (x, S) -> the average of S separate calls, as TFP examples write it."""
     family, input_shape, outputs, hidden, task = SETTINGS[setting]
     head_units = outputs if task == "classification" else 2 * outputs
+    if family == "vae":
+        return _vae_loop(input_shape, outputs, hidden)
     if family == "bnn":
         layers = [tf_keras.layers.Flatten()]
         layers += [tfp.layers.DenseFlipout(u, activation="relu") for u in hidden]
@@ -153,9 +160,50 @@ def loop_baseline(setting: str, model):
     return predict
 
 
+def _vae_loop(input_shape, latent_dim: int, hidden):
+    """(a) for the VAE: the importance-weighted bound L_S = log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s | x) as a
+    script on the TFP VAE example's model writes it (a `tfp.layers.IndependentNormal` encoder, an
+    `IndependentBernoulli` decoder, both `tf_keras`), one compiled call per z_s ~ q(z | x); kinder than calling
+    the whole model S times, the encoder runs once."""
+    encoder = tf_keras.Sequential(
+        [tf_keras.layers.Flatten()] + [tf_keras.layers.Dense(u, activation="tanh") for u in hidden]
+        + [tf_keras.layers.Dense(tfp.layers.IndependentNormal.params_size(latent_dim)),
+           tfp.layers.IndependentNormal(latent_dim)])
+    decoder = tf_keras.Sequential(
+        [tf_keras.layers.Dense(u, activation="tanh") for u in reversed(hidden)]
+        + [tf_keras.layers.Dense(tfp.layers.IndependentBernoulli.params_size(input_shape)),
+           tfp.layers.IndependentBernoulli(input_shape, tfp.distributions.Bernoulli.logits)])
+    encoder.build((None,) + input_shape)
+    decoder.build((None, latent_dim))
+    prior = tfp.distributions.MultivariateNormalDiag(tf.zeros(latent_dim))
+    encode = tf.function(lambda x: (lambda q: (q.mean(), q.stddev()))(encoder(x)))
+
+    @tf.function
+    def log_weight(x, loc, scale):
+        q = tfp.distributions.MultivariateNormalDiag(loc, scale)
+        z = q.sample()
+        return decoder(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+
+    def predict(x, num_samples):
+        loc, scale = encode(x)
+        log_w = tf.stack([log_weight(x, loc, scale) for _ in range(num_samples)])
+        return tf.reduce_logsumexp(log_w, axis=0) - np.log(num_samples)
+
+    return predict
+
+
 def deterministic_baseline(setting: str):
-    """(b): one forward pass of a plain network of the same shape."""
-    _, input_shape, outputs, hidden, task = SETTINGS[setting]
+    """(b): one forward pass of a plain network of the same shape (for the VAE, the autoencoder on the latent
+    mean: encoder, decoder, pixel probabilities)."""
+    family, input_shape, outputs, hidden, task = SETTINGS[setting]
+    if family == "vae":
+        layers = ([tf_keras.layers.Flatten()] + [tf_keras.layers.Dense(u, activation="tanh") for u in hidden]
+                  + [tf_keras.layers.Dense(outputs)]
+                  + [tf_keras.layers.Dense(u, activation="tanh") for u in reversed(hidden)]
+                  + [tf_keras.layers.Dense(int(np.prod(input_shape)), activation="sigmoid")])
+        keras_model = tf_keras.Sequential(layers)
+        keras_model.build((None,) + input_shape)
+        return tf.function(keras_model)
     head_units = outputs if task == "classification" else 2 * outputs
     keras_model = tf_keras.Sequential([tf_keras.layers.Flatten()]
                                       + [tf_keras.layers.Dense(u, activation="relu") for u in hidden]
@@ -209,7 +257,8 @@ def main():
         with tempfile.TemporaryDirectory() as base, snapshot():
             path = export.export(model, dataset, base, num_samples=100, seed=0)
             signatures = tf.saved_model.load(str(path)).signatures
-            signature = signatures["predict_mc"]
+            # The VAE's `log_likelihood` is its `serving_default` (the bound L_K) with K as an input.
+            signature = signatures["log_likelihood" if family == "vae" else "predict_mc"]
             moments = signatures.get("predict_moments")
             loop = loop_baseline(setting, model)
             deterministic = deterministic_baseline(setting)
@@ -232,7 +281,8 @@ def main():
             print(header)
             print("|---" * (header.count("|") - 1) + "|")
             for batch in [int(b) for b in args.batches.split(",")]:
-                x = tf.constant(rng.uniform(size=(batch,) + input_shape).astype(np.float32))
+                x = rng.uniform(size=(batch,) + input_shape)
+                x = tf.constant((x > 0.5 if family == "vae" else x).astype(np.float32))
                 for s in [int(v) for v in args.samples.split(",")]:
                     seed = tf.constant([1, 2], tf.int32)
                     fns = {"ours": lambda: signature(x=x, num_samples=tf.constant(s), seed=seed),
@@ -278,6 +328,8 @@ def model_summary(model, task, x, num_samples):
     """The statistics of `predict_mc`, traced in process (for the XLA timing)."""
     from models import predictive
 
+    if task == "density":
+        return model.importance_weighted(x, num_samples, tf.constant([1, 2]), shared_noise=True)["log_likelihood"]
     if task == "classification":
         return predictive.classification_summary(model.predictive(x, num_samples, tf.constant([1, 2])))[
             "probabilities"]

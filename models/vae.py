@@ -247,9 +247,58 @@ class LogitBernoulli(tfd.Bernoulli):
         return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
 
 
+# Pixels per group whose factors (1 + exp(-|l|)) in (1, 2] `sum_softplus` multiplies before one log: at most 2^16.
+SOFTPLUS_GROUP = 16
+
+
+@tf.custom_gradient
+def sum_softplus(logits):
+    """sum_p softplus(l_p) over the last axis of logits [..., n] (n static) -> [...], with one log per
+    SOFTPLUS_GROUP pixels instead of one softplus per pixel:
+
+        softplus(l) = max(l, 0) + log(1 + exp(-|l|)),
+        sum_p log(1 + exp(-|l_p|)) = sum_groups log prod_{p in group} (1 + exp(-|l_p|)),
+
+    each factor in (1, 2], so a group's product stays within [1, 2^16] in float32. The same function as the
+    per-pixel sum, rounded differently (within 1.2e-4 nats of TF's softplus summed over 784 pixels, at sums of
+    ~560); a factor 1 + e^-|l| rounds to 1 below e^-|l| ~ 6e-8, dropping at most ~6e-8 nats per pixel. Speed:
+    TensorFlow's softplus kernel evaluates exp and log1p per element (1.8 ns a pixel here); this takes about 0.6
+    of that, and the importance-weighted bound of the MNIST VAE at S = 100 about 0.8 of its time (batch 32:
+    22.9 -> 18.3 ms; batch 1024: 538 -> 431 ms, alternated calls). Gradient: d/dl_p = sigmoid(l_p).
+    """
+    n = int(logits.shape[-1])
+    positive = tf.reduce_sum(tf.nn.relu(logits), axis=-1)
+    factors = 1.0 + tf.exp(-tf.abs(logits))
+    leading = tf.shape(logits)[:-1]
+    pad = -n % SOFTPLUS_GROUP
+    if pad:
+        factors = tf.concat([factors, tf.ones(tf.concat([leading, [pad]], 0), factors.dtype)], axis=-1)
+    groups = tf.reshape(factors, tf.concat([leading, [(n + pad) // SOFTPLUS_GROUP, SOFTPLUS_GROUP]], 0))
+    total = positive + tf.reduce_sum(tf.math.log(tf.reduce_prod(groups, axis=-1)), axis=-1)
+    return total, lambda upstream: upstream[..., None] * tf.sigmoid(logits)
+
+
+class IndependentLogitBernoulli(tfd.Independent):
+    """Independent `LogitBernoulli` pixels whose log-probability is summed over the event in one go,
+
+        log p(x) = sum_p x_p l_p - sum_p softplus(l_p),
+
+    the second sum by `sum_softplus`; the value of `tfd.Independent`'s per-pixel sum (see `sum_softplus` for the
+    rounding), for every caller of the decoder's `log_prob`: the training ELBO and the importance-weighted bound."""
+
+    def _log_prob(self, x):
+        logits = self.distribution._logits_parameter_no_checks()
+        event_ndims = self.reinterpreted_batch_ndims
+        x = tf.cast(x, logits.dtype)
+        leading = tf.shape(logits)[:tf.rank(logits) - event_ndims]
+        flat = tf.reshape(logits, tf.concat([leading, [self.event_shape.num_elements()]], 0))
+        return tf.reduce_sum(x * logits, axis=tf.range(-event_ndims, 0)) - sum_softplus(flat)
+
+
 def _independent_bernoulli(params, event_shape):
     logits = tf.reshape(params, tf.concat([tf.shape(params)[:-1], event_shape], axis=0))
-    return tfd.Independent(LogitBernoulli(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=len(event_shape))
+    return IndependentLogitBernoulli(LogitBernoulli(logits=logits, dtype=tf.float32),
+                                     reinterpreted_batch_ndims=len(event_shape))
 
 
 def _independent_continuous_bernoulli(params, event_shape):

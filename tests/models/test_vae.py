@@ -106,6 +106,26 @@ def test_decoder_bernoulli_log_prob_and_gradient_equal_tfp_bernoulli(mnist):
     np.testing.assert_allclose(pixels.log_prob(x), reference.log_prob(x), rtol=1e-5)
 
 
+@pytest.mark.parametrize("pixels", [784, 30])  # 30: the last group of 16 padded
+def test_images_log_prob_sums_the_pixels_in_groups_as_tfp_independent_does(pixels):
+    """The event-level log-probability (softplus summed in groups of 16, one log per group) has the value and
+    gradient of TFP's per-pixel Independent Bernoulli, for logits from saturated to small."""
+    tfd = vae.tfd
+    logits = 6.0 * tf.random.stateless_normal([3, 4, pixels, 1], [5, 5])
+    logits = tf.tensor_scatter_nd_update(logits, [[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 2, 0], [1, 2, 3, 0]],
+                                         [-60.0, 60.0, 0.0, -1e-4])
+    x = tf.cast(tf.random.stateless_uniform([4, pixels, 1], [6, 6]) > 0.5, tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = vae.IndependentLogitBernoulli(vae.LogitBernoulli(logits=logits, dtype=tf.float32), 2).log_prob(x)
+        reference = tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 2).log_prob(x)
+    assert ours.shape == (3, 4)
+    np.testing.assert_allclose(ours, reference, rtol=2e-6)
+    np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(reference, logits), atol=1e-6)
+    np.testing.assert_allclose(vae.sum_softplus(tf.reshape(logits, [12, pixels])),
+                               tf.reshape(tf.reduce_sum(tf.nn.softplus(logits), [-2, -1]), [12]), rtol=2e-6)
+
+
 def test_elbo_terms_are_a_function_of_the_seed_and_ignore_labels(mnist):
     model = _small("normal")
     x, y = mnist.x_train[:16], mnist.y_train[:16]
