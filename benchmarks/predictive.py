@@ -10,6 +10,11 @@ timed in alternation (one call of each per round, so that the ratios do not fold
     network; for the meta-networks, which have no TFP-example counterpart, our own model asked for one sample at
     a time) called S times in a Python loop, its outputs averaged;
   * (b) deterministic: one forward pass of a plain `tf_keras` network of the same shape (`tf.function`);
+
+and for the VAE, whose `serving_default` is the importance-weighted bound L_S = log (1/S) sum_s w_s over
+z_s ~ q(z | x): ours is its `log_likelihood` signature (the same graph, S an input), (a) the TFP VAE example's
+model (an `IndependentNormal` encoder, an `IndependentBernoulli` decoder) encoding once and decoding one z_s per
+compiled call, the log-weights combined by log-sum-exp, and (b) one pass of the autoencoder on the latent mean;
   * moments (mean-field networks): the export's `predict_moments`, the opt-in moment-propagation approximation
     (same inputs and outputs; its accuracy against the exact predictive is in `benchmarks/mnist_uncertainty.py`).
 
@@ -22,7 +27,8 @@ All sides run in one process under the model server's TensorFlow settings (`serv
 pooling CPU allocator; `TF_CPU_ALLOCATOR_USE_BFC=false python benchmarks/predictive.py` times them under malloc,
 with `TF_ENABLE_ONEDNN_OPTS=0` too on CPUs where TensorFlow turns oneDNN, and its own pool, on by default).
 
-The classifiers are untrained (their latency does not depend on the weights' values). The regression models are
+The classifiers and the VAE are untrained (their latency does not depend on the weights' values; the VAE gets
+binary images). The regression models are
 fitted on concrete (see `build`): the 95% interval's search over the mixture of S components takes as many steps
 as its components' spread asks for (none when an untrained network's posterior is still nearly a point, a few
 once trained). Settings: the MNIST classifiers of the
@@ -30,7 +36,8 @@ families benchmark (784-400-400-10 for the mean-field network, 784-100-10 for th
 protocol's regression network (8-50-2, heteroscedastic; its statistics include the mixture's 95% interval), and
 Bayesian linear regression on the same 8 features, exact and CAVI posteriors: ours integrates the weights out
 (one Normal for the exact posterior; for CAVI, 32 quadrature strata of the noise precision's posterior), the
-loop draws the weights.
+loop draws the weights; and the VAE of `benchmarks/vae_mnist.py` (784-200-200-50 encoder, tanh, a diagonal
+Gaussian latent, the decoder its mirror).
 
     python benchmarks/predictive.py [--settings=bnn_mnist,bnn_uci] [--jit_compile]
 """

@@ -145,6 +145,12 @@ def sample_chunk(num_samples, batch, width: int):
     return tf.cast((samples + chunks - 1) // chunks, tf.int32)
 
 
+def traced_for_xla() -> bool:
+    """Whether the function being traced will be compiled by XLA (`jit_compile`): there a loop over chunks of
+    samples costs far more than it saves (see `over_sample_chunks`)."""
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
 def over_sample_chunks(fn, num_samples, chunk, shape, whole_under_xla: bool = True) -> tf.Tensor:
     """[S, ...] = fn(rows) for the sample rows [0, S) taken `chunk` at a time (a slice each; the last may be
     shorter), concatenated along the sample axis; `shape` is the result's static shape (e.g. [None, None, units]).
@@ -157,7 +163,7 @@ def over_sample_chunks(fn, num_samples, chunk, shape, whole_under_xla: bool = Tr
     19 s a call for the MNIST network at S = 100, batch 1024 (265 ms unchunked) and asked for 40 GiB at S = 1000.
     """
     whole = lambda: fn(slice(0, num_samples))  # noqa: E731
-    if whole_under_xla and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    if whole_under_xla and traced_for_xla():
         out = whole()
         out.set_shape(shape)
         return out

@@ -607,7 +607,11 @@ class VariationalAutoencoder(tf.Module):
 
     def _sample_chunks(self, x, num_samples, activation_budget: int):
         """(samples per chunk, number of chunks), int32 scalars: as many samples as keep samples x batch x the
-        decoder's activations per row within `activation_budget` floats, at least one."""
+        decoder's activations per row within `activation_budget` floats, at least one. Traced for XLA, one chunk:
+        XLA fuses the passes over the pixels itself, and its loop over chunks of dynamic size took 20.9 s at
+        S = 100, batch 1024 (0.26 s uncompiled)."""
+        if bayesian_layers.traced_for_xla():
+            return num_samples, tf.constant(1)
         rows = tf.maximum(1, tf.shape(x)[0] * self.decoder.activations_per_row)
         chunk = tf.clip_by_value(activation_budget // rows, 1, tf.maximum(num_samples, 1))
         return chunk, (num_samples + chunk - 1) // chunk

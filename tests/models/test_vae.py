@@ -257,6 +257,21 @@ def test_importance_weighted_chunks_combine_to_the_bound_of_all_samples(binarize
     np.testing.assert_allclose(alone["log_likelihood"], whole["log_likelihood"][3:4], rtol=1e-5)
 
 
+def test_traced_for_xla_the_bound_decodes_all_samples_in_one_chunk(binarized):
+    """XLA fuses the pixel passes itself and compiles a loop over chunks of dynamic size badly (20.9 s against
+    0.26 s at S = 100, batch 1024), so a compiled bound takes all samples at once; uncompiled, chunks."""
+    model = _small("normal")
+    x, seed = tf.constant(binarized.x_test[:5]), tf.constant([3, 1])
+    budget = 5 * 5 * model.decoder.activations_per_row
+    chunks = lambda s: model._sample_chunks(x, s, budget)  # noqa: E731
+    assert [int(v) for v in tf.function(chunks)(tf.constant(12))] == [5, 3]
+    assert [int(v) for v in tf.function(chunks, jit_compile=True)(tf.constant(12))] == [12, 1]
+    bound = lambda b: model.importance_weighted(x, tf.constant(12), seed, b, shared_noise=True)["log_likelihood"]
+    # XLA draws other random numbers for the same seed, so compare within XLA: the budget changes nothing.
+    np.testing.assert_allclose(tf.function(bound, jit_compile=True)(budget),
+                               tf.function(bound, jit_compile=True)(2 ** 30), rtol=1e-5)
+
+
 @pytest.mark.parametrize("latent", ["normal", "gumbel_softmax"])
 def test_reconstruction_moments_in_chunks_equal_those_of_all_samples_decoded_at_once(binarized, latent):
     model = _small(latent, seed=4)
