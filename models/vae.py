@@ -247,13 +247,24 @@ class LogitBernoulli(tfd.Bernoulli):
         return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
 
 
+def _positive_samples(num_samples) -> tf.Tensor:
+    """num_samples as an int32 scalar, checked positive (an S <= 0 would give NaN bounds and moments); a constant
+    is checked at tracing, a tensor when it runs (not under XLA, which compiles no assertions)."""
+    num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+    if bayesian_layers.traced_for_xla():
+        return num_samples
+    with tf.control_dependencies([tf.debugging.assert_positive(num_samples, "num_samples must be positive")]):
+        return tf.identity(num_samples)
+
+
 # Pixels per group whose factors (1 + exp(-|l|)) in (1, 2] `sum_softplus` multiplies before one log: at most 2^16.
 SOFTPLUS_GROUP = 16
 
 
 @tf.custom_gradient
 def sum_softplus(logits):
-    """sum_p softplus(l_p) over the last axis of logits [..., n] (n static) -> [...], with one log per
+    """sum_p softplus(l_p) over the last axis of logits [..., n] (n static; float32 or float64, other dtypes take
+    TF's softplus) -> [...], with one log per
     SOFTPLUS_GROUP pixels instead of one softplus per pixel:
 
         softplus(l) = max(l, 0) + log(1 + exp(-|l|)),
@@ -266,6 +277,9 @@ def sum_softplus(logits):
     of that, and the importance-weighted bound of the MNIST VAE at S = 100 about 0.8 of its time (batch 32:
     22.9 -> 18.3 ms; batch 1024: 538 -> 431 ms, alternated calls). Gradient: d/dl_p = sigmoid(l_p).
     """
+    if logits.dtype not in (tf.float32, tf.float64):  # 16 factors of up to 2 overflow float16
+        return tf.reduce_sum(tf.nn.softplus(logits), axis=-1), lambda upstream: upstream[..., None] * tf.sigmoid(
+            logits)
     n = int(logits.shape[-1])
     positive = tf.reduce_sum(tf.nn.relu(logits), axis=-1)
     factors = 1.0 + tf.exp(-tf.abs(logits))
@@ -581,7 +595,7 @@ class VariationalAutoencoder(tf.Module):
           `rate` [batch]: KL(q(z | x) || p(z)).
         """
         x = tf.convert_to_tensor(x, tf.float32)
-        num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+        num_samples = _positive_samples(num_samples)
         q = self.encode(x)
         chunk, num_chunks = self._sample_chunks(x, num_samples, activation_budget)
         batch_shape = tf.shape(x)[:1]
@@ -619,7 +633,7 @@ class VariationalAutoencoder(tf.Module):
     def reconstruction_moments(self, x, num_samples, seed, activation_budget: int = IW_ACTIVATION_BUDGET) -> dict:
         """Mean and standard deviation [batch, *image] of the decoded means m_s = E[x' | z_s] over S draws
         z_s ~ q(z | x) (noise shared by the batch, `sample_latents`), in chunks of samples: memory is bounded
-        for any S, where decoding all S at once held S x batch x pixels floats (3.2 GB at S = 1000, batch 1024).
+        for any S uncompiled (traced for XLA all S go at once: `_sample_chunks`), where decoding all S at once held S x batch x pixels floats (3.2 GB at S = 1000, batch 1024).
 
         The chunks' moments are merged by the pairwise update of Chan, Golub and LeVeque (1979): for counts
         n_a, n_b, means mu_a, mu_b and sums of squared deviations M_a, M_b, with delta = mu_b - mu_a and
@@ -641,7 +655,7 @@ class VariationalAutoencoder(tf.Module):
           `mean`, `stddev` [batch, *image].
         """
         x = tf.convert_to_tensor(x, tf.float32)
-        num_samples = tf.convert_to_tensor(num_samples, tf.int32)
+        num_samples = _positive_samples(num_samples)
         q = self.encode(x)
         chunk, num_chunks = self._sample_chunks(x, num_samples, activation_budget)
         noise = self.latent_noise(num_samples, seed)

@@ -55,9 +55,12 @@ def _use_xla_cache() -> None:
         _os.environ["TF_XLA_FLAGS"] = f"{flags} {XLA_CACHE_FLAG}={directory}".strip()
         try:
             budget = int(float(_os.environ.get("VIZOO_XLA_CACHE_MB", XLA_CACHE_BUDGET_MB)) * 2 ** 20)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf: the default
             budget = XLA_CACHE_BUDGET_MB * 2 ** 20
-        prune_xla_caches(directory.parent, budget)
+        try:
+            prune_xla_caches(directory.parent, budget)
+        except OSError:  # best effort: never a reason for `import training` to fail
+            pass
 
 
 def prune_xla_caches(root: _pathlib.Path, budget: int, grace: float = XLA_CACHE_GRACE_SECONDS,
@@ -87,6 +90,8 @@ def prune_xla_caches(root: _pathlib.Path, budget: int, grace: float = XLA_CACHE_
             break
         try:
             path.unlink()
+        except FileNotFoundError:  # another process pruned it first: gone all the same
+            pass
         except OSError:
             continue
         total -= size

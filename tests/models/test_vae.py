@@ -266,10 +266,22 @@ def test_traced_for_xla_the_bound_decodes_all_samples_in_one_chunk(binarized):
     chunks = lambda s: model._sample_chunks(x, s, budget)  # noqa: E731
     assert [int(v) for v in tf.function(chunks)(tf.constant(12))] == [5, 3]
     assert [int(v) for v in tf.function(chunks, jit_compile=True)(tf.constant(12))] == [12, 1]
-    bound = lambda b: model.importance_weighted(x, tf.constant(12), seed, b, shared_noise=True)["log_likelihood"]
-    # XLA draws other random numbers for the same seed, so compare within XLA: the budget changes nothing.
-    np.testing.assert_allclose(tf.function(bound, jit_compile=True)(budget),
-                               tf.function(bound, jit_compile=True)(2 ** 30), rtol=1e-5)
+    bound = lambda: model.importance_weighted(x, tf.constant(12), seed, budget, shared_noise=True)["log_likelihood"]
+    # XLA draws other random numbers for the same seed: the same bound up to its Monte Carlo error (K = 12).
+    compiled, plain = tf.function(bound, jit_compile=True)(), tf.function(bound)()
+    assert compiled.shape == (5,) and np.all(np.isfinite(compiled))
+    np.testing.assert_allclose(compiled, plain, atol=5.0)
+    assert not np.allclose(compiled, plain, atol=1e-3)  # other draws indeed: the compiled bound is XLA's own
+
+
+def test_the_bound_and_the_moments_refuse_a_sample_count_below_one(binarized):
+    model = _small("normal")
+    x, seed = tf.constant(binarized.x_test[:2]), tf.constant([3, 1])
+    for s in (0, -3):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be positive"):
+            model.importance_weighted(x, s, seed)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples must be positive"):
+            tf.function(model.reconstruction_moments)(x, tf.constant(s), seed)
 
 
 @pytest.mark.parametrize("latent", ["normal", "gumbel_softmax"])
