@@ -10,13 +10,13 @@ timed in alternation (one call of each per round, so that the ratios do not fold
     network; for the meta-networks, which have no TFP-example counterpart, our own model asked for one sample at
     a time) called S times in a Python loop, its outputs averaged;
   * (b) deterministic: one forward pass of a plain `tf_keras` network of the same shape (`tf.function`);
-
-and for the VAE, whose `serving_default` is the importance-weighted bound L_S = log (1/S) sum_s w_s over
-z_s ~ q(z | x): ours is its `log_likelihood` signature (the same graph, S an input), (a) the TFP VAE example's
-model (an `IndependentNormal` encoder, an `IndependentBernoulli` decoder) encoding once and decoding one z_s per
-compiled call, the log-weights combined by log-sum-exp, and (b) one pass of the autoencoder on the latent mean;
   * moments (mean-field networks): the export's `predict_moments`, the opt-in moment-propagation approximation
     (same inputs and outputs; its accuracy against the exact predictive is in `benchmarks/mnist_uncertainty.py`).
+
+For the VAE, whose `serving_default` is the importance-weighted bound L_S = log (1/S) sum_s w_s over
+z_s ~ q(z | x), ours is its `log_likelihood` signature (the same graph, S an input), (a) the TFP VAE example's
+model (an `IndependentNormal` encoder, an `IndependentBernoulli` decoder) encoding once and decoding one z_s per
+compiled call, the log-weights combined by log-sum-exp, and (b) one pass of the autoencoder on the latent mean.
 
 It prints ours / (a) as a speed-up and ours / (b) as "deterministic passes", and checks the targets: at least 10x
 faster than (a) at S = 100, and S = 100 costing at most 10 deterministic passes at batch 32. With `--jit_compile`

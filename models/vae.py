@@ -263,9 +263,8 @@ SOFTPLUS_GROUP = 16
 
 @tf.custom_gradient
 def sum_softplus(logits):
-    """sum_p softplus(l_p) over the last axis of logits [..., n] (n static; float32 or float64, other dtypes take
-    TF's softplus) -> [...], with one log per
-    SOFTPLUS_GROUP pixels instead of one softplus per pixel:
+    """sum_p softplus(l_p) over the last axis of logits [..., n] (n static) -> [...], with one log per
+    SOFTPLUS_GROUP pixels instead of one softplus per pixel (float32 and float64; other dtypes take TF's softplus):
 
         softplus(l) = max(l, 0) + log(1 + exp(-|l|)),
         sum_p log(1 + exp(-|l_p|)) = sum_groups log prod_{p in group} (1 + exp(-|l_p|)),
@@ -633,7 +632,8 @@ class VariationalAutoencoder(tf.Module):
     def reconstruction_moments(self, x, num_samples, seed, activation_budget: int = IW_ACTIVATION_BUDGET) -> dict:
         """Mean and standard deviation [batch, *image] of the decoded means m_s = E[x' | z_s] over S draws
         z_s ~ q(z | x) (noise shared by the batch, `sample_latents`), in chunks of samples: memory is bounded
-        for any S uncompiled (traced for XLA all S go at once: `_sample_chunks`), where decoding all S at once held S x batch x pixels floats (3.2 GB at S = 1000, batch 1024).
+        for any S, where decoding all S at once held S x batch x pixels floats (3.2 GB at S = 1000, batch 1024).
+        (Traced for XLA all S go at once: `_sample_chunks`.)
 
         The chunks' moments are merged by the pairwise update of Chan, Golub and LeVeque (1979): for counts
         n_a, n_b, means mu_a, mu_b and sums of squared deviations M_a, M_b, with delta = mu_b - mu_a and
@@ -857,17 +857,12 @@ class VAEServable(tf.Module):
                 tf.debugging.assert_less_equal(x, 1.0, message="x must be in [0, 1]")]):
             return self.model.observe(tf.identity(x))
 
-    @staticmethod
-    def _positive(num_samples):
-        return tf.debugging.assert_positive(num_samples, "num_samples must be positive")
-
     def _moments(self, q) -> dict:
         return {"latent_mean": q.mean(), "latent_stddev": q.stddev()}
 
     def _bound(self, x, num_samples, seed) -> dict:
         x = self._observed(x)
-        with tf.control_dependencies([self._positive(num_samples)]):
-            out = self.model.importance_weighted(x, num_samples, seed, shared_noise=True)
+        out = self.model.importance_weighted(x, num_samples, seed, shared_noise=True)  # checks num_samples > 0
         return {"log_likelihood": out["log_likelihood"],
                 "elbo": out["expected_log_likelihood"] - out["rate"]}
 
@@ -888,12 +883,10 @@ class VAEServable(tf.Module):
         x = self._observed(x)
         # Spread of the decoded means across z ~ q(z|x) (the epistemic part in models.predictive's terms); the
         # pixel noise of p(x|z) itself is left out: it says what a sample looks like, not how sure the model is.
-        with tf.control_dependencies([self._positive(num_samples)]):
-            return self.model.reconstruction_moments(x, num_samples, seed)
+        return self.model.reconstruction_moments(x, num_samples, seed)  # checks num_samples > 0
 
     def _sample(self, num_samples, seed):
-        with tf.control_dependencies([self._positive(num_samples)]):
-            z = self.model.prior.sample(num_samples, seed=seed)
+        z = self.model.prior.sample(_positive_samples(num_samples), seed=seed)
         return {"images": self.model.decode(z).mean(), "z": z}
 
     def _log_likelihood(self, x, num_samples, seed):

@@ -271,7 +271,6 @@ def test_traced_for_xla_the_bound_decodes_all_samples_in_one_chunk(binarized):
     compiled, plain = tf.function(bound, jit_compile=True)(), tf.function(bound)()
     assert compiled.shape == (5,) and np.all(np.isfinite(compiled))
     np.testing.assert_allclose(compiled, plain, atol=5.0)
-    assert not np.allclose(compiled, plain, atol=1e-3)  # other draws indeed: the compiled bound is XLA's own
 
 
 def test_the_bound_and_the_moments_refuse_a_sample_count_below_one(binarized):

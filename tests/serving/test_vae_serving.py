@@ -202,9 +202,12 @@ def test_every_signature_round_trips_through_the_server(exports, mnist, stub, la
 
 
 def test_bad_inputs_are_invalid_argument_and_the_server_keeps_serving(stub, mnist):
-    inputs = _inputs(mnist, "log_likelihood", "normal")
-    error = rpc_error(_predict, stub, "normal", "log_likelihood", {**inputs, "num_samples": np.int32(0)})
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "num_samples" in error.details()
+    for signature in ("log_likelihood", "reconstruct", "sample"):
+        inputs = _inputs(mnist, signature, "normal")
+        for bad in (0, -3):
+            error = rpc_error(_predict, stub, "normal", signature, {**inputs, "num_samples": np.int32(bad)})
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, signature
+            assert "num_samples must be positive" in error.details(), (signature, error.details())
     error = rpc_error(_predict, stub, "normal", "serving_default", {"x": 2.0 * _images(mnist)})
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "[0, 1]" in error.details()
     assert np.isfinite(_predict(stub, "normal", "serving_default", {"x": _images(mnist)})["elbo"]).all()
