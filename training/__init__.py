@@ -71,13 +71,16 @@ def prune_xla_caches(root: _pathlib.Path, budget: int, grace: float = XLA_CACHE_
     An entry's last use is the later of its access and modification times (TensorFlow never rewrites an entry it
     finds; under `relatime` a read still moves the access time at most a day late), and entries used within
     `grace` seconds are kept whatever the total, so a job running now does not lose what it is about to read.
-    Races with other processes (an entry gone, being written) are skipped: pruning is best effort."""
+    Races with other processes (an entry gone, being written) are skipped: pruning is best effort. Symbolic links
+    (an `xla-*` directory or an entry that is one) are left alone, with whatever they point to."""
     import time
 
     now = time.time() if now is None else now
     entries = []
     for path in root.glob("xla-*/*"):
         try:
+            if path.is_symlink() or path.parent.is_symlink():  # ours are plain files: never delete through a link
+                continue
             stat = path.stat()
         except OSError:
             continue

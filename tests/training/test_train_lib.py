@@ -216,12 +216,21 @@ def test_xla_caches_are_pruned_to_their_budget_least_recently_used_first(monkeyp
         path.write_bytes(b"x" * 1000)
         os.utime(path, (now - age, now - age))
     (tmp_path / "vizoo" / "notes.txt").write_bytes(b"x" * 10_000)  # not a cache entry: never touched
+    # Links are never followed: an xla-* link to a directory elsewhere, and an entry that links to a file.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("g", "h"):
+        (elsewhere / name).write_bytes(b"x" * 1000)
+        os.utime(elsewhere / name, (0, 0))
+    (tmp_path / "vizoo" / "xla-link").symlink_to(elsewhere, target_is_directory=True)
+    (old_tf / "link").symlink_to(elsewhere / "h")
     deleted = training.prune_xla_caches(tmp_path / "vizoo", budget=3500, now=now)
     assert deleted == [old_tf / "a", ours / "b", ours / "c"]  # oldest first, down to 3 entries (3000 bytes)
     assert sorted(p.name for p in ours.iterdir()) == ["d", "e", "f"] and (tmp_path / "vizoo" / "notes.txt").exists()
     # Entries used within the grace period stay even over budget: a running job may be about to read them.
     assert training.prune_xla_caches(tmp_path / "vizoo", budget=0, now=now) == [ours / "d"]
     assert sorted(p.name for p in ours.iterdir()) == ["e", "f"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["g", "h"] and (old_tf / "link").is_symlink()
     # Importing the package prunes under the budget VIZOO_XLA_CACHE_MB gives, by the clock: e and f just used.
     for name in "ef":
         os.utime(ours / name)
