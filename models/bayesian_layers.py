@@ -135,12 +135,14 @@ def dense(x, kernel, bias=None) -> tf.Tensor:
 CHUNK_FLOATS = 2 ** 20
 
 
-def sample_chunk(num_samples, batch, width: int):
-    """Samples per chunk of a predictive: as many as keep a [k, batch, width] activation within CHUNK_FLOATS, at
-    least one and at most S, evened out over the chunks (100 = 50 + 50, not 81 + 19); an int32 scalar tensor."""
+def sample_chunk(num_samples, batch, width: int, budget: int | None = None):
+    """Samples per chunk of a predictive: as many as keep a [k, batch, width] activation within `budget` floats
+    (default CHUNK_FLOATS), at least one and at most S, evened out over the chunks (100 = 50 + 50, not 81 + 19);
+    an int32 scalar tensor."""
+    budget = CHUNK_FLOATS if budget is None else budget
     samples = tf.maximum(tf.cast(num_samples, tf.int64), 1)
     rows = tf.maximum(tf.cast(batch, tf.int64) * width, 1)
-    most = tf.clip_by_value(CHUNK_FLOATS // rows, 1, samples)
+    most = tf.clip_by_value(budget // rows, 1, samples)
     chunks = (samples + most - 1) // most
     return tf.cast((samples + chunks - 1) // chunks, tf.int32)
 

@@ -619,14 +619,14 @@ class VariationalAutoencoder(tf.Module):
                 "rate": self.rate(q)}
 
     def _sample_chunks(self, x, num_samples, activation_budget: int):
-        """(samples per chunk, number of chunks), int32 scalars: as many samples as keep samples x batch x the
-        decoder's activations per row within `activation_budget` floats, at least one. Traced for XLA, one chunk:
-        XLA fuses the passes over the pixels itself, and its loop over chunks of dynamic size took 20.9 s at
-        S = 100, batch 1024 (0.26 s uncompiled)."""
+        """(samples per chunk, number of chunks), int32 scalars: `bayesian_layers.sample_chunk`'s rule with the
+        decoder's activations per row as the width (samples x batch x width within `activation_budget` floats, at
+        least one, evened out over the chunks). Traced for XLA, one chunk: XLA fuses the passes over the pixels
+        itself, and its loop over chunks of dynamic size took 20.9 s at S = 100, batch 1024 (0.26 s uncompiled)."""
         if bayesian_layers.traced_for_xla():
             return num_samples, tf.constant(1)
-        rows = tf.maximum(1, tf.shape(x)[0] * self.decoder.activations_per_row)
-        chunk = tf.clip_by_value(activation_budget // rows, 1, tf.maximum(num_samples, 1))
+        chunk = bayesian_layers.sample_chunk(num_samples, tf.shape(x)[0], self.decoder.activations_per_row,
+                                             activation_budget)
         return chunk, (num_samples + chunk - 1) // chunk
 
     def reconstruction_moments(self, x, num_samples, seed, activation_budget: int = IW_ACTIVATION_BUDGET) -> dict:
