@@ -330,3 +330,22 @@ def test_learned_prior_scale_converges_to_its_closed_form_optimum():
 def test_unknown_estimator_is_rejected():
     with pytest.raises(ValueError, match="estimator"):
         _dense()(tf.zeros([1, 4]), SEED_A, "dropout")
+
+
+@pytest.mark.parametrize("num_samples, chunk", [(5, 8), (8, 8), (19, 8), (7, 1)])
+@pytest.mark.parametrize("traced", [False, True])
+def test_over_sample_chunks_takes_python_int_samples_and_chunk(num_samples, chunk, traced):
+    """Python ints for S and the chunk, eager and inside a tf.function (where the loop is chosen while tracing):
+    every row of [0, S) once, in order, whatever the number of chunks."""
+    draws = tf.reshape(tf.range(num_samples * 3, dtype=tf.float32), [num_samples, 1, 3])
+    calls = []
+
+    def fn(rows):
+        calls.append(rows)
+        return draws[rows]
+
+    run = lambda: bayesian_layers.over_sample_chunks(fn, num_samples, chunk, [None, None, 3])  # noqa: E731
+    out = tf.function(run)() if traced else run()
+    np.testing.assert_array_equal(out, draws)
+    if traced:
+        assert len(calls) == 1  # traced once: one chunk (no loop) or the loop's body
