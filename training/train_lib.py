@@ -8,8 +8,11 @@
          loss = (1/|B|) sum_{n in B} (E_q[-log p(y_n | H)] + w_t KL_n) + w_t KL(q(H) || p(H)) / N
      (see `models.objective`; w_t is the KL warm-up weight), checkpointing so a killed run restarted with the same
      flags continues from its last checkpoint and, with the same seed, reaches the same result;
-  4. evaluate (`<workdir>/metrics.json`, names `split/metric`);
-  5. export a new SavedModel version under `--export_base`.
+  4. evaluate (names `split/metric`);
+  5. export a new SavedModel version under `--export_base`, then write `<workdir>/metrics.json`.
+
+A failed evaluation or export keeps the trained model: the same command run again finds its training complete,
+takes no step, and evaluates and exports.
 
 Reproducibility: the data order of epoch e is a pure function of (seed, e), and the Monte Carlo draws of step t
 use the stateless seed fold_in((seed, 0), t) (and the replica id), so neither depends on how the run was
@@ -153,40 +156,88 @@ def _workdir_lock(workdir: pathlib.Path):
 
 
 def _run_in_workdir(config, model_config, strategy, workdir, dataset, model, ood) -> dict:
-    """Trains, evaluates and exports a built model in its (locked) workdir."""
+    """Trains, evaluates and exports a built model in its (locked) workdir.
+
+    A run whose training is complete (its last checkpoint, or its closed-form fit, is in the workdir) trains
+    nothing: a failed evaluation or export loses no training, and running the same command again evaluates and
+    exports. metrics.json is written last, so it marks a run that trained, evaluated and exported.
+    """
     chief = is_chief(strategy)
-    _prepare_workdir(workdir, config, model_config,
-                     num_train=None if getattr(model, "closed_form", False) else dataset.num_train)
-    previous = config_lib.load_json(workdir / METRICS_FILE) if chief else None
+    closed_form = getattr(model, "closed_form", False)
+    _prepare_workdir(workdir, config, model_config, num_train=None if closed_form else dataset.num_train)
     start = time.time()
     epochs_run = 0.0
-    if getattr(model, "closed_form", False):
-        fit_closed_form(model, dataset, workdir)
+    if closed_form:
+        done = _restore_closed_form(model, workdir)
+        if not done:
+            fit_closed_form(model, dataset, workdir)
     else:
         epochs_run = fit(model, dataset, config, strategy, workdir)
+        done = epochs_run == 0
     train_seconds = time.time() - start
     if not chief:
         logging.info("worker %d done; the chief evaluates and exports", strategy.cluster_resolver.task_id)
         return {}
-    metrics = evaluate(model, dataset, config, workdir, ood=ood)
-    metrics["train/seconds"] = train_seconds
-    if epochs_run > 0:
-        metrics["train/seconds_per_epoch"] = train_seconds / epochs_run
-    elif not getattr(model, "closed_form", False) and previous and "train/seconds" in previous:
-        # A finished run run again trained nothing: its training time is the first run's, not the restore's.
-        for name in ("train/seconds", "train/seconds_per_epoch"):
-            if name in previous:
-                metrics[name] = previous[name]
+    if done:
+        logging.info("training already complete %s; evaluating%s", _trained_state(workdir, closed_form),
+                     " and exporting" if config.export_base else "")
+        timing = _previous_timing(workdir)
+    else:
+        timing = {"train/seconds": train_seconds}
+        if epochs_run > 0:
+            timing["train/seconds_per_epoch"] = train_seconds / epochs_run
+        _write_json(workdir / TIMING_FILE, timing)
+    with _kept_on_failure("evaluation", workdir, closed_form):
+        metrics = evaluate(model, dataset, config, workdir, ood=ood)
+    metrics.update(timing)
     if hasattr(model, "num_variational_parameters"):
         metrics["model/variational_parameters"] = model.num_variational_parameters()
-    _write_json(workdir / METRICS_FILE, metrics)
     with tf.summary.create_file_writer(str(workdir / "eval")).as_default():
         for name, value in metrics.items():
             tf.summary.scalar(name, value, step=0)
     logging.info("%s split %s: %s", config.dataset, config.split, _format(metrics))
+    export_path = None
     if config.export_base:
-        metrics["export_path"] = str(_export_once(model, dataset, config, workdir))
+        with _kept_on_failure("export", workdir, closed_form):
+            export_path = _export_once(model, dataset, config, workdir)
+    _write_json(workdir / METRICS_FILE, metrics)
+    if export_path is not None:
+        metrics["export_path"] = str(export_path)
     return metrics
+
+
+# The training time of the call that completed training: a later call that only evaluates and exports reports it.
+TIMING_FILE = "timing.json"
+
+
+def _previous_timing(workdir: pathlib.Path) -> dict:
+    """`train/seconds` (and `train/seconds_per_epoch`) of the call that trained, from its timing record or, for a
+    workdir written without one, its metrics.json; empty when neither has them."""
+    for name in (TIMING_FILE, METRICS_FILE):
+        saved = config_lib.load_json(workdir / name) or {}
+        timing = {k: saved[k] for k in ("train/seconds", "train/seconds_per_epoch") if k in saved}
+        if timing:
+            return timing
+    return {}
+
+
+def _trained_state(workdir: pathlib.Path, closed_form: bool) -> str:
+    """Where the trained model is, for the log: `at step N (checkpoint ...)` or `(closed-form fit ...)`."""
+    if closed_form:
+        return f"(closed-form fit {workdir / 'checkpoints' / CLOSED_FORM_CHECKPOINT})"
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    return f"at step {_checkpoint_number(latest)} (checkpoint {latest})" if latest else "(no checkpoint)"
+
+
+@contextlib.contextmanager
+def _kept_on_failure(stage: str, workdir: pathlib.Path, closed_form: bool):
+    """Logs, when `stage` (evaluation or export) raises, that the trained model is kept and how to finish the run."""
+    try:
+        yield
+    except Exception:
+        logging.error("%s failed after training; the trained model is kept %s: running the same command again "
+                      "evaluates and exports it without training", stage, _trained_state(workdir, closed_form))
+        raise
 
 
 EXPORT_RECORD = "export.json"
@@ -298,15 +349,32 @@ def _format(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
 
 
+CLOSED_FORM_CHECKPOINT = "closed_form"
+
+
 def fit_closed_form(model, dataset, workdir: pathlib.Path) -> list:
     """Fits a model with a closed-form or coordinate-ascent solution; logs its objective per iteration."""
     history = model.fit_closed_form(dataset.x_train, dataset.y_train)
     with tf.summary.create_file_writer(str(workdir / "train")).as_default():
         for i, value in enumerate(history):
             tf.summary.scalar("train/objective", value, step=i)
-    tf.train.Checkpoint(model=model).write(str(workdir / "checkpoints" / "closed_form"))
+    tf.train.Checkpoint(model=model).write(str(workdir / "checkpoints" / CLOSED_FORM_CHECKPOINT))
     logging.info("closed-form fit: %d iterations, objective %.6f nats", len(history), history[-1])
     return history
+
+
+def _restore_closed_form(model, workdir: pathlib.Path) -> bool:
+    """Restores the workdir's closed-form fit into `model`; False when there is none that reads (a write killed
+    midway is fitted again)."""
+    path = workdir / "checkpoints" / CLOSED_FORM_CHECKPOINT
+    if not path.with_name(path.name + ".index").exists():
+        return False
+    try:
+        tf.train.Checkpoint(model=model).read(str(path)).assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError) as exc:
+        logging.warning("closed-form fit %s cannot be read (%s); fitting again", path, str(exc).splitlines()[0])
+        return False
+    return True
 
 
 def kl_weight(step, steps_per_epoch: int, warmup_epochs: float):
@@ -341,9 +409,12 @@ def checkpoints_newest_first(directory: pathlib.Path, recorded) -> list:
     return sorted(written, key=_checkpoint_number, reverse=True)
 
 
-def restore_newest_readable(checkpoint, directory: pathlib.Path, step) -> str | None:
+def restore_newest_readable(checkpoint, directory: pathlib.Path, step, total_steps: int | None = None) -> str | None:
     """Restores the newest checkpoint in `directory` that reads, or nothing when none ever finished writing;
     returns the checkpoint restored, or None.
+
+    A checkpoint at `total_steps` or later is a finished run: no step follows, so the optimizer's slots (restored
+    when its first step makes them) are expected to stay unrestored, and TensorFlow is told not to warn about them.
 
     An unreadable checkpoint the manager never recorded (in its `checkpoint` file) is a save killed mid-write: it
     is skipped, and if it is the only one, training starts afresh (its files are overwritten when that step is
@@ -355,11 +426,13 @@ def restore_newest_readable(checkpoint, directory: pathlib.Path, step) -> str | 
     candidates = checkpoints_newest_first(directory, state.model_checkpoint_path if state else None)
     for candidate in candidates:
         try:
-            checkpoint.restore(candidate)
+            status = checkpoint.restore(candidate)
         except tf.errors.OpError as exc:  # an unreadable file: a truncated index, a missing data shard
             logging.warning("checkpoint %s cannot be read (%s)%s", candidate, str(exc).splitlines()[0],
                             "" if pathlib.Path(candidate).name in recorded else "; it was never recorded as saved")
             continue
+        if total_steps is not None and int(step) >= total_steps:
+            status.expect_partial()
         logging.info("resumed from %s at step %d", candidate, int(step))
         return candidate
     damaged = [c for c in candidates if pathlib.Path(c).name in recorded]
@@ -457,7 +530,7 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
     # Outside the strategy scope: one host-side counter, not one copy per replica.
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    restored = restore_newest_readable(checkpoint, workdir / "checkpoints", step)
+    restored = restore_newest_readable(checkpoint, workdir / "checkpoints", step, total_steps)
     record_unrecorded(workdir / "checkpoints", restored)
     # Made after both: the manager reads its `checkpoint` file once, when it is made.
     manager = tf.train.CheckpointManager(checkpoint, str(workdir / "checkpoints"), max_to_keep=3)

@@ -619,3 +619,53 @@ def test_training_processes_run_the_pooling_allocator_unless_the_user_chose(pres
     out = subprocess.run([sys.executable, "-c", ALLOCATOR_SCRIPT], cwd=REPO, env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("inference, stage", [("gradient", "evaluation"), ("gradient", "export"),
+                                              ("exact", "evaluation")])
+def test_a_failed_evaluation_or_export_keeps_the_training_and_a_rerun_finishes_without_training(
+        tmp_path, data_dir, monkeypatch, caplog, inference, stage):
+    from serving import export as export_lib
+
+    training_calls = []
+
+    def build_spied(model_config, dataset):
+        model = lr.build_model(model_config, dataset)
+        elbo_terms, fit_closed_form = model.elbo_terms, model.fit_closed_form
+        # Traced once per training function, so any training step shows as a call with training=True.
+        object.__setattr__(model, "elbo_terms", lambda batch, seed, training=True: (
+            training_calls.append("step") if training else None, elbo_terms(batch, seed, training))[1])
+        object.__setattr__(model, "fit_closed_form", lambda x, y: (
+            training_calls.append("closed_form"), fit_closed_form(x, y))[1])
+        return model
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{stage} broke")
+
+    config = _config(tmp_path, data_dir=str(data_dir), epochs=1, export_base=str(tmp_path / "models"))
+    work = pathlib.Path(config.workdir)
+    with monkeypatch.context() as patch:
+        patch.setattr(*((train_lib, "evaluate", fail) if stage == "evaluation" else (export_lib, "export", fail)))
+        with pytest.raises(RuntimeError, match=f"{stage} broke"):
+            train_lib.train_and_evaluate(config, lr.Config(inference=inference), build_spied)
+    assert training_calls
+    assert not (work / "metrics.json").exists() and not (tmp_path / "models").exists()
+    checkpoints = sorted(p.name for p in (work / "checkpoints").iterdir())
+    assert any(name.endswith(".index") for name in checkpoints)
+    first_timing = json.loads((work / train_lib.TIMING_FILE).read_text())
+
+    training_calls.clear()
+    caplog.set_level("INFO", logger="absl")
+    metrics = train_lib.train_and_evaluate(config, lr.Config(inference=inference), build_spied)
+    assert training_calls == []
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == checkpoints
+    assert json.loads((work / "metrics.json").read_text()) == {k: v for k, v in metrics.items()
+                                                                if k != "export_path"}
+    assert np.isfinite(metrics["test/rmse"]) and metrics["train/seconds"] == first_timing["train/seconds"]
+    assert metrics["export_path"] == str((tmp_path / "models" / "1").resolve())
+    assert (tmp_path / "models" / "1" / "saved_model.pb").is_file()
+    last_step = max((int(name.split("-")[1].split(".")[0]) for name in checkpoints if name.startswith("ckpt-")),
+                    default=None)
+    state = "closed-form fit" if inference == "exact" else f"at step {last_step} (checkpoint"
+    assert any("training already complete" in r.getMessage() and state in r.getMessage()
+               and r.getMessage().endswith("evaluating and exporting") for r in caplog.records), caplog.text
