@@ -14,13 +14,13 @@ al. 2017). For each:
 
     python benchmarks/families.py --data_dir=../shared/datasets --workdir=/tmp/vizoo_families --splits=5
 
-Finished runs are reused, so an interrupted benchmark continues where it stopped.
+Finished runs are reused, so an interrupted benchmark continues where it stopped. A failed run is reported and
+the others go on; its cells in the table say how many splits failed ("—" where none finished).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import pathlib
 import sys
@@ -57,34 +57,23 @@ def main():
     args.extra_flags = []
 
     from training import data as data_lib
-    from training import metrics as metrics_lib
 
     families, datasets = args.families.split(","), args.datasets.split(",")
-    jobs = [("uci", f, d, k) for d in datasets for f in families
+    jobs = [(f, d, k) for d in datasets for f in families
             for k in range(min(args.splits, data_lib.num_uci_splits(d, args.data_dir)))]
-    jobs += [("mnist", f, "mnist", 0) for f in families]
+    jobs += [(f, "mnist", 0) for f in families]
     start = time.time()
-    uci_runs, mnist_runs = {}, {}
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(uci.run_split if kind == "uci" else lambda f, d, k, a: run_mnist(f, a),
-                               f, d, k, args): (kind, f, d, k) for kind, f, d, k in jobs}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            kind, f, d, k = futures[future]
-            if kind == "uci":
-                uci_runs.setdefault(f, {}).setdefault(d, []).append(future.result())
-            else:
-                mnist_runs[f] = future.result()
-            print(f"[{done}/{len(jobs)}] {f} {d} {k} ({time.time() - start:.0f}s)", file=sys.stderr)
+    finished, failed = uci.run_jobs(
+        lambda f, d, k: run_mnist(f, args) if d == "mnist" else uci.run_split(f, d, k, args), jobs, args.jobs)
+    uci_results = uci.summarize(finished, failed, families, datasets)
+    mnist_runs = {f: finished[(f, "mnist", 0)] for f in families if (f, "mnist", 0) in finished}
 
     rows = []
     for d in datasets:
         for metric, label in (("nll", "NLL"), ("rmse", "RMSE")):
-            cells = []
-            for f in families:
-                s = metrics_lib.aggregate(uci_runs[f][d])
-                digits = 3 if metric == "rmse" and d == "kin8nm" else 2
-                cells.append(f"{s[f'test/{metric}']:.{digits}f} ± {s[f'test/{metric}_stderr']:.{digits}f}")
-            rows.append((f"UCI {d}: test {label}", cells))
+            digits = 3 if metric == "rmse" and d == "kin8nm" else 2
+            rows.append((f"UCI {d}: test {label}", [uci.cell(uci_results[f][d], f"test/{metric}", digits)
+                                                    for f in families]))
     for name, label, fmt in (("test/accuracy", "MNIST test accuracy", "{:.4f}"), ("test/ece", "MNIST test ECE",
                                                                                   "{:.4f}"),
                              ("test/ood_auroc_entropy", "OOD AUROC (Fashion-MNIST), entropy", "{:.3f}"),
@@ -92,7 +81,8 @@ def main():
                               "{:.3f}"),
                              ("model/variational_parameters", "variational parameters (MNIST model)", "{:,.0f}"),
                              ("train/seconds_per_epoch", "training seconds per MNIST epoch", "{:.1f}")):
-        rows.append((label, [fmt.format(mnist_runs[f][name]) for f in families]))
+        rows.append((label, [fmt.format(mnist_runs[f][name]) if name in mnist_runs.get(f, {})
+                             else "— (failed)" if (f, "mnist", 0) in failed else "—" for f in families]))
     header = "| | " + " | ".join(families) + " |"
     print(f"Families side by side (UCI: first {args.splits} splits; MNIST: 784-100-10, {args.mnist_epochs} "
           f"epochs; measured in one run, {time.time() - start:.0f}s wall):\n")
@@ -100,8 +90,8 @@ def main():
     print("|---" * (len(families) + 1) + "|")
     for label, cells in rows:
         print(f"| {label} | " + " | ".join(cells) + " |")
-    summary = {"uci": {f: {d: metrics_lib.aggregate(uci_runs[f][d]) for d in datasets} for f in families},
-               "mnist": mnist_runs}
+    uci.print_failures(failed)
+    summary = {"uci": uci_results, "mnist": mnist_runs}
     (pathlib.Path(args.workdir) / "families_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
 
 

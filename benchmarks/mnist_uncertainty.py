@@ -12,13 +12,13 @@ approximation costs in accuracy, calibration and out-of-distribution detection.
 
     python benchmarks/mnist_uncertainty.py --data_dir=../shared/datasets --workdir=/tmp/vizoo_mnist_uncertainty
 
-Finished runs are reused (`uci.run_binary`), so an interrupted benchmark continues where it stopped.
+Finished runs are reused (`uci.run_binary`), so an interrupted benchmark continues where it stopped. A failed run
+is reported and the others go on; its row reads "—" and it has no export to score.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import pathlib
 import sys
@@ -81,22 +81,24 @@ def main():
                  f"--export_base={workdir / 'export'}"]
         return uci.run_binary("training.train_bnn", flags, workdir)
 
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        metrics = dict(zip(estimators, pool.map(run, estimators)))
+    finished, failed = uci.run_jobs(run, [(e,) for e in estimators], args.jobs)
+    metrics = {e: finished[(e,)] for e in estimators if (e,) in finished}
     print(f"MNIST, Bayesian MLP 784-400-400-10, {args.epochs} epochs, seed {args.seed}; out-of-distribution set: "
           f"Fashion-MNIST test ({time.time() - start:.0f} s wall for this run):\n")
     print("| estimator | " + " | ".join(label for _, label, _ in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for estimator in estimators:
-        cells = [fmt.format(metrics[estimator][key]) for key, _, fmt in COLUMNS]
+        cells = [fmt.format(metrics[estimator][key]) if key in metrics.get(estimator, {}) else "—"
+                 for key, _, fmt in COLUMNS]
         print(f"| {estimator} | " + " | ".join(cells) + " |")
+    uci.print_failures(failed)
 
     print(f"\nThe same exports, exact sampling (predict_mc) against moment propagation (predict_moments), S = 50, "
           f"seed (1, 2), MNIST test and Fashion-MNIST test:\n")
     columns = COLUMNS[:-1] + (("test/mutual_information", "mean mutual information", "{:.4f}"),)
     print("| estimator | signature | " + " | ".join(label for _, label, _ in columns) + " |")
     print("|---" * (len(columns) + 2) + "|")
-    for estimator in estimators:
+    for estimator in (e for e in estimators if e in metrics):
         exports = pathlib.Path(args.workdir) / f"{estimator}_e{args.epochs}_s{args.seed}" / "export"
         export_dir = max(exports.iterdir(), key=lambda p: int(p.name))
         for signature in ("predict_mc", "predict_moments"):

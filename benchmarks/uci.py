@@ -11,7 +11,10 @@ standard error over splits, next to the published numbers:
     python benchmarks/uci.py --data_dir=../shared/datasets --workdir=/tmp/uci_bench --families=linear,bnn
 
 Splits run as separate processes, `--jobs` at a time; a finished split is not run again (its metrics.json is
-reused), so an interrupted benchmark continues where it stopped.
+reused), so an interrupted benchmark continues where it stopped. A run that fails is reported (its command and the
+tail of its stderr) and the others go on; a cell whose splits did not all finish says how many failed, and one
+with none finished is "—". Running the benchmark again retries the failed runs (a run whose training finished
+trains nothing again: it evaluates and exports).
 """
 
 from __future__ import annotations
@@ -67,8 +70,13 @@ FAMILIES = {
 }
 
 
+class RunFailed(RuntimeError):
+    """A training binary exited with an error; the message holds its command and the tail of its stderr."""
+
+
 def run_binary(module: str, flags, workdir) -> dict:
-    """Runs a training binary in a subprocess (unless `<workdir>/metrics.json` exists); returns its metrics.
+    """Runs a training binary in a subprocess (unless `<workdir>/metrics.json` exists); returns its metrics, or
+    raises `RunFailed`.
 
     Every benchmark that trains goes through here, so finished runs are reused and an interrupted benchmark
     continues where it stopped.
@@ -80,7 +88,7 @@ def run_binary(module: str, flags, workdir) -> dict:
         command = [sys.executable, "-m", module, *flags, f"--workdir={workdir}"]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+            raise RunFailed(f"{' '.join(command)} failed (exit code {result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(metrics_path.read_text())
 
 
@@ -90,6 +98,56 @@ def run_split(family: str, dataset: str, split: int, args) -> dict:
     flags = [f"--dataset=uci/{dataset}", f"--data_dir={args.data_dir}", f"--split={split}", *extra,
              *args.extra_flags]
     return run_binary(module, flags, pathlib.Path(args.workdir) / family / dataset / f"split_{split}")
+
+
+def run_jobs(run, jobs, workers: int) -> tuple:
+    """`run(*job)` for every job (a tuple), `workers` at a time, progress on stderr.
+
+    Returns:
+      ({job: metrics} of the runs that finished, {job: message} of those that raised `RunFailed`): a failed run
+      is reported on stderr and the others go on.
+    """
+    start = time.time()
+    finished, failed = {}, {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(run, *job): job for job in jobs}
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            job = futures[future]
+            label = " ".join(str(part) for part in job)
+            try:
+                finished[job] = future.result()
+            except RunFailed as e:
+                failed[job] = str(e)
+                print(f"[{done}/{len(jobs)}] {label} FAILED ({time.time() - start:.0f}s): {e}", file=sys.stderr)
+                continue
+            print(f"[{done}/{len(jobs)}] {label} ({time.time() - start:.0f}s)", file=sys.stderr)
+    return finished, failed
+
+
+def summarize(finished: dict, failed: dict, families, datasets) -> dict:
+    """{family: {dataset: summary}} from `run_jobs`' results keyed (family, dataset, split): the mean and standard
+    error over the splits that finished (`training.metrics.aggregate`; `num_splits` counts them) and
+    `failed_splits`."""
+    from training import metrics as metrics_lib
+
+    results = {}
+    for f in families:
+        for d in datasets:
+            runs = [m for (ff, dd, _), m in sorted(finished.items()) if (ff, dd) == (f, d)]
+            summary = metrics_lib.aggregate(runs) if runs else {"num_splits": 0}
+            summary["failed_splits"] = sum(1 for ff, dd, _ in failed if (ff, dd) == (f, d))
+            results.setdefault(f, {})[d] = summary
+    return results
+
+
+def cell(summary: dict, metric: str, digits: int = 2) -> str:
+    """`mean ± stderr` of `metric` over the splits that finished, noting how many failed; "—" when none finished
+    (a summary without `failed_splits` had none fail)."""
+    failed = summary.get("failed_splits", 0)
+    if not summary.get("num_splits") or metric not in summary:
+        return "—" + (f" ({failed} of {failed} splits failed)" if failed else "")
+    text = _cell(summary[metric], summary[f"{metric}_stderr"], digits)
+    return text + (f" ({failed} of {failed + summary['num_splits']} splits failed)" if failed else "")
 
 
 def _cell(mean, stderr, digits=2):
@@ -104,8 +162,7 @@ def table(results: dict, families, datasets, metric: str, column: int) -> str:
         digits = 3 if d in ("kin8nm", "naval-propulsion-plant") and metric == "rmse" else 2
         row = [d]
         for f in families:
-            s = results[f][d]
-            row.append(_cell(s[f"test/{metric}"], s[f"test/{metric}_stderr"], digits))
+            row.append(cell(results[f][d], f"test/{metric}", digits))
         for source in PUBLISHED.values():
             mean, stderr = source[d][column], source[d][column + 1]
             row.append(_cell(mean, stderr, digits))
@@ -125,31 +182,34 @@ def main():
     args = parser.parse_args()
 
     from training import data as data_lib
-    from training import metrics as metrics_lib
 
     families, datasets = args.families.split(","), args.datasets.split(",")
     jobs = []
     for d in datasets:
         n = data_lib.num_uci_splits(d, args.data_dir)
         jobs += [(f, d, k) for f in families for k in range(min(n, args.splits or n))]
-    start = time.time()
-    per_split = {}
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_split, f, d, k, args): (f, d, k) for f, d, k in jobs}
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            f, d, k = futures[future]
-            per_split.setdefault(f, {}).setdefault(d, []).append(future.result())
-            print(f"[{done}/{len(jobs)}] {f} {d} split {k} ({time.time() - start:.0f}s)", file=sys.stderr)
-    results = {f: {d: metrics_lib.aggregate(per_split[f][d]) for d in datasets} for f in families}
+    finished, failed = run_jobs(lambda f, d, k: run_split(f, d, k, args), jobs, args.jobs)
+    results = summarize(finished, failed, families, datasets)
     (pathlib.Path(args.workdir) / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    seconds = {f: sum(r["train/seconds"] for d in datasets for r in per_split[f][d]) /
-               sum(len(per_split[f][d]) for d in datasets) for f in families}
+    seconds = {f: [m["train/seconds"] for (ff, _, _), m in finished.items() if ff == f and "train/seconds" in m]
+               for f in families}
     print(f"Test RMSE (original units), mean ± standard error over splits:\n")
     print(table(results, families, datasets, "rmse", 0))
     print(f"\nTest NLL (nats per point, lower is better), mean ± standard error over splits:\n")
     print(table(results, families, datasets, "nll", 2))
-    print("\nmean training seconds per split: " + ", ".join(f"{f} {s:.1f}" for f, s in seconds.items()))
-    print("splits per dataset: " + ", ".join(f"{d} {results[families[0]][d]['num_splits']}" for d in datasets))
+    print("\nmean training seconds per split: " + ", ".join(
+        f"{f} {sum(s) / len(s):.1f}" if s else f"{f} —" for f, s in seconds.items()))
+    print("splits per dataset: " + ", ".join(
+        f"{d} {len([j for j in jobs if j[1] == d]) // len(families)}" for d in datasets))
+    print_failures(failed)
+
+
+def print_failures(failed: dict) -> None:
+    """Lists the runs that failed under the tables (their errors went to stderr as they happened)."""
+    if failed:
+        print(f"\n{len(failed)} run(s) failed and are left out of the means above: "
+              + ", ".join(" ".join(str(part) for part in job) for job in sorted(failed, key=str))
+              + " (errors on stderr; running the benchmark again retries them)")
 
 
 if __name__ == "__main__":
