@@ -12,7 +12,7 @@ feature `x`, nothing for `model_info`) and writes one JSON line on stdout:
     {"signatures": {name: {output: {"shape": [...], "finite": bool}}}, "info": <model_info's JSON>,
      "tfp_imported": bool}
 
-or {"error": "<traceback>"}. Used by tests/test_matrix.py: one process answers every export of a test session.
+or {"error": "<traceback>"}. Used by tests/test_matrix.py: one process answers every export a pytest worker makes.
 """
 
 import importlib.abc

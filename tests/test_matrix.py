@@ -12,7 +12,7 @@ One cell per (family, data set): the library path of a training binary (`train_l
 
 Every cell evaluates with an eval batch that splits its test set into three batches, the last one shorter, so
 evaluation runs traced in a `tf.function` and meets a ragged batch. Every export is then loaded in a process that
-cannot import TensorFlow Probability (`tests/export_answers.py`, one process per test session) and each of its
+cannot import TensorFlow Probability (`tests/export_answers.py`, one process per pytest worker) and each of its
 signatures is called on real examples: finite answers of the shapes the signature contract gives. A family that
 cannot take a data set (no labels, not images, ...) refuses it before training, naming `--dataset`.
 """
