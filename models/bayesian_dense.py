@@ -121,15 +121,17 @@ class BayesianNetwork(heads.LikelihoodHead):
     def layers_with_posterior(self) -> list:
         return self.conv_layers + self.hidden_layers + [self.output_layer]
 
-    def forward(self, x, num_samples, seed, estimator: str, posteriors=None) -> tf.Tensor:
+    def forward(self, x, num_samples, seed, estimator: str, posteriors=None, unit_scales=None) -> tf.Tensor:
         """Network outputs [S, batch, head_units] for inputs [batch, ...example_shape].
 
         `posteriors`: each layer's `posterior_parameters()` for this step, when the caller takes the KL from them.
+        `unit_scales`: per dense layer, [S, units] factors that multiply its pre-activations sample by sample (a
+        Bayesian hypernetwork's scales), or None.
         """
         seeds = tfp.random.split_seed(seed, n=len(self.layers_with_posterior))
         posteriors = posteriors or [None] * len(self.layers_with_posterior)
-        return self._network(x, lambda i, layer, h: layer(h, seeds[i], estimator, num_samples,
-                                                          posterior=posteriors[i]))
+        return self._network(x, lambda i, layer, h: _scaled(
+            layer(h, seeds[i], estimator, num_samples, posterior=posteriors[i]), unit_scales, i))
 
     def _network(self, x, apply) -> tf.Tensor:
         """The architecture: `apply(i, layer, h)` gives the pre-activations of the i-th layer with a posterior for
@@ -163,10 +165,11 @@ class BayesianNetwork(heads.LikelihoodHead):
         outputs = self.forward(x, num_samples, seed, self.config.estimator, posteriors)
         return outputs, tf.add_n([q.kl for q in posteriors])
 
-    def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
+    def predictive_outputs(self, x, num_samples, seed, unit_scales=None) -> tf.Tensor:
         """Outputs [S, batch, head_units] by the layers' predictive route: local reparameterization with noise
         shared across the batch for dense layers, sampled kernels for convolutions; exact per example, and an
-        example's outputs depend on its input and the seed only (see bayesian_layers).
+        example's outputs depend on its input and the seed only (see bayesian_layers). `unit_scales` as in
+        `forward`, drawn for all S (the chunks slice them).
 
         The samples go through the network a chunk at a time (`bayesian_layers.over_sample_chunks`: cache-resident
         activations, bounded memory for any S; whole when traced for XLA). Every draw is made whole first and
@@ -187,8 +190,10 @@ class BayesianNetwork(heads.LikelihoodHead):
             def apply(i, layer, h):
                 own = tf.nest.map_structure(lambda t: t[rows], draws[i])
                 if i == 0 and first is not None:
-                    return first[0] + first[1] * own
-                return layer.predictive_apply(h, own, posteriors[i])
+                    out = first[0] + first[1] * own
+                else:
+                    out = layer.predictive_apply(h, own, posteriors[i])
+                return _scaled(out, unit_scales, i, rows)
 
             return self._network(x, apply)
 
@@ -245,6 +250,13 @@ class BayesianNetwork(heads.LikelihoodHead):
 
     def num_variational_parameters(self) -> int:
         return sum(layer.num_variational_parameters() for layer in self.layers_with_posterior)
+
+
+def _scaled(pre_activations, unit_scales, i: int, rows=slice(None)) -> tf.Tensor:
+    """Layer i's pre-activations [k, batch, units] times its `unit_scales` [S, units] (the samples `rows`)."""
+    if unit_scales is None or unit_scales[i] is None:
+        return pre_activations
+    return pre_activations * unit_scales[i][rows][:, None, :]
 
 
 def default_hidden_units(dataset: str) -> tuple:

@@ -13,9 +13,15 @@ into that weight's distribution,
     w_ij | z_i, z_j ~ N(mu_ij, sigma_ij^2),   (mu_ij, rho_ij) = g_l([z_i, z_j]),   sigma_ij = 1e-3 + softplus(rho_ij),
 
 scaled by sqrt(2 / fan_in). g_l is a tanh layer on [z_i, z_j] with a linear head, plus a bilinear term
-z_i^T M_l z_j in the mean: the bilinear part alone can express any rank-D weight matrix, the tanh part bends it,
-and with M_l = I / sqrt(D) and codes from the prior the bilinear part alone gives every generated layer He
-initialization's variance (the tanh part adds its own: about 2x for hidden layers at the defaults). The ELBO
+z_i^T M_l z_j in the mean: the bilinear part alone can express any rank-D weight matrix, the tanh part bends it.
+Initialization matters here. The tanh part's mean over codes is common to every weight of a layer, so a random
+head would give the weights a shared offset whose sum over a layer's inputs grows with its width: first outputs
+tens of target deviations large, heteroscedastic scales at their 1e-3 floor, a first NLL of 1e4-1e8 nats on
+toy/gap, and first steps whose gradients leave the ReLUs dead. What remains is a constant network whose only
+uncertainty is its output bias's: a flat predictive band, at a training ELBO far below a working network's, so a
+state the optimizer falls into, not one the ELBO prefers. So the heads start at zero and M_l = I / sqrt(D): with
+codes from the prior the first weights are zero-mean, uncorrelated and of He initialization's variance (the
+output layer's OUTPUT_GAIN smaller, so the first predictions sit near the targets' mean). The ELBO
 
     E_q(z) E_p(w|z)[log p(y | x, w)] - KL(q(z) || p(z))
 
@@ -25,17 +31,30 @@ mean-field network's 2 * (number of weights). Sampling is vectorized: codes [S, 
 Gaussians, so the pre-activations are sampled by local reparameterization (exact per example, see
 `models/bayesian_layers.py`); the predictive shares that noise across the batch, as the mean-field networks do.
 
-`bayesian_hypernetwork` (Krueger, Huang, Islam, Turner, Lacoste and Courville 2017, "Bayesian Hypernetworks").
-The target network is weight-normalized, W_l[:, j] = c_lj v_lj / ||v_lj||, with directions v and biases as point
-estimates, and the posterior is over the G = sum_l n_l per-unit scales c. Noise eps ~ N(0, I_G) passes through an
-invertible flow f (RealNVP affine couplings with alternating masks, then an elementwise affine map, all TFP
+`bayesian_hypernetwork` (after Krueger, Huang, Islam, Turner, Lacoste and Courville 2017, "Bayesian
+Hypernetworks"). Each hidden unit j of a ReLU network scales its pre-activation by c_j: layer l computes
+
+    a_l = c_l * (h_{l-1} V_l + b_l),   W_l[:, j] = c_lj V_l[:, j],
+
+with a mean-field Gaussian posterior over the weights V and biases b (prior N(0, 1) each, as the mean-field
+network's) and a posterior over the G = sum of the hidden widths scales c given by an invertible flow f of noise
+eps ~ N(0, I_G) (RealNVP affine couplings with alternating masks, then an elementwise affine map, all TFP
 bijectors), c = f(eps), so q(c) has the exact density
 
-    log q(c) = log N(eps; 0, I) - log |det df/deps|,   eps = f^{-1}(c),
+    log q(c) = log N(eps; 0, I) - log |det df/deps|,   eps = f^{-1}(c).
 
-and the KL(q(c) || p(c)) = E_q[log q(c) - log p(c)], p(c) = N(0, s^2 I), is estimated by Monte Carlo with its own
-draws of the flow (independent of the likelihood's; unbiased either way). A layer's pre-activation is (h V_l^hat) * c_l + b_l, so S samples cost one product with the
-normalized directions plus S elementwise scalings.
+The prior p(c) = N(1, s^2 I) says that units' scales vary around 1 by about s, so the prior over W is a Gaussian
+scale mixture whose weights into one unit share their scale; q(c) can correlate the scales of all units, which a
+mean-field posterior cannot. The KL is KL(q(V) q(b) || p) in closed form plus KL(q(c) || p(c)) = E_q[log q(c) -
+log p(c)], estimated with the same draws of c as the likelihood (unbiased). Given c, every pre-activation of one
+example is Gaussian, so training samples it by local reparameterization and the predictive takes the mean-field
+network's exact route (`models.bayesian_dense`), each sample's units scaled by its c.
+
+Three choices make it hold on small data: the mean-field part carries the uncertainty where the data are silent
+(a posterior over the scales alone, with point-estimate directions and biases as in Krueger et al., is confidently
+wrong there); the output layer has no scale (a scale there makes the noise of the mean prediction proportional to
+the prediction, which caps the precision on low-noise data such as UCI energy); and the flow starts narrow
+(spread 0.01) at the prior's mean (a wide start can drift to scales near 0.1 and underfit).
 """
 
 from __future__ import annotations
@@ -49,6 +68,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from models import bayesian_dense
 from models import bayesian_layers
 from models import heads
 
@@ -59,12 +79,23 @@ VARIANTS = ("meta_representation", "bayesian_hypernetwork")
 HEADS = heads.HEADS
 MIN_SCALE = heads.MIN_SCALE
 # Initial posterior spread per variant: enough for the KL to act on, small enough not to swamp the first steps.
-DEFAULT_INIT_SCALE = {"meta_representation": 0.05, "bayesian_hypernetwork": 0.1}
+DEFAULT_INIT_SCALE = {"meta_representation": 0.05, "bayesian_hypernetwork": 0.01}
 INIT_WEIGHT_RHO = -5.0
 # Posterior samples whose weights the meta-representation predictive generates at once. g's hidden layer holds
 # [chunk, n_in + 1, n_out, hyper_units] numbers per layer (5 M for MNIST's 785 x 100 layer at 8 units): all S at
 # once would be 25 GB at S = 10000, which one request may ask for, and past cache size already at S = 100.
 PREDICTIVE_CHUNK = 8
+# The training binary's defaults per variant (benchmarks/gap_seeds.py and the tests train with them too).
+# Gradient clipping: codes, hypernetwork and bilinear maps multiply, and without it a run can blow up. The
+# meta-representation learns at 3e-3: at 1e-2 it fits toy/gap's clusters with sharp first-layer kinks and confident
+# straight lines between them on some seeds (benchmarks/results/gap_seeds.txt). The Bayesian hypernetwork learns as
+# the mean-field network does.
+TRAINING_DEFAULTS = {
+    "meta_representation": dict(train_steps=10000, batch_size=32, learning_rate=3e-3, clip_norm=1.0),
+    "bayesian_hypernetwork": dict(train_steps=10000, batch_size=32, learning_rate=1e-2, clip_norm=1.0),
+}
+# The output layer's bilinear map starts this much smaller than the hidden layers' (see MetaRepresentationNetwork).
+OUTPUT_GAIN = 0.1
 
 
 @dataclasses.dataclass
@@ -78,7 +109,7 @@ class Config:
       code_dim: D, the size of a unit's code (meta_representation).
       hyper_units: width of the hidden layer of g (meta_representation) or of each coupling's network.
       flow_layers: RealNVP couplings of the flow (bayesian_hypernetwork).
-      prior_scale: s of the N(0, s^2) prior on the per-unit scales (bayesian_hypernetwork).
+      prior_scale: s of the N(1, s^2) prior on the per-unit scales (bayesian_hypernetwork).
       init_code_scale: initial posterior standard deviation of the codes (meta_representation) or of the flow's
         base scales (bayesian_hypernetwork); None picks the variant's default.
       mc_samples: posterior samples per training step.
@@ -90,7 +121,7 @@ class Config:
     code_dim: int = 8
     hyper_units: int = 32
     flow_layers: int = 4
-    prior_scale: float = 1.0
+    prior_scale: float = 0.1
     init_code_scale: Optional[float] = None
     mc_samples: int = 1
 
@@ -114,8 +145,8 @@ def _softplus_inverse(x: float) -> float:
 
 
 class _MetaNetwork(heads.LikelihoodHead):
-    """What both variants share: the target network's shape; the head, predictive and ELBO come from
-    `models.heads`."""
+    """A target network whose weights another network generates: its shape; the head, predictive and ELBO come
+    from `models.heads`."""
 
     def __init__(self, config: Config, input_shape, task: str, output_dim: int, name: str):
         super().__init__(name=name)
@@ -164,17 +195,26 @@ class MetaRepresentationNetwork(_MetaNetwork):
         self.trunk_in = tf.Variable(glorot([d, config.hyper_units]), name="g_trunk_in")
         self.trunk_out = tf.Variable(glorot([d, config.hyper_units]), name="g_trunk_out")
         self.trunk_bias = tf.Variable(tf.zeros([config.hyper_units]), name="g_trunk_bias")
-        # The head's second output starts at softplus^-1 of a small scale: w | z starts nearly deterministic,
-        # as the mean-field layers' posteriors do, and the data decide how much noise the weights keep.
+        # The heads start at zero weights, so at initialization the tanh part adds nothing to the weights' means:
+        # its mean over codes is common to every weight of a layer, and summed over a layer's inputs it made the
+        # first outputs tens of target deviations large (and the noise head's scales tiny), a first step whose
+        # gradients left the ReLUs dead and the network constant (see the class docstring). The second output starts
+        # at softplus^-1 of a small scale: w | z starts nearly deterministic, as the mean-field layers' posteriors
+        # do, and the data decide how much noise the weights keep.
         head_bias = tf_keras.initializers.Constant([0.0, INIT_WEIGHT_RHO])
-        self.heads = [tf_keras.layers.Dense(2, bias_initializer=head_bias, name=f"g_head_{l}")
+        self.heads = [tf_keras.layers.Dense(2, kernel_initializer="zeros", bias_initializer=head_bias,
+                                            name=f"g_head_{l}")
                       for l in range(len(self.widths) - 1)]
         for head in self.heads:
             head.build([None, config.hyper_units])
         # A bilinear term per layer, z_i^T M_l z_j, gives g a rank-D skeleton of every weight matrix at n_in * n_out
-        # * D flops; with M_l = I / sqrt(D) and codes drawn from the prior it alone gives He initialization's
-        # variance (the tanh head adds its own).
-        self.bilinear = [tf.Variable(tf.eye(d) / math.sqrt(d), name=f"g_bilinear_{l}")
+        # * D flops. With M_l = I / sqrt(D) and codes drawn from the prior, the weights it makes have mean zero,
+        # are uncorrelated across pairs and have He initialization's variance; the output layer's starts
+        # OUTPUT_GAIN times smaller, so the first predictions are near the targets' mean with noise scales near
+        # softplus(0) instead of anywhere in (1e-3, 20).
+        last = len(self.widths) - 2
+        self.bilinear = [tf.Variable(tf.eye(d) / math.sqrt(d) * (OUTPUT_GAIN if l == last else 1.0),
+                                     name=f"g_bilinear_{l}")
                          for l in range(len(self.widths) - 1)]
 
     def posterior(self) -> list:
@@ -270,22 +310,20 @@ class _Coupling(tf.Module):
         return shift, tf.tanh(log_scale)  # bounded log-scales keep the flow well conditioned
 
 
-class BayesianHypernetwork(_MetaNetwork):
-    """A weight-normalized network whose per-unit scales have a normalizing-flow posterior."""
+class BayesianHypernetwork(bayesian_dense.BayesianNetwork):
+    """A mean-field Gaussian network whose units' pre-activations are scaled by c, with a normalizing-flow q(c)."""
 
     def __init__(self, config: Config, input_shape, task: str, output_dim: int):
-        super().__init__(config, input_shape, task, output_dim, name="bayesian_hypernetwork")
-        self.directions, self.biases = [], []
-        for l in range(len(self.widths) - 1):
-            self.directions.append(tf.Variable(
-                tf.random.normal([self.widths[l], self.widths[l + 1]]), name=f"v_{l}"))
-            self.biases.append(tf.Variable(tf.zeros([self.widths[l + 1]]), name=f"b_{l}"))
-        self.num_scales = sum(self.widths[1:])
-        g = self.num_scales
+        dense = bayesian_dense.Config(estimator="local_reparameterization", hidden_units=config.hidden_units,
+                                      head=config.head, mc_samples=config.mc_samples)
+        super().__init__(dense, input_shape, task, output_dim, name="bayesian_hypernetwork")
+        self.config = config
+        self.widths = [layer.units for layer in self.hidden_layers]
+        g = self.num_scales = sum(self.widths)
         self.couplings = [_Coupling(g // 2, g - g // 2, config.hyper_units, f"coupling_{k}")
                           for k in range(config.flow_layers)]
-        # Scales start near sqrt(2) (He initialization of unit-norm directions) with a small spread.
-        self.scale_shift = tf.Variable(tf.fill([g], math.sqrt(2.0)), name="scale_shift")
+        # The scales start at 1 with a small spread: the network starts as the mean-field network's start.
+        self.scale_shift = tf.Variable(tf.ones([g]), name="scale_shift")
         self.scale_rho = tf.Variable(tf.fill([g], _softplus_inverse(config.init_code_scale)), name="scale_rho")
 
     def flow(self) -> tfb.Bijector:
@@ -298,48 +336,57 @@ class BayesianHypernetwork(_MetaNetwork):
                 parts.append(tfb.Permute(list(reversed(range(g)))))
         return tfb.Chain(parts)  # Chain applies the last part first
 
-    def posterior(self) -> tfd.Distribution:
+    def scale_posterior(self) -> tfd.Distribution:
         """q(c): the base N(0, I_G) pushed through `flow()`; `log_prob` is exact by change of variables."""
         base = tfd.MultivariateNormalDiag(tf.zeros([self.num_scales]), tf.ones([self.num_scales]))
         return tfd.TransformedDistribution(base, self.flow())
 
-    def prior(self) -> tfd.Distribution:
-        return tfd.MultivariateNormalDiag(tf.zeros([self.num_scales]),
+    def scale_prior(self) -> tfd.Distribution:
+        """p(c) = N(1, s^2 I): every unit's scale near 1, s = `Config.prior_scale`."""
+        return tfd.MultivariateNormalDiag(tf.ones([self.num_scales]),
                                           tf.fill([self.num_scales], float(self.config.prior_scale)))
 
+    def _per_layer(self, scales) -> list:
+        """Scales [S, G] -> per layer [S, units]."""
+        return tf.split(scales, self.widths, axis=-1) + [None]
+
+    def _scale_kl(self, scales, log_q) -> tf.Tensor:
+        """Monte Carlo KL(q(c) || p(c)) = E_q[log q(c) - log p(c)] from draws `scales` [S, G] and their log q."""
+        return tf.reduce_mean(log_q - self.scale_prior().log_prob(scales))
+
+    def training_outputs_and_kl(self, x, num_samples, seed, kl_seed):
+        """Outputs [S, batch, head_units] by local reparameterization given each sample's scales (per-example
+        noise), and KL(q(V) q(b) || p) in closed form plus the flow's KL, estimated with the same scale draws."""
+        del kl_seed
+        scale_seed, forward_seed = tf.unstack(tfp.random.split_seed(seed, 2))
+        scales, log_q = self.scale_posterior().experimental_sample_and_log_prob(num_samples, seed=scale_seed)
+        posteriors = [layer.posterior_parameters(with_kl=True) for layer in self.layers_with_posterior]
+        outputs = self.forward(x, num_samples, forward_seed, "local_reparameterization", posteriors,
+                               unit_scales=self._per_layer(scales))
+        return outputs, tf.add_n([q.kl for q in posteriors]) + self._scale_kl(scales, log_q)
+
+    def training_outputs(self, x, num_samples, seed) -> tf.Tensor:
+        return self.training_outputs_and_kl(x, num_samples, seed, None)[0]
+
+    def predictive_outputs(self, x, num_samples, seed) -> tf.Tensor:
+        """The mean-field network's predictive route (exact per example, chunked) with S scale draws."""
+        scale_seed, forward_seed = tf.unstack(tfp.random.split_seed(seed, 2))
+        scales = self.scale_posterior().sample(num_samples, seed=scale_seed)
+        return super().predictive_outputs(x, num_samples, forward_seed, unit_scales=self._per_layer(scales))
+
+    @property
+    def supports_moments(self) -> bool:
+        """Moment propagation would drop the scales' correlation across units: not offered."""
+        return False
+
     def kl(self, seed=None, num_samples=None) -> tf.Tensor:
-        """Monte Carlo KL(q || p) = E_q[log q(c) - log p(c)] from `num_samples` draws."""
-        scales, log_q = self.posterior().experimental_sample_and_log_prob(num_samples or 1, seed=seed)
-        return tf.reduce_mean(log_q - self.prior().log_prob(scales))
+        """KL(q || p): the weights' in closed form, the scales' by Monte Carlo from `num_samples` draws."""
+        scales, log_q = self.scale_posterior().experimental_sample_and_log_prob(num_samples or 1, seed=seed)
+        return super().kl() + self._scale_kl(scales, log_q)
 
     def num_variational_parameters(self) -> int:
-        return sum(int(tf.size(v)) for c in self.couplings for v in c.trainable_variables) + 2 * self.num_scales
-
-    def forward(self, x, num_samples, seed, per_example_noise: bool = True) -> tf.Tensor:
-        """No noise below the weights: every example of a sample sees the same network, in training and in the
-        predictive alike. The predictive (`per_example_noise=False`) runs the samples a chunk at a time
-        (`bayesian_layers.over_sample_chunks`), the scales drawn whole and the first product x v (shared by all
-        samples) taken once, so it returns the same numbers as all samples at once."""
-        scales = self.posterior().sample(num_samples, seed=seed)  # [S, G]
-        directions = [v / tf.norm(v, axis=0, keepdims=True) for v in self.directions]
-        first = bayesian_layers.dense(self._flat_inputs(x), directions[0])  # [B, n_1], shared by all samples
-        offsets = np.cumsum([0] + list(self.widths[1:]))
-
-        def outputs(rows):
-            h = first
-            for l, (direction, b) in enumerate(zip(directions, self.biases)):
-                c = scales[rows, offsets[l]:offsets[l + 1]]
-                if l > 0:
-                    h = bayesian_layers.dense(h, direction)  # [k, B, n]
-                h = h * c[:, None, :] + b  # -> [k, B, width]
-                if l < len(directions) - 1:
-                    h = tf.nn.relu(h)
-            return h
-
-        if per_example_noise:  # training: no loop (gradients), a step draws few samples
-            return outputs(slice(0, num_samples))
-        chunk = bayesian_layers.sample_chunk(num_samples, tf.shape(first)[0], max(self.widths[1:]))
-        return bayesian_layers.over_sample_chunks(outputs, num_samples, chunk, [None, None, self.widths[-1]])
+        flow = sum(int(tf.size(v)) for c in self.couplings for v in c.trainable_variables) + 2 * self.num_scales
+        return super().num_variational_parameters() + flow
 
 
 def build_model(config: Config, dataset):

@@ -74,14 +74,16 @@ def define_shared_flags(**defaults) -> None:
     flags.mark_flag_as_required("workdir")
 
 
-def train_config_from_flags() -> config_lib.TrainConfig:
-    """The shared flags as a validated `TrainConfig`.
+def train_config_from_flags(**fallbacks) -> config_lib.TrainConfig:
+    """The shared flags as a validated `TrainConfig`; `fallbacks` gives the values of flags left at None (a family
+    whose default depends on another of its flags defines the shared flag with a None default).
 
     A family whose default budget is `--train_steps` (steps fit data sets of any size) still trains for
     `--epochs` when that is given and `--train_steps` is not; given both (say `--epochs` in a flagfile and
     `--train_steps` on the command line), a positive `--train_steps` decides, as its help says.
     """
     fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(config_lib.TrainConfig)}
+    fields.update({name: value for name, value in fallbacks.items() if fields[name] is None})
     if FLAGS["epochs"].present and not FLAGS["train_steps"].present:
         fields["train_steps"] = 0
     return config_lib.TrainConfig(**fields).validate()

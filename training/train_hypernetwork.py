@@ -12,9 +12,13 @@ from models import bayesian_dense, hypernetwork
 from training import flags as flags_lib
 from training import train_lib
 
-# Gradient clipping: codes, hypernetwork and bilinear maps multiply, and without it a run can blow up.
-flags_lib.define_shared_flags(dataset="uci/concrete", train_steps=10000, batch_size=32, learning_rate=1e-2,
-                              clip_norm=1.0)
+# --learning_rate's default depends on --variant (hypernetwork.TRAINING_DEFAULTS); the rest are the same for both.
+_DEFAULTS = hypernetwork.TRAINING_DEFAULTS["meta_representation"]
+flags_lib.define_shared_flags(dataset="uci/concrete", train_steps=_DEFAULTS["train_steps"],
+                              batch_size=_DEFAULTS["batch_size"], clip_norm=_DEFAULTS["clip_norm"],
+                              learning_rate=None)
+flags.FLAGS["learning_rate"].help += " Default by --variant: " + ", ".join(
+    f"{variant} {defaults['learning_rate']:g}" for variant, defaults in hypernetwork.TRAINING_DEFAULTS.items()) + "."
 flags.DEFINE_enum("variant", "meta_representation", list(hypernetwork.VARIANTS),
                   "meta_representation (Karaletsos et al. 2018) or bayesian_hypernetwork (Krueger et al. 2017).")
 flags.DEFINE_list("hidden_units", [], "Hidden widths of the target network (default: as the Bayesian dense "
@@ -24,15 +28,16 @@ flags.DEFINE_integer("code_dim", 8, "meta_representation: size D of each unit's 
 flags.DEFINE_integer("hyper_units", 32, "Hidden width of the hypernetwork g or of each flow coupling.",
                      lower_bound=1)
 flags.DEFINE_integer("flow_layers", 4, "bayesian_hypernetwork: RealNVP couplings.", lower_bound=1)
-flags.DEFINE_float("prior_scale", 1.0, "bayesian_hypernetwork: s of the N(0, s^2) prior on unit scales.")
+flags.DEFINE_float("prior_scale", 0.1, "bayesian_hypernetwork: s of the N(1, s^2) prior on unit scales.")
 flags.DEFINE_float("init_code_scale", None, "Initial posterior standard deviation of codes or scales "
-                   "(default: 0.05 for meta_representation, 0.1 for bayesian_hypernetwork).")
+                   "(default: 0.05 for meta_representation, 0.01 for bayesian_hypernetwork).")
 flags.DEFINE_integer("mc_samples", 1, "Posterior samples per training step.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
 def main():
-    train_config = flags_lib.train_config_from_flags()
+    train_config = flags_lib.train_config_from_flags(
+        learning_rate=hypernetwork.TRAINING_DEFAULTS[FLAGS.variant]["learning_rate"])
     model_config = flags_lib.model_config(
         hypernetwork.Config, variant=FLAGS.variant, head=FLAGS.head, code_dim=FLAGS.code_dim,
         hyper_units=FLAGS.hyper_units, flow_layers=FLAGS.flow_layers, prior_scale=FLAGS.prior_scale,
