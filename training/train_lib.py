@@ -562,9 +562,14 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
     def run_steps(next_batch, num_steps):
         totals = {"loss": tf.constant(0.0, tf.float64), "nll": tf.constant(0.0, tf.float64),
                   "kl": tf.constant(0.0, tf.float64)}
-        for i in tf.range(num_steps):
+        # A while loop, not `for i in tf.range(num_steps)`: traced for XLA, a for loop over a range takes the
+        # range's length as its maximum_iterations, a compile-time constant, so every call length would be
+        # compiled anew (seconds each).
+        i = tf.constant(0, num_steps.dtype)
+        while i < num_steps:
             out = one_step(next_batch(i))
             totals = {k: totals[k] + tf.cast(out[k], tf.float64) for k in totals}
+            i += 1
         return totals
 
     @tf.function(jit_compile=True)

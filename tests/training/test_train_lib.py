@@ -173,14 +173,16 @@ def test_a_rerun_finds_its_compiled_steps_in_the_persistent_xla_cache(tmp_path, 
     def train(name):
         done = subprocess.run(
             [sys.executable, "-m", "training.train_bnn", "--dataset=uci/concrete", f"--data_dir={data_dir}",
-             f"--workdir={tmp_path / name}", "--train_steps=20", "--hidden_units=8", "--num_samples=10",
-             "--jit_compile"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+             f"--workdir={tmp_path / name}", "--train_steps=12", "--steps_per_execution=8", "--hidden_units=8",
+             "--num_samples=2", "--train_eval_examples=0", "--jit_compile"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
 
     first = train("a")
     (directory,) = {p.parent for p in (tmp_path / "cache").rglob("xla_compile_cache*")}
     assert directory.parent == tmp_path / "cache" / "vizoo" and directory.name.startswith("xla-tf2.")
+    assert len(first) == 1  # calls of 8 and 4 steps (28 an epoch): one computation, compiled once
     assert train("b") == first  # compiled nothing new, rewrote nothing
 
 
