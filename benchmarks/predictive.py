@@ -23,12 +23,12 @@ hypernetwork adds its flow's couplings per sample; the meta-representation gener
 it counts g's output head and bilinear term over all unit pairs and one product per layer per sample; the VAE,
 the encoder once and the decoder per sample; the linear models, phi . m and phi^T S phi, with no sample at all).
 Biases, elementwise passes, random numbers and the statistics count nothing. The floor in milliseconds is that count
-divided by the machine's GEMM rate, measured in the same rounds as the row: a [1024, 1024] x [1024, 1024] float32
-product is one more call of each round. `ours / floor` is how far the signature is from pure arithmetic at that
-rate: near 1 where the products dominate; large where per-call overhead (small batches, see (b)) or elementwise work
-(narrow layers, the interval's search, the meta-representation's tanh over all unit pairs) dominates. Local
-reparameterization takes two products per layer (means and variances), so a deep mean-field network whose time is
-its products sits near 2.
+divided by the machine's GEMM rate, measured in the same rounds as the row: the median time of a [1024, 1024] x
+[1024, 1024] float32 product timed before every call of the row's rounds. `ours / floor` is how far the signature
+is from its products at that rate: between 1 and 2 where the products dominate (local reparameterization takes two
+per layer, means and variances; a product of another shape may run faster than the reference one); far above where
+per-call overhead (small batches, see (b)) or elementwise work (narrow layers, the interval's search, the
+meta-representation's tanh over all unit pairs) dominates.
 
 `predict_moments` is measured against the per-sample loop (`loop / moments`): it samples only the outputs, so its
 cost does not grow with S as the exact signatures' does.
@@ -287,26 +287,38 @@ def floor_multiply_adds(setting: str, model, batch: int, num_samples: int) -> in
     return count
 
 
-def interleaved_medians(fns: dict, budget: float = 1.0, min_rounds: int = 3, max_rounds: int = 50) -> dict:
+def interleaved_medians(fns: dict, budget: float = 1.0, min_rounds: int = 3, max_rounds: int = 50,
+                        probe=None) -> dict:
     """Median wall time of each fn() in `fns` (name -> fn), timed in alternation: one call of each per round.
 
     After one warm-up call each, rounds run until every fn has `min_rounds` calls and the rounds have taken
-    `budget` seconds per fn (or `max_rounds`). Alternating makes each ratio between two fns robust to the
-    machine's speed drifting during the run (a shared 2-core VM here: the same call can read 20 ms in one
-    minute and 35 ms in the next); timing each fn in a block of its own would fold that drift into the ratio.
+    `budget` seconds per fn (or `max_rounds`). Alternating makes each ratio between two fns robust to the speed of
+    a shared machine drifting during the run; timing each fn in a block of its own would fold that drift into the
+    ratio. `probe`, if given, is also timed before every call (its median under the key "probe"): a short reference
+    computation sampled as often as the calls it is compared with, even when a round is a single slow one.
     """
     for fn in fns.values():
         fn()
+    if probe is not None:
+        probe()
     times = {name: [] for name in fns}
+    probes = []
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() - start < budget * len(fns) and rounds < max_rounds):
         for name, fn in fns.items():
+            if probe is not None:
+                t = time.perf_counter()
+                probe()
+                probes.append(time.perf_counter() - t)
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
         rounds += 1
-    return {name: float(np.median(values)) for name, values in times.items()}
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    if probe is not None:
+        medians["probe"] = float(np.median(probes))
+    return medians
 
 
 def main():
@@ -326,8 +338,12 @@ def main():
     gemm = tf.function(lambda: tf.matmul(gemm_a, gemm_b))
     print(f"machine: {os.cpu_count()} cores; TensorFlow {tf.__version__}; medians of calls timed in alternation; "
           f"floor: the products S samples cannot avoid at the GEMM rate of a [{GEMM_SIZE}, {GEMM_SIZE}] x "
-          f"[{GEMM_SIZE}, {GEMM_SIZE}] float32 product timed in the same rounds; "
-          f"S in {{{args.samples}}}, batches {{{args.batches}}}{', --jit_compile' if args.jit_compile else ''}\n")
+          f"[{GEMM_SIZE}, {GEMM_SIZE}] float32 product timed before every call of the row's rounds")
+    run = f"S in {{{args.samples}}}, batches {{{args.batches}}}"
+    default = f"S in {{{','.join(map(str, SAMPLES))}}}, batches {{{','.join(map(str, BATCHES))}}}"
+    if run != default:
+        run += f" (a shorter configuration than the default, {default})"
+    print(run + (", --jit_compile" if args.jit_compile else "") + "\n")
     summary, rates = [], []
     for setting in args.settings.split(","):
         family, input_shape, outputs, hidden, task = SETTINGS[setting]
@@ -369,7 +385,7 @@ def main():
                 for s in [int(v) for v in args.samples.split(",")]:
                     seed = tf.constant([1, 2], tf.int32)
                     fns = {"ours": lambda: signature(x=x, num_samples=tf.constant(s), seed=seed),
-                           "loop": lambda: loop(x, s), "det": lambda: deterministic(x), "gemm": gemm}
+                           "loop": lambda: loop(x, s), "det": lambda: deterministic(x)}
                     if moments is not None:
                         fns["moments"] = lambda: moments(x=x, num_samples=tf.constant(s), seed=seed)
                     xla_cell = " — |" if args.jit_compile else ""
@@ -382,9 +398,9 @@ def main():
                             del fns["xla"]
                             xla_cell = " does not compile |"
                     # The loop at S = 1000 takes up to a minute a call: one round of everything there.
-                    t = interleaved_medians(fns, args.budget, min_rounds=1 if s > 100 else 3)
+                    t = interleaved_medians(fns, args.budget, min_rounds=1 if s > 100 else 3, probe=gemm)
                     ours, baseline, det = t["ours"], t["loop"], t["det"]
-                    rate = GEMM_SIZE ** 3 / t["gemm"]  # multiply-adds per second
+                    rate = GEMM_SIZE ** 3 / t["probe"]  # multiply-adds per second
                     rates.append(rate)
                     floor = floor_multiply_adds(setting, model, batch, s) / rate
                     row = (f"| {batch} | {s} | {1e3 * ours:.2f} | {_significant(1e3 * floor)} | "
