@@ -19,6 +19,21 @@ def _data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("VIZOO_DATA_DIR", SHARED / "datasets")).resolve()
 
 
+def pytest_collection_modifyitems(items):
+    """Longest first: modules with tests marked `slow` run before the others and, in each, those tests first, so
+    that `pytest -n 2` ends on short tests and its two workers finish together. A module's tests stay together
+    (its module-scoped fixtures are built once per worker)."""
+    def module(item):
+        return getattr(item, "module", None) or item.path
+
+    position = {}
+    for item in items:
+        position.setdefault(module(item), len(position))
+    slow_modules = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (module(item) not in slow_modules, position[module(item)],
+                                 item.get_closest_marker("slow") is None))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
     """The offline datasets (`../shared/datasets` in CI). Tests never download."""

@@ -137,6 +137,7 @@ def test_full_batch_epochs_grouped_into_one_call_train_exactly_as_one_call_per_s
     assert grouped_epochs == [31, 63, 69]  # epoch-end work once per call, at the call's last epoch
 
 
+@pytest.mark.slow
 def test_compiled_steps_train_like_uncompiled_and_resume_exactly(tmp_path, data_dir):
     """--jit_compile runs each call's steps as one XLA computation on batches padded to --steps_per_execution:
     calls of every length (epoch ends, a resumed run) must train exactly as one uninterrupted run."""
@@ -166,6 +167,7 @@ def test_compiled_steps_train_like_uncompiled_and_resume_exactly(tmp_path, data_
     assert abs(losses[-1] - plain_losses[-1]) < 0.15 * abs(plain_losses[-1])
 
 
+@pytest.mark.slow
 def test_a_rerun_finds_its_compiled_steps_in_the_persistent_xla_cache(tmp_path, data_dir):
     env = dict(_env(), XDG_CACHE_HOME=str(tmp_path / "cache"))
     env.pop("TF_XLA_FLAGS", None)
@@ -408,6 +410,7 @@ def test_mirrored_strategy_on_two_logical_cpus_trains_like_one_device(tmp_path, 
     assert mirrored["train/elbo"] == pytest.approx(default["train/elbo"], abs=0.02)
 
 
+@pytest.mark.slow
 def test_seed_fixes_initialization_and_draws_across_processes(tmp_path, data_dir):
     # Three processes at once (most of each is importing TensorFlow): the seed alone must fix the result.
     runs = {name: subprocess.Popen(
