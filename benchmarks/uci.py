@@ -178,6 +178,8 @@ def main():
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--splits", type=int, default=0, help="first N splits only (0: all)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--reference", default="", help="a family to compare the others with, split by split "
+                        "(test NLL differences)")
     parser.add_argument("extra_flags", nargs="*", help="more flags for every binary, after --")
     args = parser.parse_args()
 
@@ -201,7 +203,26 @@ def main():
         f"{f} {sum(s) / len(s):.1f}" if s else f"{f} —" for f, s in seconds.items()))
     print("splits per dataset: " + ", ".join(
         f"{d} {len([j for j in jobs if j[1] == d]) // len(families)}" for d in datasets))
+    if args.reference:
+        print(f"\nTest NLL against {args.reference}, split by split (positive: worse than {args.reference}):\n")
+        print(comparison(finished, args.reference, [f for f in families if f != args.reference], datasets))
     print_failures(failed)
+
+
+def comparison(finished: dict, reference: str, others, datasets) -> str:
+    """A markdown table: per dataset and family, the mean over splits of test NLL minus the reference family's
+    on the same split, and the largest such difference (the worst split)."""
+    header = ["dataset", "splits"] + [f"{f}: mean, worst split" for f in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in datasets:
+        splits = sorted(k for (f, dd, k) in finished if f == reference and dd == d)
+        row = [d, str(len(splits))]
+        for f in others:
+            gaps = [finished[(f, d, k)]["test/nll"] - finished[(reference, d, k)]["test/nll"]
+                    for k in splits if (f, d, k) in finished]
+            row.append(f"{sum(gaps) / len(gaps):+.3f}, {max(gaps):+.3f}" if gaps else "—")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def print_failures(failed: dict) -> None:
