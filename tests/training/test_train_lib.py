@@ -18,6 +18,8 @@ from serving import process
 from training import config as config_lib
 from training import train_lib
 
+from tests.training import binaries
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -27,9 +29,9 @@ def _env():
     return env
 
 
-def _train_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "training.train_linear_regression", *args], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=300, **kwargs)
+def _train_cli(*args):
+    """`python -m training.train_linear_regression *args`, forked from a process that has imported TensorFlow."""
+    return binaries.run("training.train_linear_regression", args, _env(), REPO)
 
 
 def _config(tmp_path, **overrides):
@@ -343,23 +345,21 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path, 
             "--batch_size=64", "--checkpoint_every_steps=40", "--num_samples=20", "--seed=11",
             "--train_eval_examples=500"]
     # The uninterrupted reference: the same binary and flags, trained meanwhile in its own process.
+    binary = "training.train_linear_regression"
     reference_log = tmp_path / "reference.log"
-    with open(reference_log, "w") as log:
-        reference = subprocess.Popen([sys.executable, "-m", "training.train_linear_regression", *args,
-                                      f"--workdir={tmp_path / 'reference'}"], cwd=REPO, env=_env(),
-                                     stdout=subprocess.DEVNULL, stderr=log)
+    reference = binaries.Run(binary, [*args, f"--workdir={tmp_path / 'reference'}"], _env(), REPO,
+                             stdout=os.devnull, stderr=reference_log)
     try:
         workdir = tmp_path / "killed"
-        proc = subprocess.Popen([sys.executable, "-m", "training.train_linear_regression", *args,
-                                 f"--workdir={workdir}"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = binaries.Run(binary, [*args, f"--workdir={workdir}"], _env(), REPO, stdout=os.devnull,
+                            stderr=os.devnull)
         # Killed once a checkpoint is recorded as saved (the manager's `checkpoint` file, written atomically after
         # it): the kill may land mid-write of the next one, which resuming must skip.
         deadline = time.time() + 120
         while time.time() < deadline and not (workdir / "checkpoints" / "checkpoint").exists():
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.kill()
+        assert proc.wait() == -signal.SIGKILL
         steps = sorted(int(p.stem.split("-")[1]) for p in (workdir / "checkpoints").glob("ckpt-*.index"))
         assert steps and steps[-1] < 10 * (7373 // 64), "the run finished before it could be killed"
         assert not (workdir / "metrics.json").exists()
@@ -373,9 +373,7 @@ def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path, 
         for name in ("test/nll", "test/rmse", "train/elbo"):
             assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-9), name
     finally:
-        if reference.poll() is None:  # a failure above leaves no training behind
-            reference.kill()
-
+        reference.close()  # a failure above leaves no training behind
 
 MIRRORED_SCRIPT = """
 import json, sys
@@ -443,12 +441,16 @@ def test_two_workers_on_loopback_train_like_one_worker(tmp_path, data_dir):
     workers = []
     for index in range(2):
         env = dict(_env(), TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "training.train_linear_regression", *args, "--strategy=multi_worker",
-             f"--workdir={tmp_path / 'cluster'}", f"--export_base={tmp_path / 'export'}"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    errors = [w.communicate(timeout=600)[1] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+        workers.append(binaries.Run(
+            "training.train_linear_regression", [*args, "--strategy=multi_worker", f"--workdir={tmp_path / 'cluster'}",
+                                                 f"--export_base={tmp_path / 'export'}"], env, REPO))
+    try:
+        done = [w.result(timeout=600) for w in workers]
+    finally:
+        for w in workers:
+            w.close()
+    errors = [d.stderr for d in done]
+    assert [d.returncode for d in done] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     for index, log in enumerate(errors):
         assert f"task_id = {index}, num_workers = 2" in log  # both joined one cluster of two
     two = json.loads((tmp_path / "cluster/metrics.json").read_text())  # written by the chief only
@@ -569,10 +571,9 @@ def test_workdir_and_export_base_expand_the_home_directory(tmp_path, monkeypatch
 def test_epochs_given_alone_override_a_family_default_of_steps(tmp_path, data_dir):
     # train_bnn's default budget is --train_steps=10000; --epochs on the command line must still be obeyed.
     def bnn(*args):
-        return subprocess.run([sys.executable, "-m", "training.train_bnn", f"--data_dir={data_dir}",
-                               "--dataset=uci/yacht", f"--workdir={tmp_path / 'work'}", "--num_samples=4",
-                               "--hidden_units=4", *args], cwd=REPO, env=_env(), capture_output=True, text=True,
-                              timeout=300)
+        return binaries.run("training.train_bnn", [f"--data_dir={data_dir}", "--dataset=uci/yacht",
+                                                   f"--workdir={tmp_path / 'work'}", "--num_samples=4",
+                                                   "--hidden_units=4", *args], _env(), REPO)
     result = bnn("--epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "work/config.json").read_text())["train_steps"] == 0
