@@ -46,9 +46,10 @@ bijectors), c = f(eps), so q(c) has the exact density
 The prior p(c) = N(1, s^2 I) says that units' scales vary around 1 by about s, so the prior over W is a Gaussian
 scale mixture whose weights into one unit share their scale; q(c) can correlate the scales of all units, which a
 mean-field posterior cannot. The KL is KL(q(V) q(b) || p) in closed form plus KL(q(c) || p(c)) = E_q[log q(c) -
-log p(c)], estimated with the same draws of c as the likelihood (unbiased). Given c, every pre-activation of one
-example is Gaussian, so training samples it by local reparameterization and the predictive takes the mean-field
-network's exact route (`models.bayesian_dense`), each sample's units scaled by its c.
+log p(c)], estimated with the same draws of c as the likelihood (unbiased). Given c, the weights are the
+mean-field network's times fixed scales, so a training step samples them with its estimator (flipout by default)
+and the predictive takes its exact route (`models.bayesian_dense`: given c every pre-activation of one example is
+Gaussian), each sample's units scaled by its c.
 
 Three choices make it hold on small data: the mean-field part carries the uncertainty where the data are silent
 (a posterior over the scales alone, with point-estimate directions and biases as in Krueger et al., is confidently
@@ -113,6 +114,8 @@ class Config:
       init_code_scale: initial posterior standard deviation of the codes (meta_representation) or of the flow's
         base scales (bayesian_hypernetwork); None picks the variant's default.
       mc_samples: posterior samples per training step.
+      estimator: how a training step samples the mean-field weights given the scales (bayesian_hypernetwork;
+        `models.bayesian_layers`): flipout, as the mean-field network, by default.
     """
 
     variant: str = "meta_representation"
@@ -124,9 +127,10 @@ class Config:
     prior_scale: float = 0.1
     init_code_scale: Optional[float] = None
     mc_samples: int = 1
+    estimator: str = "flipout"
 
     def __post_init__(self):
-        for name, allowed in (("variant", VARIANTS), ("head", HEADS)):
+        for name, allowed in (("variant", VARIANTS), ("head", HEADS), ("estimator", bayesian_layers.ESTIMATORS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         self.hidden_units = bayesian_layers.layer_widths(self.hidden_units)
@@ -314,7 +318,7 @@ class BayesianHypernetwork(bayesian_dense.BayesianNetwork):
     """A mean-field Gaussian network whose units' pre-activations are scaled by c, with a normalizing-flow q(c)."""
 
     def __init__(self, config: Config, input_shape, task: str, output_dim: int):
-        dense = bayesian_dense.Config(estimator="local_reparameterization", hidden_units=config.hidden_units,
+        dense = bayesian_dense.Config(estimator=config.estimator, hidden_units=config.hidden_units,
                                       head=config.head, mc_samples=config.mc_samples)
         super().__init__(dense, input_shape, task, output_dim, name="bayesian_hypernetwork")
         self.config = config
@@ -355,13 +359,14 @@ class BayesianHypernetwork(bayesian_dense.BayesianNetwork):
         return tf.reduce_mean(log_q - self.scale_prior().log_prob(scales))
 
     def training_outputs_and_kl(self, x, num_samples, seed, kl_seed):
-        """Outputs [S, batch, head_units] by local reparameterization given each sample's scales (per-example
-        noise), and KL(q(V) q(b) || p) in closed form plus the flow's KL, estimated with the same scale draws."""
+        """Outputs [S, batch, head_units] through `Config.estimator` given each sample's scales (noise per example
+        below the scales), and KL(q(V) q(b) || p) in closed form plus the flow's KL, estimated with the same
+        scale draws."""
         del kl_seed
         scale_seed, forward_seed = tf.unstack(tfp.random.split_seed(seed, 2))
         scales, log_q = self.scale_posterior().experimental_sample_and_log_prob(num_samples, seed=scale_seed)
         posteriors = [layer.posterior_parameters(with_kl=True) for layer in self.layers_with_posterior]
-        outputs = self.forward(x, num_samples, forward_seed, "local_reparameterization", posteriors,
+        outputs = self.forward(x, num_samples, forward_seed, self.config.estimator, posteriors,
                                unit_scales=self._per_layer(scales))
         return outputs, tf.add_n([q.kl for q in posteriors]) + self._scale_kl(scales, log_q)
 

@@ -8,7 +8,7 @@
 
 from absl import flags
 
-from models import bayesian_dense, hypernetwork
+from models import bayesian_dense, bayesian_layers, hypernetwork
 from training import flags as flags_lib
 from training import train_lib
 
@@ -32,6 +32,8 @@ flags.DEFINE_float("prior_scale", 0.1, "bayesian_hypernetwork: s of the N(1, s^2
 flags.DEFINE_float("init_code_scale", None, "Initial posterior standard deviation of codes or scales "
                    "(default: 0.05 for meta_representation, 0.01 for bayesian_hypernetwork).")
 flags.DEFINE_integer("mc_samples", 1, "Posterior samples per training step.", lower_bound=1)
+flags.DEFINE_enum("estimator", "flipout", list(bayesian_layers.ESTIMATORS), "bayesian_hypernetwork: gradient "
+                  "estimator of the mean-field weights given the scales.")
 FLAGS = flags.FLAGS
 
 
@@ -41,7 +43,7 @@ def main():
     model_config = flags_lib.model_config(
         hypernetwork.Config, variant=FLAGS.variant, head=FLAGS.head, code_dim=FLAGS.code_dim,
         hyper_units=FLAGS.hyper_units, flow_layers=FLAGS.flow_layers, prior_scale=FLAGS.prior_scale,
-        init_code_scale=FLAGS.init_code_scale, mc_samples=FLAGS.mc_samples,
+        init_code_scale=FLAGS.init_code_scale, mc_samples=FLAGS.mc_samples, estimator=FLAGS.estimator,
         hidden_units=FLAGS.hidden_units or bayesian_dense.default_hidden_units(train_config.dataset))
     train_lib.train_and_evaluate(train_config, model_config, hypernetwork.build_model)
 
