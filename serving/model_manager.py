@@ -37,9 +37,6 @@ from absl import logging
 
 from serving import errors
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-# TF Serving refuses warmup files with more records than this (`WarmupConsts::kMaxNumRecords`).
-MAX_WARMUP_RECORDS = 1000
 _INT64_MAX = 2 ** 63 - 1
 
 
@@ -365,13 +362,13 @@ class ModelManager:
 
     Args:
       options: `ManagerOptions`.
-      warmup: called with each freshly loaded `LoadedModel` and the path of its warmup file
-        when warmup is enabled and the file exists; raising fails the load.
+      warmup: called with each freshly loaded `LoadedModel` when warmup is enabled (`warmup.warm_up`
+        replays its warmup file); raising fails the load.
       on_run: metrics hook, called after every graph run with (model, signature, batch size).
     """
 
     def __init__(self, options: ManagerOptions,
-                 warmup: Optional[Callable[[LoadedModel, str], None]] = None,
+                 warmup: Optional[Callable[[LoadedModel], None]] = None,
                  on_run: Optional[Callable[[str, str, int], None]] = None):
         self._options = options
         self._warmup = warmup
@@ -608,10 +605,8 @@ class ModelManager:
             loaded = None
             try:
                 loaded = LoadedModel(name, entry.version, entry.path, self._options, self._on_run)
-                warmup_path = os.path.join(entry.path, WARMUP_FILE)
-                if (self._options.enable_model_warmup and self._warmup is not None
-                        and os.path.exists(warmup_path)):
-                    self._warmup(loaded, warmup_path)
+                if self._options.enable_model_warmup and self._warmup is not None:
+                    self._warmup(loaded)
                 error = None
                 break
             except Exception as exc:  # pylint: disable=broad-except

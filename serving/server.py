@@ -402,6 +402,7 @@ class Server:
         from serving import model_manager  # pylint: disable=import-outside-toplevel
         from serving import monitoring as monitoring_lib  # pylint: disable=import-outside-toplevel
         from serving import servicer  # pylint: disable=import-outside-toplevel
+        from serving import warmup  # pylint: disable=import-outside-toplevel
 
         opts = self.options
         intra, inter = _session_threads(opts)  # checked with the other options, before any model loads
@@ -427,10 +428,10 @@ class Server:
 
         plane_box = {}
 
-        def warmup(loaded, path):
-            plane_box["plane"].warmup(loaded, path, manager_options.num_request_iterations_for_warmup)
+        def warm_up(loaded):
+            warmup.warm_up(plane_box["plane"], loaded, manager_options.num_request_iterations_for_warmup)
 
-        self.manager = model_manager.ModelManager(manager_options, warmup=warmup,
+        self.manager = model_manager.ModelManager(manager_options, warmup=warm_up,
                                                   on_run=self.metrics.on_run)
         self.plane = servicer.DataPlane(self.manager, limits, self._batcher,
                                         opts.enable_signature_method_name_check, self.metrics,

@@ -32,7 +32,6 @@ from tensorflow_serving.apis import regression_pb2
 from serving import batching
 from serving import codec
 from serving import errors
-from serving.model_manager import MAX_WARMUP_RECORDS
 from serving.model_manager import ModelManager
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -548,55 +547,6 @@ class DataPlane:
                 raise errors.InvalidArgument(
                     f'Serving signature name: "{name}" not found in signature def')
             return {alias: info.dtype for alias, info in loaded.signature_defs[name].inputs.items()}
-
-    # ------------------------------------------------------------ warmup
-
-    def warmup(self, loaded, path: str, iterations: int = 1):
-        """Replays `assets.extra/tf_serving_warmup_requests` against a freshly loaded version.
-
-        The file is a TFRecord of `PredictionLog`s, each run `iterations` times; any failure
-        fails the load, as in TF Serving (`saved_model_warmup.cc`).
-        """
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=import-outside-toplevel
-
-        count = 0
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                log = prediction_log_pb2.PredictionLog()
-                try:
-                    log.ParseFromString(record.numpy())
-                except Exception:  # pylint: disable=broad-except
-                    raise errors.InvalidArgument(
-                        f"Failed to parse warmup record: {record.numpy()!r} from {path}") from None
-                count += 1
-                if count > MAX_WARMUP_RECORDS:
-                    raise errors.InvalidArgument(
-                        f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at "
-                        f"{path}")
-                for _ in range(max(iterations, 1)):
-                    self._replay(loaded, log)
-        except tf.errors.DataLossError as exc:
-            raise errors.DataLoss(
-                f"{exc.message}. Please verify your warmup data is in TFRecord format.") from None
-        logging.info("Finished reading warmup data for model at %s. Number of warmup records "
-                     "read: %d.", path, count)
-
-    def _replay(self, loaded, log):
-        kind = log.WhichOneof("log_type")
-        if kind == "predict_log":
-            self.predict_on(loaded, log.predict_log.request)
-        elif kind == "classify_log":
-            self.classify_on(loaded, log.classify_log.request)
-        elif kind == "regress_log":
-            self.regress_on(loaded, log.regress_log.request)
-        elif kind == "multi_inference_log":
-            self.multi_inference_on(loaded, log.multi_inference_log.request)
-        elif kind is not None:
-            # TF Serving names the oneof case by its number (session_run_log: 5); a record without a log_type
-            # is skipped, as it skips it.
-            raise errors.Unimplemented(
-                f"Unsupported log_type for warmup: {log.DESCRIPTOR.fields_by_name[kind].number}")
 
 
 def _alias_of(signature, tensor_name: str) -> str:

@@ -90,20 +90,16 @@ def build_mc_model(path, weight: float, warmup: bool = False):
 
 def write_warmup_file(path, xs):
     """`assets.extra/tf_serving_warmup_requests`: a TFRecord of PredictionLogs (Predict)."""
-    import tensorflow as tf
-    from serving import codec
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from serving import codec, warmup
+    from tensorflow_serving.apis import predict_pb2
 
-    directory = pathlib.Path(path) / "assets.extra"
-    directory.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(directory / "tf_serving_warmup_requests")) as writer:
-        for x in xs:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = MC_MODEL
-            request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(x))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+    requests = []
+    for x in xs:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MC_MODEL
+        request.inputs["x"].CopyFrom(codec.ndarray_to_tensor_proto(x))
+        requests.append(request)
+    warmup.write_warmup(path, requests)
 
 
 @pytest.fixture(scope="session")

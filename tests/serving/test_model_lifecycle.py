@@ -309,8 +309,8 @@ def test_a_version_whose_directory_is_removed_is_unloaded_under_any_policy(tmp_p
 
 def test_warmup_skips_a_record_without_a_request_and_refuses_a_session_run_log():
     from tensorflow_serving.apis import prediction_log_pb2
-    from serving import errors, servicer
-    replay = servicer.DataPlane._replay  # the two cases need no model
+    from serving import errors, warmup
+    replay = warmup.replay_record  # the two cases need no model
     replay(None, None, prediction_log_pb2.PredictionLog())  # skipped, as TF Serving skips it
     log = prediction_log_pb2.PredictionLog()
     log.session_run_log.SetInParent()
