@@ -51,6 +51,7 @@ from training import config as config_lib  # noqa: E402
 from training import data as data_lib  # noqa: E402
 from training import metrics as metrics_lib  # noqa: E402
 from training import train_lib  # noqa: E402
+from training import xla_cache  # noqa: E402
 
 tfd, tfpl = tfp.distributions, tfp.layers
 
@@ -198,8 +199,8 @@ def interleaved(setting, dataset, baseline_epoch, jit_compile):
 
 # Each family at the size its benchmark runs it: the UCI protocol's network, MNIST networks, Burda et al.'s VAE.
 SETTINGS = {
-    # A small network's step is mostly per-op dispatch: ours runs it compiled (--jit_compile), as README advises
-    # for small networks; `fit` stays uncompiled, its faster setting (its jit_compile slows it: --jit_compile).
+    # A small network's step is mostly per-op dispatch: ours runs it compiled (--jit_compile), as docs/training.md
+    # advises for small networks; `fit` stays uncompiled, its faster setting (its jit_compile slows it: --jit_compile).
     "bnn_uci": dict(family="bnn", dataset="uci/kin8nm", hidden=(50,), batch_size=32, learning_rate=1e-2,
                     epochs=40, estimator="flipout", jit_compile=True),
     "bnn_mnist": dict(family="bnn", dataset="mnist", hidden=(400, 400), batch_size=128, learning_rate=1e-3,
@@ -220,6 +221,7 @@ def main():
     parser.add_argument("--jit_compile", action="store_true",
                         help="compile both sides' training steps with XLA (ours: --jit_compile; fit: jit_compile)")
     args = parser.parse_args()
+    xla_cache.use_persistent_cache()  # as the training binaries do with --jit_compile, before TensorFlow's first op
     print(f"machine: {os.cpu_count()} cores; Adam, constant learning rate; examples per second after the first "
           f"epoch (the first epoch, with tracing, in parentheses); test ELBO per example, nats"
           f"{'; both sides compiled by XLA' if args.jit_compile else ''}\n")

@@ -14,6 +14,7 @@ from typing import Callable
 from absl import app, flags, logging
 
 from training import config as config_lib
+from training import xla_cache
 
 FLAGS = flags.FLAGS
 
@@ -124,4 +125,12 @@ def run_binary(main: Callable[[], object]) -> None:
             sys.stderr.write(f"error: training diverged: {e}\n")
             sys.exit(1)
 
-    app.run(_main)
+    def parse(argv):
+        argv = app.parse_flags_with_usage(argv)
+        if FLAGS.jit_compile:
+            # Before absl's init callbacks: TensorFlow's list its devices, which starts the runtime and has it read
+            # TF_XLA_FLAGS.
+            xla_cache.use_persistent_cache()
+        return argv
+
+    app.run(_main, flags_parser=parse)

@@ -51,6 +51,7 @@ from models import objective
 from training import config as config_lib
 from training import data as data_lib
 from training import metrics as metrics_lib
+from training import xla_cache
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
@@ -76,6 +77,10 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
       The metrics written to `<workdir>/metrics.json` (for `all`: mean and standard error over splits).
     """
     train_config.validate()
+    if train_config.jit_compile:
+        # For callers other than the binaries (which take it before absl starts TensorFlow's runtime): it counts
+        # only before TensorFlow's first op, when TensorFlow reads TF_XLA_FLAGS.
+        xla_cache.use_persistent_cache()
     _check_split_layout(pathlib.Path(train_config.workdir).expanduser(), train_config.split == "all")
     # One strategy per process: multi-worker collectives must be set up before any other TensorFlow work.
     strategy = make_strategy(train_config.strategy)

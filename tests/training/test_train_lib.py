@@ -17,6 +17,7 @@ from models import linear_regression as lr
 from serving import process
 from training import config as config_lib
 from training import train_lib
+from training import xla_cache
 
 from tests.training import binaries
 
@@ -190,30 +191,37 @@ def test_a_rerun_finds_its_compiled_steps_in_the_persistent_xla_cache(tmp_path, 
     assert train("b") == first  # compiled nothing new, rewrote nothing
 
 
+def test_importing_the_training_package_touches_no_files(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_XLA_FLAGS"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    out = subprocess.run([sys.executable, "-c", "import os, training, training.xla_cache; "
+                          "print(repr(os.environ.get('TF_XLA_FLAGS')))"],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None" and not (tmp_path / "cache").exists()
+
+
 def test_the_users_xla_cache_choice_wins(monkeypatch, tmp_path):
-    import training
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    ours = training.xla_cache_directory()
+    ours = xla_cache.cache_directory()
     assert ours.parent == tmp_path / "vizoo" and f"-tf{tf.__version__}-cpu" in ours.name
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_clustering_debug")
-    training._use_xla_cache()
+    xla_cache.use_persistent_cache()
     assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_clustering_debug --tf_xla_persistent_cache_directory={ours}"
     mine = "--tf_xla_persistent_cache_directory= --tf_xla_clustering_debug"  # empty: no cache
     monkeypatch.setenv("TF_XLA_FLAGS", mine)
-    training._use_xla_cache()
+    xla_cache.use_persistent_cache()
     assert os.environ["TF_XLA_FLAGS"] == mine
     # A cache TensorFlow could not write would fail every compilation: then none.
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_clustering_debug")
-    training._use_xla_cache()
+    xla_cache.use_persistent_cache()
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_clustering_debug"
 
 
 def test_xla_caches_are_pruned_to_their_budget_least_recently_used_first(monkeypatch, tmp_path):
-    import training
     now = 1_000_000.0
-    hour = training.XLA_CACHE_GRACE_SECONDS
+    hour = xla_cache.GRACE_SECONDS
     old_tf, ours = tmp_path / "vizoo" / "xla-tf2.0.0-cpuold", tmp_path / "vizoo" / "xla-tf2.21.0-cpunew"
     ages = {old_tf / "a": 50 * hour, ours / "b": 40 * hour, ours / "c": 30 * hour, ours / "d": 2 * hour,
             ours / "e": 0.5 * hour, ours / "f": 0.1 * hour}
@@ -230,24 +238,24 @@ def test_xla_caches_are_pruned_to_their_budget_least_recently_used_first(monkeyp
         os.utime(elsewhere / name, (0, 0))
     (tmp_path / "vizoo" / "xla-link").symlink_to(elsewhere, target_is_directory=True)
     (old_tf / "link").symlink_to(elsewhere / "h")
-    deleted = training.prune_xla_caches(tmp_path / "vizoo", budget=3500, now=now)
+    deleted = xla_cache.prune(tmp_path / "vizoo", budget=3500, now=now)
     assert deleted == [old_tf / "a", ours / "b", ours / "c"]  # oldest first, down to 3 entries (3000 bytes)
     assert sorted(p.name for p in ours.iterdir()) == ["d", "e", "f"] and (tmp_path / "vizoo" / "notes.txt").exists()
     # Entries used within the grace period stay even over budget: a running job may be about to read them.
-    assert training.prune_xla_caches(tmp_path / "vizoo", budget=0, now=now) == [ours / "d"]
+    assert xla_cache.prune(tmp_path / "vizoo", budget=0, now=now) == [ours / "d"]
     assert sorted(p.name for p in ours.iterdir()) == ["e", "f"]
     assert sorted(p.name for p in elsewhere.iterdir()) == ["g", "h"] and (old_tf / "link").is_symlink()
-    # Importing the package prunes under the budget VIZOO_XLA_CACHE_MB gives, by the clock: e and f just used.
+    # Taking the cache prunes under the budget VIZOO_XLA_CACHE_MB gives, by the clock: e and f just used.
     for name in "ef":
         os.utime(ours / name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("VIZOO_XLA_CACHE_MB", "0")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
-    stale = training.xla_cache_directory() / "stale"
+    stale = xla_cache.cache_directory() / "stale"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"x")
     os.utime(stale, (0, 0))
-    training._use_xla_cache()
+    xla_cache.use_persistent_cache()
     assert not stale.exists() and sorted(p.name for p in ours.iterdir()) == ["e", "f"]
 
 
