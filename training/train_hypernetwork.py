@@ -32,7 +32,7 @@ flags.DEFINE_float("prior_scale", 0.1, "bayesian_hypernetwork: s of the N(1, s^2
 flags.DEFINE_float("init_code_scale", None, "Initial posterior standard deviation of codes or scales "
                    "(default: 0.05 for meta_representation, 0.01 for bayesian_hypernetwork).")
 flags.DEFINE_integer("mc_samples", 1, "Posterior samples per training step.", lower_bound=1)
-flags.DEFINE_enum("estimator", "flipout", list(bayesian_layers.ESTIMATORS), "bayesian_hypernetwork: gradient "
+flags.DEFINE_enum("estimator", "local_reparameterization", list(bayesian_layers.ESTIMATORS), "bayesian_hypernetwork: gradient "
                   "estimator of the mean-field weights given the scales.")
 FLAGS = flags.FLAGS
 
