@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Mapping, Optional, Sequence, Union
 
-from serving import model_manager
+from serving import model_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def write_model_config(path, models: Union[Mapping[str, object], Sequence[Mappin
         models = [{"name": name, "base_path": base} for name, base in models.items()]
 
     def absolute(base) -> str:  # tensorflow_model_server refuses relative base paths
-        return os.path.abspath(base) if model_manager.is_relative_path(str(base)) else str(base)
+        return os.path.abspath(base) if model_config.is_relative_path(str(base)) else str(base)
 
     entries = "".join(f'  config {{\n    name: "{m["name"]}"\n    base_path: "{absolute(m["base_path"])}"\n'
                       f'    model_platform: "tensorflow"\n{m.get("extra", "")}  }}\n' for m in models)

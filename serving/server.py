@@ -349,7 +349,7 @@ class Server:
         self._stopped = threading.Event()
 
     def _read_configs(self):
-        from serving import model_manager  # pylint: disable=import-outside-toplevel
+        from serving import model_config  # pylint: disable=import-outside-toplevel
         from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=import-outside-toplevel
 
         opts = self.options
@@ -362,18 +362,18 @@ class Server:
                 "Both server_options.model_base_path and server_options.model_config_file are "
                 "empty!")
         if opts.model_config_file:
-            config = model_manager.parse_text_proto_file(
+            config = model_config.parse_text_proto_file(
                 opts.model_config_file, model_server_config_pb2.ModelServerConfig())
         else:
             logging.info("Building single TensorFlow model file config:  model_name: %s "
                          "model_base_path: %s", opts.model_name, opts.model_base_path)
-            config = model_manager.single_model_config(opts.model_name, opts.model_base_path)
+            config = model_config.single_model_config(opts.model_name, opts.model_base_path)
         classes = _config_message_classes()
         batching = None
         if opts.enable_batching:
             batching = batching_lib.BatchingOptions()
             if opts.batching_parameters_file:
-                params = model_manager.parse_text_proto_file(
+                params = model_config.parse_text_proto_file(
                     opts.batching_parameters_file, classes["BatchingParameters"]())
                 for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
                              "num_batch_threads"):
@@ -391,14 +391,15 @@ class Server:
                 "server_options.enable_batching to true.")
         monitoring = classes["MonitoringConfig"]()
         if opts.monitoring_config_file:
-            model_manager.parse_text_proto_file(opts.monitoring_config_file, monitoring)
+            model_config.parse_text_proto_file(opts.monitoring_config_file, monitoring)
         ssl = None
         if opts.ssl_config_file:
-            ssl = model_manager.parse_text_proto_file(opts.ssl_config_file, classes["SSLConfig"]())
+            ssl = model_config.parse_text_proto_file(opts.ssl_config_file, classes["SSLConfig"]())
         return config, batching, monitoring, ssl
 
     def start(self):
         """Loads the models, then serves. Raises `ServingError` if that fails."""
+        from serving import config_poller  # pylint: disable=import-outside-toplevel
         from serving import model_manager  # pylint: disable=import-outside-toplevel
         from serving import monitoring as monitoring_lib  # pylint: disable=import-outside-toplevel
         from serving import servicer  # pylint: disable=import-outside-toplevel
@@ -440,7 +441,7 @@ class Server:
         self.manager.reload_config(config)
         self.manager.start_polling()
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
-            self._config_poller = model_manager.ConfigFilePoller(
+            self._config_poller = config_poller.ConfigFilePoller(
                 self.manager, opts.model_config_file, opts.model_config_file_poll_wait_seconds)
             self._config_poller.start()
         self._start_grpc(servicer, ssl)

@@ -11,6 +11,7 @@ import pytest
 
 from serving import codec
 from serving import errors
+from serving.codec import dtypes, json_reader, json_tensors
 
 _DTYPES = [np.float32, np.float64, np.int32, np.int64, np.int8, np.uint8, np.int16, np.uint16,
            np.uint32, np.uint64, np.bool_, np.float16, np.complex64, np.complex128]
@@ -155,10 +156,10 @@ _JSON_LEAVES = st.one_of(
 def test_bulk_number_conversion_matches_the_leaf_by_leaf_walk(value, dtype):
     # JSON numbers for float tensors are checked in bulk; the answer -- array or error -- must be the walk's.
     def walk():
-        shape = codec._dense_shape(value)
-        codec._check_rank(len(shape), "JSON Value")
+        shape = json_tensors._dense_shape(value)
+        dtypes.check_rank(len(shape), "JSON Value")
         flat = []
-        codec._fill(value, 0, shape, dtype, flat)
+        json_tensors._fill(value, 0, shape, dtype, flat)
         return np.asarray(flat, codec.numpy_dtype(dtype)).reshape(shape)
 
     outcomes = []
@@ -371,7 +372,7 @@ def _json_module_reading(body):
     """What the json-module path (the parser before orjson) makes of a body: ("ok", canonical text) or
     ("error", message)."""
     try:
-        doc = codec._parse_with_json(body, codec._skeleton(body if isinstance(body, bytes) else body.encode()))
+        doc = json_reader._parse_with_json(body, json_reader._skeleton(body if isinstance(body, bytes) else body.encode()))
     except errors.InvalidArgument as exc:
         return "error", exc.message
     if not isinstance(doc, dict):

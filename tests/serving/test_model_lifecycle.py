@@ -247,34 +247,34 @@ def test_a_reload_waiting_for_a_new_model_stalls_neither_polling_nor_shutdown(
 def test_version_names_parse_as_tf_serving_parses_them(tmp_path):
     """TF Serving's file system source counts every child whose name tsl's safe_strto64 reads: whitespace around
     an optional minus and ASCII digits, within int64; files too (they then fail to load)."""
-    from serving import model_manager
+    from serving import version_policy
     for name in ("1", "007", str(2 ** 63), "\u0661\u0662", "tmp-3", "-4", "+6", " 8", "9 x", "-", ".10"):
         (tmp_path / name).mkdir()
     (tmp_path / "5").write_text("a file, not a SavedModel")
     # A version past int64 could be neither reported (ModelVersionStatus.version is int64)
     # nor answered (ModelSpec.version): as "latest" it would fail every request.
-    assert model_manager.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"), 7: str(tmp_path / "007"),
-                                                          -4: str(tmp_path / "-4"), 5: str(tmp_path / "5"),
-                                                          8: str(tmp_path / " 8")}
-    assert model_manager.parse_version(str(-2 ** 63)) == -2 ** 63
-    assert model_manager.parse_version(str(-2 ** 63 - 1)) is None
+    assert version_policy.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"), 7: str(tmp_path / "007"),
+                                                           -4: str(tmp_path / "-4"), 5: str(tmp_path / "5"),
+                                                           8: str(tmp_path / " 8")}
+    assert version_policy.parse_version(str(-2 ** 63)) == -2 ** 63
+    assert version_policy.parse_version(str(-2 ** 63 - 1)) is None
     # Two names of one version: the later in byte order ("7" after "007") is loaded.
     (tmp_path / "7").mkdir()
-    assert model_manager.list_versions(str(tmp_path))[7] == str(tmp_path / "7")
+    assert version_policy.list_versions(str(tmp_path))[7] == str(tmp_path / "7")
 
 
 @pytest.mark.parametrize("seconds, ms", [(None, 0), (0.0, 1), (-3.0, 1), (0.0421, 45), (0.345, 362),
                                          (9.987, 11_585), (30.0, 32_768), (27.6, 32_768), (27.5, 27_554),
                                          (123.4, 131_072)])
 def test_run_timeouts_round_up_to_a_ladder_of_four_rungs_per_doubling(seconds, ms):
-    from serving import model_manager
-    assert model_manager._timeout_bucket_ms(seconds) == ms
+    from serving import loaded_model
+    assert loaded_model._timeout_bucket_ms(seconds) == ms
 
 
 def test_run_timeout_rungs_are_never_early_and_at_most_19_percent_late():
-    from serving import model_manager
+    from serving import loaded_model
     for ms in np.unique(np.geomspace(1, 10 ** 8, 5000).round()):
-        rung = model_manager._timeout_bucket_ms(ms / 1000.0)
+        rung = loaded_model._timeout_bucket_ms(ms / 1000.0)
         assert ms <= rung <= max(ms * 1.19, ms + 1), (ms, rung)
 
 
@@ -319,10 +319,10 @@ def test_warmup_skips_a_record_without_a_request_and_refuses_a_session_run_log()
 
 
 def test_a_model_that_cannot_load_is_named_with_its_error_and_wrong_tags_are_not_found(tf_serving_testdata):
-    from serving import errors, model_manager
+    from serving import errors, model_config, model_manager
     manager = model_manager.ModelManager(model_manager.ManagerOptions(
         saved_model_tags=("nope",), max_num_load_retries=0, file_system_poll_wait_seconds=0))
-    config = model_manager.single_model_config("hpt", str(tf_serving_testdata / "saved_model_half_plus_two_cpu"))
+    config = model_config.single_model_config("hpt", str(tf_serving_testdata / "saved_model_half_plus_two_cpu"))
     cause = ("Could not find meta graph def matching supplied tags: { nope }. To inspect available tag-sets in "
              "the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
     with pytest.raises(errors.Unknown) as info:
