@@ -34,7 +34,7 @@ from tensorflow_serving.apis import regression_pb2
 
 from serving import codec
 from serving import errors
-from serving.servicer import DataPlane
+from serving.data_plane import DataPlane
 
 _PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _PREDICTION = re.compile(

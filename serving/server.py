@@ -400,6 +400,7 @@ class Server:
     def start(self):
         """Loads the models, then serves. Raises `ServingError` if that fails."""
         from serving import config_poller  # pylint: disable=import-outside-toplevel
+        from serving import data_plane  # pylint: disable=import-outside-toplevel
         from serving import model_manager  # pylint: disable=import-outside-toplevel
         from serving import monitoring as monitoring_lib  # pylint: disable=import-outside-toplevel
         from serving import servicer  # pylint: disable=import-outside-toplevel
@@ -419,7 +420,7 @@ class Server:
             allow_version_labels_for_unavailable_models=(
                 opts.allow_version_labels_for_unavailable_models),
             intra_op_parallelism=intra, inter_op_parallelism=inter)
-        limits = servicer.Limits(
+        limits = data_plane.Limits(
             max_num_samples=opts.max_num_samples, max_batch_rows=opts.max_batch_rows,
             max_sample_rows=opts.max_sample_rows, max_tensor_bytes=opts.max_tensor_bytes,
             max_concurrent_requests=opts.max_concurrent_requests)
@@ -434,7 +435,7 @@ class Server:
 
         self.manager = model_manager.ModelManager(manager_options, warmup=warm_up,
                                                   on_run=self.metrics.on_run)
-        self.plane = servicer.DataPlane(self.manager, limits, self._batcher,
+        self.plane = data_plane.DataPlane(self.manager, limits, self._batcher,
                                         opts.enable_signature_method_name_check, self.metrics,
                                         opts.enable_serialization_as_tensor_content)
         plane_box["plane"] = self.plane

@@ -40,7 +40,7 @@ def warm_up(plane, loaded, iterations: int = 1) -> None:
     """Replays the warmup file of a freshly loaded version, if its directory has one.
 
     Args:
-      plane: the `servicer.DataPlane` that runs the requests.
+      plane: the `data_plane.DataPlane` that runs the requests.
       loaded: the `model_manager.LoadedModel` to run them on.
       iterations: times each record is run (`--num_request_iterations_for_warmup`).
     """

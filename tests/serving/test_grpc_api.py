@@ -327,7 +327,7 @@ def test_wrong_output_dtypes_are_named_as_tensorflow_names_them():
     from tensorflow.core.protobuf import meta_graph_pb2
     from tensorflow_serving.apis import classification_pb2, regression_pb2
     from serving import errors
-    from serving.servicer import DataPlane
+    from serving.data_plane import DataPlane
     signature = meta_graph_pb2.SignatureDef()
     signature.outputs["scores"].name = "scores:0"
     with pytest.raises(errors.InvalidArgument, match="Expected scores Tensor of DT_FLOAT. Got: DT_DOUBLE$"):

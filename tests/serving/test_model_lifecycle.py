@@ -244,40 +244,6 @@ def test_a_reload_waiting_for_a_new_model_stalls_neither_polling_nor_shutdown(
     assert server.wait_exit(timeout=20) == 0
 
 
-def test_version_names_parse_as_tf_serving_parses_them(tmp_path):
-    """TF Serving's file system source counts every child whose name tsl's safe_strto64 reads: whitespace around
-    an optional minus and ASCII digits, within int64; files too (they then fail to load)."""
-    from serving import version_policy
-    for name in ("1", "007", str(2 ** 63), "\u0661\u0662", "tmp-3", "-4", "+6", " 8", "9 x", "-", ".10"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "5").write_text("a file, not a SavedModel")
-    # A version past int64 could be neither reported (ModelVersionStatus.version is int64)
-    # nor answered (ModelSpec.version): as "latest" it would fail every request.
-    assert version_policy.list_versions(str(tmp_path)) == {1: str(tmp_path / "1"), 7: str(tmp_path / "007"),
-                                                           -4: str(tmp_path / "-4"), 5: str(tmp_path / "5"),
-                                                           8: str(tmp_path / " 8")}
-    assert version_policy.parse_version(str(-2 ** 63)) == -2 ** 63
-    assert version_policy.parse_version(str(-2 ** 63 - 1)) is None
-    # Two names of one version: the later in byte order ("7" after "007") is loaded.
-    (tmp_path / "7").mkdir()
-    assert version_policy.list_versions(str(tmp_path))[7] == str(tmp_path / "7")
-
-
-@pytest.mark.parametrize("seconds, ms", [(None, 0), (0.0, 1), (-3.0, 1), (0.0421, 45), (0.345, 362),
-                                         (9.987, 11_585), (30.0, 32_768), (27.6, 32_768), (27.5, 27_554),
-                                         (123.4, 131_072)])
-def test_run_timeouts_round_up_to_a_ladder_of_four_rungs_per_doubling(seconds, ms):
-    from serving import loaded_model
-    assert loaded_model._timeout_bucket_ms(seconds) == ms
-
-
-def test_run_timeout_rungs_are_never_early_and_at_most_19_percent_late():
-    from serving import loaded_model
-    for ms in np.unique(np.geomspace(1, 10 ** 8, 5000).round()):
-        rung = loaded_model._timeout_bucket_ms(ms / 1000.0)
-        assert ms <= rung <= max(ms * 1.19, ms + 1), (ms, rung)
-
-
 @pytest.mark.parametrize("policy", ["specific { versions: 1 versions: 2 }", "all {}"])
 def test_a_version_whose_directory_is_removed_is_unloaded_under_any_policy(tmp_path, monkeypatch, policy):
     # TF Serving stops aspiring a version whose directory is gone, a `specific` one too, and unloads it.
@@ -305,17 +271,6 @@ def test_a_version_whose_directory_is_removed_is_unloaded_under_any_policy(tmp_p
     shutil.rmtree(tmp_path / "2")
     manager.poll()
     assert {s.version: s.state.name for s in manager.status("m")} == {2: "END", 1: "AVAILABLE"}
-
-
-def test_warmup_skips_a_record_without_a_request_and_refuses_a_session_run_log():
-    from tensorflow_serving.apis import prediction_log_pb2
-    from serving import errors, warmup
-    replay = warmup.replay_record  # the two cases need no model
-    replay(None, None, prediction_log_pb2.PredictionLog())  # skipped, as TF Serving skips it
-    log = prediction_log_pb2.PredictionLog()
-    log.session_run_log.SetInParent()
-    with pytest.raises(errors.Unimplemented, match=r"^Unsupported log_type for warmup: 5$"):
-        replay(None, None, log)
 
 
 def test_a_model_that_cannot_load_is_named_with_its_error_and_wrong_tags_are_not_found(tf_serving_testdata):
