@@ -1,6 +1,6 @@
-"""In-between uncertainty of the meta-representation network across seeds, with and without XLA.
+"""In-between uncertainty of a Bayesian meta-network across seeds, with and without XLA.
 
-Trains `models.hypernetwork` (meta-representation, 1-50-50-2) on the 1-D gap set (`toy/gap`) through the shared
+Trains `models.hypernetwork` (`--variant`, meta-representation by default, 1-50-50-2) on the 1-D gap set (`toy/gap`) through the shared
 loop with the training binary's defaults (`hypernetwork.TRAINING_DEFAULTS`, as `tests/models/test_hypernetwork.py`),
 once per seed and per `--jit_compile` setting, and reads each export's epistemic standard deviation on a grid of x
 in [-6, 6] at S = 400: its mean inside the gap (|x| < 1), on the data (2 < |x| < 3.5) and far outside (|x| > 5),
@@ -8,7 +8,7 @@ the ratio gap / data, and the run's test ELBO and test NLL (the test inputs are 
 the outer regions count). A ratio of 1.0 with the same small value everywhere is a dead network: only the output
 bias stays uncertain, so the band is flat.
 
-    python benchmarks/gap_seeds.py [--seeds=0,...,9] [--xla_seeds=0,...,9]
+    python benchmarks/gap_seeds.py [--variant=meta_representation] [--seeds=0,...,9] [--xla_seeds=0,...,9]
 """
 
 from __future__ import annotations
@@ -50,26 +50,27 @@ def epistemic_by_region(export_path: str) -> dict:
     return {name: float(epistemic[mask].mean()) for name, mask in regions.items()}
 
 
-def run(seed: int, jit_compile: bool, data_dir: str) -> tuple:
+def run(variant: str, seed: int, jit_compile: bool, data_dir: str) -> tuple:
     with tempfile.TemporaryDirectory() as directory:
         base = pathlib.Path(directory)
         config = config_lib.TrainConfig(dataset="toy/gap", data_dir=data_dir, workdir=str(base / "work"),
                                         export_base=str(base / "export"), num_samples=50, seed=seed,
-                                        jit_compile=jit_compile, **hypernetwork.TRAINING_DEFAULTS["meta_representation"])
-        metrics = train_lib.train_and_evaluate(config, hypernetwork.Config(hidden_units=(50, 50)),
+                                        jit_compile=jit_compile, **hypernetwork.TRAINING_DEFAULTS[variant])
+        metrics = train_lib.train_and_evaluate(config, hypernetwork.Config(variant=variant, hidden_units=(50, 50)),
                                                hypernetwork.build_model)
         return epistemic_by_region(metrics["export_path"]), metrics
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="meta_representation", choices=hypernetwork.VARIANTS)
     parser.add_argument("--seeds", default=",".join(map(str, range(10))))
     parser.add_argument("--xla_seeds", default=",".join(map(str, range(10))))
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "datasets"))
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
-    defaults = ", ".join(f"{k} {v}" for k, v in hypernetwork.TRAINING_DEFAULTS["meta_representation"].items())
-    print(f"machine: {os.cpu_count()} cores; python benchmarks/gap_seeds.py; meta-representation 1-50-50-2 on "
+    defaults = ", ".join(f"{k} {v}" for k, v in hypernetwork.TRAINING_DEFAULTS[args.variant].items())
+    print(f"machine: {os.cpu_count()} cores; python benchmarks/gap_seeds.py --variant={args.variant}; 1-50-50-2 on "
           f"toy/gap ({defaults})\n")
     print("| step | seed | epistemic in the gap | on the data | outside | gap / data | test ELBO | test NLL | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -77,7 +78,7 @@ def main():
     for jit_compile, seeds in ((False, args.seeds), (True, args.xla_seeds)):
         for seed in [int(s) for s in seeds.split(",") if s]:
             start = time.time()
-            band, metrics = run(seed, jit_compile, args.data_dir)
+            band, metrics = run(args.variant, seed, jit_compile, args.data_dir)
             ratios.append(band["gap"] / band["data"])
             elbos.append(metrics["test/elbo"])
             print(f"| {'XLA' if jit_compile else 'plain'} | {seed} | {band['gap']:.4f} | {band['data']:.4f} | "
