@@ -15,6 +15,10 @@ import pathlib
 from typing import Optional
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+TASKS = ("regression", "classification")
+CSV_PREFIX = "csv:"
+# Flags that describe a CSV table (`--dataset=csv:PATH`) and mean nothing for the other data sets.
+CSV_FLAGS = ("target", "features", "test_csv")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
@@ -54,12 +58,29 @@ class TrainConfig:
     eval_batch_size: int = 1024
     train_eval_examples: int = 10000
     ood_dataset: str = "auto"
+    target: str = ""
+    features: list = dataclasses.field(default_factory=list)
+    task: str = "regression"
+    test_csv: str = ""
+    test_fraction: float = 0.1
 
     def ood_name(self) -> str:
         """The out-of-distribution set for classifiers: `auto` pairs MNIST with Fashion-MNIST both ways."""
         if self.ood_dataset == "auto":
             return {"mnist": "fashion_mnist", "fashion_mnist": "mnist"}.get(self.dataset, "")
         return "" if self.ood_dataset == "none" else self.ood_dataset
+
+    @property
+    def is_csv(self) -> bool:
+        return self.dataset.startswith(CSV_PREFIX)
+
+    def csv_spec(self):
+        """The `training.csv_data.CsvSpec` of a `--dataset=csv:PATH` run, else None."""
+        if not self.is_csv:
+            return None
+        from training import csv_data
+        return csv_data.CsvSpec(path=self.dataset[len(CSV_PREFIX):], target=self.target, features=self.features,
+                                task=self.task, test_csv=self.test_csv, test_fraction=self.test_fraction)
 
     @property
     def split_index(self) -> Optional[int]:
@@ -92,11 +113,13 @@ class TrainConfig:
             except ValueError:
                 raise ConfigError(f"--split must be a split index (0, 1, ...) or 'all', got {self.split!r}") from None
             self.split = str(int(self.split))
-            if self.split != "0" and not self.dataset.startswith("uci/"):
-                raise ConfigError(f"--split={self.split}: only UCI datasets have standard splits; {self.dataset} has "
-                                  "one train/test split (--split=0)")
-        elif not self.dataset.startswith("uci/"):
-            raise ConfigError(f"--split=all runs every standard split of a UCI dataset; {self.dataset} has one split")
+            if self.split != "0" and not self.dataset.startswith("uci/") and not self.is_csv:
+                raise ConfigError(f"--split={self.split}: only UCI datasets and CSV tables have several splits; "
+                                  f"{self.dataset} has one train/test split (--split=0)")
+        elif not self.dataset.startswith("uci/") and not self.is_csv:
+            raise ConfigError(f"--split=all runs every split of a UCI dataset or a CSV table; {self.dataset} has one "
+                              "split")
+        self._validate_csv_flags()
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.jit_compile and self.strategy != "default":
@@ -119,6 +142,23 @@ class TrainConfig:
                 _check_writable(name, pathlib.Path(path))
         return self
 
+    def _validate_csv_flags(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not self.is_csv:
+            given = [name for name in CSV_FLAGS if getattr(self, name)]
+            if given or self.task != "regression":
+                names = ", ".join(f"--{n}" for n in given + (["task"] if self.task != "regression" else []))
+                raise ConfigError(f"{names}: for a CSV table only (--dataset=csv:PATH), not --dataset={self.dataset}")
+            return
+        if not self.dataset[len(CSV_PREFIX):]:
+            raise ConfigError("--dataset=csv:PATH needs the file's path after 'csv:'")
+        if not self.target:
+            raise ConfigError(f"--target is required with --dataset={self.dataset}: the column to predict")
+        if not self.test_csv and not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"--test_fraction must be in (0, 1), got {self.test_fraction}")
+        self.features = [str(name).strip() for name in self.features]
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -139,9 +179,12 @@ def _check_writable(flag: str, path: pathlib.Path) -> None:
 def check_resumable(saved: dict, current: dict, extra_allowed=()) -> None:
     """Raises `ConfigError` if a workdir's saved config differs from this run's in what shaped its training."""
     allowed = RESUMABLE_CHANGES | frozenset(extra_allowed)
-    differing = sorted(k for k in set(saved) | set(current) if k not in allowed and saved.get(k) != current.get(k))
+    # A setting the saved config lacks (one added to vizoo after that run) had its default then.
+    defaults = dataclasses.asdict(TrainConfig())
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in allowed and saved.get(k, defaults.get(k)) != current.get(k))
     if differing:
-        detail = ", ".join(f"--{k}: was {saved.get(k)!r}, now {current.get(k)!r}" for k in differing)
+        detail = ", ".join(f"--{k}: was {saved.get(k, defaults.get(k))!r}, now {current.get(k)!r}" for k in differing)
         raise ConfigError(
             f"the workdir holds a run with other settings ({detail}); resume with the same flags or use a new "
             "--workdir")

@@ -16,8 +16,8 @@ reported in the original units, as the published tables are:
 
 Images (`mnist`, `fashion_mnist`: the four IDX gz files; `binarized_mnist`: Larochelle's fixed binarization,
 `binarized_mnist_{train,valid,test}.amat`) come as float32 [N, 28, 28, 1] in [0, 1] with int32 labels (none for
-binarized MNIST). `toy/gap` is a built-in 1-D regression set with a gap in its inputs. Any other name is handed
-to `tensorflow_datasets`, which needs network access.
+binarized MNIST). `toy/gap` is a built-in 1-D regression set with a gap in its inputs. `csv:PATH` is a user's
+table (`training/csv_data.py`). Any other name is handed to `tensorflow_datasets`.
 
 A dataset that is missing or malformed raises `DatasetError` before any training starts, naming what was looked
 for, where, and what exists there.
@@ -240,18 +240,24 @@ def load_toy_gap(seed: int = 0, num_train: int = 1000) -> Dataset:
                    x_scaler=x_scaler, y_scaler=y_scaler)
 
 
-def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0) -> Dataset:
-    """Loads `name` (`uci/<dataset>`, `mnist`, `fashion_mnist`, `binarized_mnist`, or a TFDS name).
+def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0, csv=None) -> Dataset:
+    """Loads `name` (`uci/<dataset>`, `mnist`, `fashion_mnist`, `binarized_mnist`, `toy/gap`, `csv:PATH`, or a
+    TFDS name).
 
     Args:
       name: the `--dataset` value.
       data_dir: directory holding `uci/`, `mnist/`, ... (the offline datasets).
-      split: the UCI standard split index; ignored by datasets with one fixed train/test split.
+      split: the UCI standard split index (a CSV table: its random split's index); ignored by datasets with one
+        fixed train/test split.
+      csv: a `training.csv_data.CsvSpec`, for `csv:PATH` (`TrainConfig.csv_spec()`).
 
     Raises:
       DatasetError: the dataset is missing or malformed, or `split` is out of range.
     """
     data_dir = pathlib.Path(data_dir).expanduser()
+    if name.startswith("csv:"):
+        from training import csv_data  # it builds on this module
+        return csv_data.load(_require_csv_spec(name, csv), 0 if split is None else split)
     if name.startswith("uci/"):
         return load_uci(name[len("uci/"):], data_dir, 0 if split is None else split)
     if name in ("mnist", "fashion_mnist"):
@@ -263,10 +269,13 @@ def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0) -> D
     return load_tfds(name, data_dir)
 
 
-def check_available(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0) -> None:
-    """Raises `DatasetError` if `load` would fail for a missing file, without reading the data."""
+def check_available(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0, csv=None) -> None:
+    """Raises `DatasetError` if `load` would fail for a missing file (a CSV table: for anything), without reading
+    the data (a CSV table is read and checked whole)."""
     data_dir = pathlib.Path(data_dir).expanduser()
-    if name.startswith("uci/"):
+    if name.startswith("csv:"):
+        load(name, data_dir, split, csv)
+    elif name.startswith("uci/"):
         _uci_files(name[len("uci/"):], data_dir, 0 if split is None else split)
     elif name in ("mnist", "fashion_mnist"):
         for f in _IDX_FILES.values():
@@ -274,6 +283,22 @@ def check_available(name: str, data_dir: str | pathlib.Path, split: Optional[int
     elif name == "binarized_mnist":
         for part in ("train", "valid", "test"):
             _require_file(data_dir / name / f"binarized_mnist_{part}.amat", name, data_dir)
+
+
+def num_splits(name: str, data_dir: str | pathlib.Path, csv=None) -> int:
+    """The splits `--split=all` runs: a UCI set's standard splits, a CSV table's random ones (one with a test
+    file)."""
+    if name.startswith("csv:"):
+        return _require_csv_spec(name, csv).num_splits
+    if name.startswith("uci/"):
+        return num_uci_splits(name[len("uci/"):], data_dir)
+    return 1
+
+
+def _require_csv_spec(name: str, csv):
+    if csv is None:
+        raise DatasetError(f"--dataset={name} needs --target=COLUMN (and optionally --features, --task, --test_csv)")
+    return csv
 
 
 def num_uci_splits(name: str, data_dir: str | pathlib.Path) -> int:
@@ -424,24 +449,36 @@ def load_binarized_mnist(data_dir: pathlib.Path) -> Dataset:
 
 
 def load_tfds(name: str, data_dir: pathlib.Path) -> Dataset:
-    """Any other name through `tensorflow_datasets` (downloads, so it needs network access).
+    """Any other name through `tensorflow_datasets`, from `<data_dir>/tfds/`.
 
-    Image datasets with labels become classification data scaled to [0, 1]; without labels, density data.
+    Data prepared there before (`tfds.builder(name, data_dir=<data_dir>/tfds).download_and_prepare()`, on any
+    machine, then copied) is read without a network call; otherwise TFDS downloads and prepares it, which needs
+    network access. Image datasets with labels become classification data scaled to [0, 1]; without labels,
+    density data.
     """
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - tensorflow-datasets is a dependency
         raise DatasetError(f"dataset {name!r} is not local and tensorflow_datasets is not installed") from e
-    if name not in tfds.list_builders():
+    root = data_dir / "tfds"
+    try:
+        builder = tfds.builder(name, data_dir=str(root))
+    except Exception as e:  # noqa: BLE001 - DatasetNotFoundError and friends: not a TFDS name
         raise DatasetError(
             f"unknown dataset {name!r}: not one of the local datasets ({', '.join(LOCAL_DATASETS)}) under "
-            f"--data_dir={data_dir}, and not a TFDS name")
+            f"--data_dir={data_dir}, not csv:PATH, and not a TFDS name ({e})") from e
+    prepared = (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file()
     try:
-        builder = tfds.builder(name, data_dir=str(data_dir / "tfds"))
-        builder.download_and_prepare()
+        if not prepared:
+            builder.download_and_prepare()
         train, test = (tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1)) for s in ("train", "test"))
     except Exception as e:  # noqa: BLE001 - TFDS raises many types; all mean the same thing here.
-        raise DatasetError(f"TFDS dataset {name!r} could not be prepared (it needs network access): {e}") from e
+        how = ("" if prepared else
+               f"; without network, prepare it on a machine that has one with `python -c \"import tensorflow_datasets "
+               f"as tfds; tfds.builder('{name}', data_dir='tfds').download_and_prepare()\"` and copy the tfds/ "
+               f"directory to {root}")
+        raise DatasetError(f"TFDS dataset {name!r} could not be {'read' if prepared else 'prepared'} "
+                           f"under {root}: {e}{how}") from e
     key = "image" if "image" in train else next(iter(train))
     scale = 255.0 if train[key].dtype == np.uint8 else 1.0
     x_train, x_test = (np.asarray(d[key], np.float32) / scale for d in (train, test))

@@ -26,10 +26,20 @@ def define_shared_flags(**defaults) -> None:
     flags.DEFINE_string("dataset", d["dataset"],
                         "uci/<name> (bostonHousing, concrete, energy, kin8nm, naval-propulsion-plant, power-plant, "
                         "protein-tertiary-structure, wine-quality-red, yacht), mnist, fashion_mnist, "
-                        "binarized_mnist, toy/gap (1-D regression with a gap), or a TFDS name (needs network).")
+                        "binarized_mnist, toy/gap (1-D regression with a gap), csv:PATH (your own table with a "
+                        "header row; see --target), or a TFDS name.")
     flags.DEFINE_string("data_dir", d["data_dir"], "Directory holding uci/, mnist/, ... (the offline datasets).")
-    flags.DEFINE_string("split", d["split"], "UCI standard train/test split index, or 'all' to run every split "
-                        "and report mean and standard error.")
+    flags.DEFINE_string("split", d["split"], "UCI standard train/test split index (a CSV table: the seed of its "
+                        "random test rows), or 'all' to run every split and report mean and standard error.")
+    flags.DEFINE_string("target", d["target"], "csv:PATH: the column to predict (required).")
+    flags.DEFINE_list("features", d["features"], "csv:PATH: the input columns in order (default: every column "
+                      "but the target).")
+    flags.DEFINE_enum("task", d["task"], list(config_lib.TASKS), "csv:PATH: regression, or classification (labels "
+                      "may be integers or strings).")
+    flags.DEFINE_string("test_csv", d["test_csv"], "csv:PATH: a file of test rows with the same column names "
+                        "(default: a random --test_fraction of the rows, chosen by --split).")
+    flags.DEFINE_float("test_fraction", d["test_fraction"], "csv:PATH without --test_csv: the share of rows held "
+                       "out for testing.", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training data.", lower_bound=1)
     flags.DEFINE_integer("train_steps", d["train_steps"], "If positive, train for this many gradient steps "
                          "instead of --epochs (one budget that fits data sets of any size); --epochs given alone overrides a "

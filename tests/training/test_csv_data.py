@@ -102,3 +102,42 @@ def test_a_test_class_unseen_in_training_is_refused(tmp_path):
     test = _write(tmp_path, "a,y\n1,r\n", "test.csv")
     with pytest.raises(data_lib.DatasetError, match="class\\(es\\) 'r' that no training row has"):
         csv_data.load(csv_data.CsvSpec(path=train, target="y", task="classification", test_csv=test))
+
+
+def _config(tmp_path, **values):
+    from training import config as config_lib
+    return config_lib.TrainConfig(workdir=str(tmp_path / "work"), **values)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(dataset="csv:t.csv"), "--target is required with --dataset=csv:t.csv"),
+    (dict(dataset="csv:"), "needs the file's path after 'csv:'"),
+    (dict(dataset="uci/concrete", target="y"), "--target: for a CSV table only (--dataset=csv:PATH), not --dataset=uci/concrete"),
+    (dict(dataset="mnist", task="classification"), "--task: for a CSV table only"),
+    (dict(dataset="csv:t.csv", target="y", task="ordinal"), "--task must be one of regression, classification"),
+    (dict(dataset="csv:t.csv", target="y", test_fraction=1.0), "--test_fraction must be in (0, 1)"),
+])
+def test_csv_flags_are_checked_before_any_data_is_read(tmp_path, values, message):
+    from training import config as config_lib
+    with pytest.raises(config_lib.ConfigError) as error:
+        _config(tmp_path, **values).validate()
+    assert message in str(error.value)
+
+
+def test_a_csv_run_takes_split_indices_and_all(tmp_path):
+    config = _config(tmp_path, dataset="csv:t.csv", target="y", split="3").validate()
+    assert config.split_index == 3 and config.csv_spec().target == "y"
+    assert _config(tmp_path, dataset="csv:t.csv", target="y", split="all").validate().split_index is None
+    assert data_lib.num_splits("csv:t.csv", "", config.csv_spec()) == csv_data.NUM_RANDOM_SPLITS
+    spec = csv_data.CsvSpec(path="t.csv", target="y", test_csv="u.csv")
+    assert data_lib.num_splits("csv:t.csv", "", spec) == 1
+
+
+def test_a_saved_config_without_the_csv_settings_resumes_at_their_defaults(tmp_path):
+    from training import config as config_lib
+    current = _config(tmp_path).validate().to_json()
+    saved = {k: v for k, v in current.items() if k not in ("target", "features", "task", "test_csv",
+                                                            "test_fraction")}
+    config_lib.check_resumable(saved, current)
+    with pytest.raises(config_lib.ConfigError, match="--target: was '', now 'y'"):
+        config_lib.check_resumable(saved, dict(current, target="y"))

@@ -121,3 +121,65 @@ def test_validation_split_is_carved_from_training_rows(data_dir):
     np.testing.assert_array_equal(v.x_test, d.x_test)
     rows = {tuple(r) for r in np.concatenate([v.x_train, v.x_valid])}
     assert rows == {tuple(r) for r in d.x_train}
+
+
+def _tiny_tfds_builder():
+    """A TFDS image dataset generated locally (12 train, 5 test 4x4 images, 3 classes), registered once."""
+    import tensorflow_datasets as tfds
+
+    name = "vizoo_tiny_images"
+    if name in tfds.list_builders():
+        return name
+
+    class VizooTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(4, 4, 1)), "label": tfds.features.ClassLabel(num_classes=3)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(12), "test": self._generate_examples(5)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((4, 4, 1), 20 * i, np.uint8), "label": i % 3}
+
+    del VizooTinyImages  # registered under its snake-case name
+    return name
+
+
+def test_a_tfds_dataset_prepared_under_data_dir_loads_without_network_or_preparing(tmp_path, monkeypatch):
+    import socket
+
+    import tensorflow_datasets as tfds
+
+    name = _tiny_tfds_builder()
+    tfds.builder(name, data_dir=str(tmp_path / "tfds")).download_and_prepare()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a prepared TFDS dataset must not be prepared again or reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+    ds = data.load(name, tmp_path)
+    assert ds.task == data.CLASSIFICATION and ds.num_classes == 3
+    assert ds.x_train.shape == (12, 4, 4, 1) and ds.x_test.shape == (5, 4, 4, 1)
+    np.testing.assert_allclose(sorted(ds.x_test[:, 0, 0, 0]), np.arange(5) * 20 / 255.0, rtol=1e-6)
+
+
+def test_an_unprepared_tfds_dataset_without_network_says_how_to_prepare_it(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    name = _tiny_tfds_builder()
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(data.DatasetError) as error:
+        data.load(name, tmp_path)
+    assert f"tfds.builder('{name}', data_dir='tfds').download_and_prepare()" in str(error.value)
+    assert str(tmp_path / "tfds") in str(error.value)
+    with pytest.raises(data.DatasetError, match="not a TFDS name"):
+        data.load("no_such_dataset_anywhere", tmp_path)
