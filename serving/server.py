@@ -7,7 +7,7 @@ Flags keep `tensorflow_model_server`'s names and defaults. Flags of the real ser
 one does not implement are accepted and logged as ignored; arguments no version of it knows are
 reported as "unknown argument" and skipped, as the real server does. This server's own limits
 (`--max_num_samples`, `--max_batch_rows`, `--max_sample_rows`, `--max_tensor_bytes`,
-`--grpc_max_message_bytes`, `--max_concurrent_requests`) are documented in `--help` and docs/serving.md.
+`--grpc_max_message_bytes`, `--max_concurrent_requests`) are documented in `--help` and docs/model-server.md.
 
 `main` only parses flags into `ServerOptions`; `Server` is the library (tests and benchmarks
 start it in-process or as `python -m serving.server`).

@@ -19,6 +19,7 @@ from serving.codec.json_writer import COLUMNAR_FORMAT, ROW_FORMAT, json_value_to
 
 
 def json_type(value) -> str:
+    """A JSON value's type as rapidjson names it in TF Serving's messages."""
     if value is None:
         return "Null"
     if value is True:
@@ -35,10 +36,12 @@ def json_type(value) -> str:
 
 
 def is_b64_object(value) -> bool:
+    """Whether a JSON value is a `{"b64": "..."}` object, TF Serving's spelling of binary data."""
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
 def decode_b64(value) -> bytes:
+    """The bytes of a `{"b64": "..."}` object, or InvalidArgument as TF Serving words it."""
     if not is_b64_object(value):
         raise errors.InvalidArgument(
             f"JSON Value: {json_value_to_string(value)} not formatted correctly for base64 data")
@@ -57,6 +60,8 @@ def _type_error(value, dtype) -> errors.InvalidArgument:
         f"type: {dtype_name(dtype)}")
 
 
+# The largest integers a float type holds exactly, and the largest finite values: beyond them a JSON number
+# would lose precision, which TF Serving refuses.
 _FLOAT_MAX_INT = {DT_FLOAT: (1 << 24) - 1, DT_DOUBLE: (1 << 53) - 1}
 FLOAT_LIMIT = {DT_FLOAT: float(np.finfo(np.float32).max), DT_DOUBLE: float(np.finfo(np.float64).max)}
 _INT_RANGE = {
