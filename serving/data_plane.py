@@ -423,7 +423,10 @@ class DataPlane:
             return self.multi_inference_on(loaded, request, timeout)
 
     def multi_inference_on(self, loaded, request, timeout: Optional[float] = None):
-        model_name, input_name, seen, fetch_set = "", "", set(), set()
+        """As TF Serving's `multi_inference.cc`: the tasks' signatures may read the examples through different input
+        tensors (a TF2 export gives each signature its own); the serialized examples feed every one of them in one
+        run that fetches all the tasks' outputs."""
+        model_name, input_names, seen, fetch_set = "", set(), set(), set()
         plans = []
         for task in request.tasks:
             if not task.model_spec.name:
@@ -446,9 +449,7 @@ class DataPlane:
                 name, fetches = self._regression_io(signature)
             else:
                 raise errors.Unimplemented(f"Unsupported signature method_name: {task.method_name}")
-            if input_name and name != input_name:
-                raise errors.InvalidArgument("Input tensor must be the same for all Signatures.")
-            input_name = name
+            input_names.add(name)
             fetch_set.update(fetches)
             plans.append((task, signature_name, signature))
         if not plans:
@@ -456,8 +457,13 @@ class DataPlane:
         examples = self._examples(request.input, loaded.name)
         fetch_names = sorted(fetch_set)
         first_signature = plans[0][2]
-        outputs = self._run(loaded, plans[0][1], first_signature,
-                            {_alias_of(first_signature, input_name): examples}, fetch_names, timeout)
+        if len(input_names) == 1:
+            outputs = self._run(loaded, plans[0][1], first_signature,
+                                {_alias_of(first_signature, next(iter(input_names))): examples}, fetch_names, timeout)
+        else:  # one run feeding several signatures' inputs: not one signature's batch, so never merged with others
+            self._check_limits({"inputs": examples})
+            outputs = loaded.run(plans[0][1], {name: examples for name in sorted(input_names)}, fetch_names,
+                                 len(examples), timeout)
         outputs = [np.asarray(o) for o in outputs]
         response = inference_pb2.MultiInferenceResponse()
         for task, signature_name, signature in plans:

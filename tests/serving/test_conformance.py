@@ -145,6 +145,26 @@ def test_multi_inference_runs_classify_and_regress_on_the_same_examples(fixture_
     assert response.results[1].model_spec.signature_name == "regress_x_to_y"
 
 
+def test_multi_inference_feeds_the_examples_to_each_tf2_signatures_own_input(fixture_stub):
+    # A TF2 export gives every signature its own input tensor (classify_x_to_y_inputs:0, regress_x_to_y2_inputs:0):
+    # TF Serving feeds the serialized examples to each and answers every task.
+    from tensorflow_serving.apis import inference_pb2
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
+                              ("regress_x_to_y2", "tensorflow/serving/regress")):
+        task = request.tasks.add()
+        task.model_spec.name = "tf2"
+        task.model_spec.signature_name = signature
+        task.method_name = method
+    request.input.example_list.examples.extend([_example(x=2.0), _example(x=4.0)])
+    response = fixture_stub.MultiInference(request, timeout=30)
+    # y = 0.5 x + 2 and y2 = 0.5 x + 3, both from feature x.
+    assert [c.classes[0].score for c in response.results[0].classification_result.classifications] == [3.0, 4.0]
+    assert [r.value for r in response.results[1].regression_result.regressions] == [4.0, 5.0]
+    assert [r.model_spec.signature_name for r in response.results] == ["classify_x_to_y", "regress_x_to_y2"]
+    assert all(r.model_spec.version.value == 123 for r in response.results)
+
+
 def test_two_versions_latest_and_specific(fixture_stub, fixture_model_stub):
     from tensorflow_serving.apis import get_model_status_pb2
     latest = _predict(fixture_stub, "two_versions", [[1.0]])
