@@ -60,11 +60,9 @@ with L_1 = ELBO <= L_K <= L_{K+1} -> log p(x) as K grows; -L_K is the test NLL o
 computed by `importance_weighted` in chunks of samples under a fixed activation budget, combining chunks with a
 running log-sum-exp, so memory stays bounded for any K (5000 in the benchmark).
 
-Figures (test split, `evaluate_split`): `reconstructions.png` (test images and decoded means of z ~ q(z|x)),
-`prior_samples.png` (decoded means of z ~ p(z)), `latent_map.png`: the test latent means (class probabilities for
-the categorical latent) projected on their first two principal components (the coordinates themselves when the
-latent is 2-D), coloured by label when the data has labels; a 2-D Gaussian latent also gets `latent_manifold.png`,
-decoded means over a grid of prior quantiles.
+This module holds the model and its maths. Its evaluation (rate, distortion and the test NLL -L_K) is in
+`training/evaluation.py`, its figures in `training/plots.py` (`vae_figures`), and its SavedModel signatures in
+`serving/export.py` (`VAEServable`).
 
 References: Kingma and Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Burda, Grosse and Salakhutdinov,
 "Importance Weighted Autoencoders", ICLR 2016; Jang, Gu and Poole, "Categorical Reparameterization with
@@ -77,18 +75,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import pathlib
-import time
 from typing import ClassVar, Sequence
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
 from models import bayesian_layers
-from models import predictive as predictive_lib
 from models.objective import ElboTerms
 
 tfd = tfp.distributions
@@ -104,8 +98,6 @@ EVAL_BINARIZATION_SEED = 20151130
 # Activations (float32 numbers) one chunk of the importance-weighted bound may hold: samples x batch x the decoder's
 # activations per row. 2^23 floats is 32 MB; the peak with TFP's temporaries is a few times that.
 IW_ACTIVATION_BUDGET = 2 ** 23
-# Evaluation streams of `training.metrics.batch_seeds` (train_lib uses 1-4).
-_IW_STREAM, _FIGURE_STREAM = 5, 6
 
 
 @dataclasses.dataclass
@@ -237,9 +229,8 @@ class LogitBernoulli(tfd.Bernoulli):
         log p(x) = x l - softplus(l),
 
     the same function as TFP's -(1 - x) softplus(l) - x softplus(-l) (softplus(-l) = softplus(l) - l), with
-    gradient x - sigmoid(l). Half the transcendental work of the decoder's 784 pixels per draw: a training step
-    of the MNIST VAE (batch 100, 200 x 200 hidden) went from 4.9 to 4.6 ms here. For finite logits (a network's
-    outputs); TFP's form also gives the limits at l = +-inf.
+    gradient x - sigmoid(l). Half the transcendental work of TFP's form for every pixel of every draw. For finite
+    logits (a network's outputs); TFP's form also gives the limits at l = +-inf.
     """
 
     def _log_prob(self, event):
@@ -271,10 +262,9 @@ def sum_softplus(logits):
 
     each factor in (1, 2], so a group's product stays within [1, 2^16] in float32. The same function as the
     per-pixel sum, rounded differently (within 1.2e-4 nats of TF's softplus summed over 784 pixels, at sums of
-    ~560); a factor 1 + e^-|l| rounds to 1 below e^-|l| ~ 6e-8, dropping at most ~6e-8 nats per pixel. Speed:
-    TensorFlow's softplus kernel evaluates exp and log1p per element (1.8 ns a pixel here); this takes about 0.6
-    of that, and the importance-weighted bound of the MNIST VAE at S = 100 about 0.8 of its time (batch 32:
-    22.9 -> 18.3 ms; batch 1024: 538 -> 431 ms, alternated calls). Gradient: d/dl_p = sigmoid(l_p).
+    ~560); a factor 1 + e^-|l| rounds to 1 below e^-|l| ~ 6e-8, dropping at most ~6e-8 nats per pixel. Why:
+    TensorFlow's softplus kernel evaluates exp and log1p per element, for every pixel of every draw of the
+    bound and of training; here one log serves 16 pixels. Gradient: d/dl_p = sigmoid(l_p).
     """
     if logits.dtype not in (tf.float32, tf.float64):  # 16 factors of up to 2 overflow float16
         return tf.reduce_sum(tf.nn.softplus(logits), axis=-1), lambda upstream: upstream[..., None] * tf.sigmoid(
@@ -423,7 +413,7 @@ class Decoder(tf.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 class VariationalAutoencoder(tf.Module):
-    """Encoder, decoder and prior; the ELBO's terms, the importance-weighted bound, evaluation and export.
+    """Encoder, decoder and prior; the ELBO's terms, the importance-weighted bound and the reconstruction moments.
 
     Args:
       config: a `Config`.
@@ -622,7 +612,7 @@ class VariationalAutoencoder(tf.Module):
         """(samples per chunk, number of chunks), int32 scalars: `bayesian_layers.sample_chunk`'s rule with the
         decoder's activations per row as the width (samples x batch x width within `activation_budget` floats, at
         least one, evened out over the chunks). Traced for XLA, one chunk: XLA fuses the passes over the pixels
-        itself, and its loop over chunks of dynamic size took 20.9 s at S = 100, batch 1024 (0.26 s uncompiled)."""
+        itself, and compiles a loop over chunks of dynamic size into a computation far slower than uncompiled."""
         if bayesian_layers.traced_for_xla():
             return num_samples, tf.constant(1)
         chunk = bayesian_layers.sample_chunk(num_samples, tf.shape(x)[0], self.decoder.activations_per_row,
@@ -684,96 +674,9 @@ class VariationalAutoencoder(tf.Module):
         q = self.encode(self.observe(x))
         return self.decode(self.sample_latents(q, num_samples, seed))
 
-    def evaluate_split(self, dataset, split: str, config, workdir=None) -> dict:
-        """`split/rate`, `split/distortion` (nats per example; the ELBO is -(rate + distortion)); on the test split
-        also `test/nll` (importance-weighted, K = `eval_importance_samples`) and the figures.
-
-        Rate and distortion come from the same pass and seeds as train_lib's `split/elbo`, so `split/rate` equals
-        `split/kl` and `split/distortion` equals `split/expected_nll`.
-        """
-        from training import metrics as metrics_lib
-
-        elbo = metrics_lib.elbo_metrics(self, dataset, split, config.seed, config.eval_batch_size)
-        metrics = {f"{split}/elbo": elbo[f"{split}/elbo"], f"{split}/rate": elbo[f"{split}/kl"],
-                   f"{split}/distortion": elbo[f"{split}/expected_nll"]}
-        if split == "train" and self.config.latent == "gumbel_softmax":
-            metrics["train/temperature"] = float(self.temperature())
-        if split != "test":
-            return metrics
-        x, _ = dataset.arrays(split)
-        if self.config.eval_examples:
-            x = x[_evenly_spaced(len(x), self.config.eval_examples)]
-        metrics["test/nll"] = -float(np.mean(self.importance_weighted_log_likelihood(
-            x, self.config.eval_importance_samples, config.seed, config.eval_batch_size)))
-        metrics["test/nll_examples"] = len(x)
-        metrics["test/nll_importance_samples"] = self.config.eval_importance_samples
-        if workdir is not None:
-            self.write_figures(dataset, pathlib.Path(workdir), config.seed)
-        return metrics
-
-    def importance_weighted_log_likelihood(self, x, num_samples: int, seed: int, batch_size: int) -> np.ndarray:
-        """L_K per example [N] for grey-level or binary images x [N, ...] (numpy), batch by batch."""
-        from training import metrics as metrics_lib
-
-        seeds = metrics_lib.batch_seeds(seed, _IW_STREAM)
-        bound = tf.function(lambda xb, s: self.importance_weighted(self.observe(xb), num_samples, s)[
-            "log_likelihood"], reduce_retracing=True)
-        parts, last_log, start = [], time.time(), time.time()
-        for b, begin in enumerate(range(0, len(x), batch_size)):
-            parts.append(bound(tf.constant(x[begin:begin + batch_size]), seeds(b)).numpy())
-            if time.time() - last_log > 30:
-                last_log = time.time()
-                logging.info("importance-weighted bound (K=%d): %d/%d examples, %.0fs", num_samples,
-                             begin + len(parts[-1]), len(x), last_log - start)
-        return np.concatenate(parts)
-
-    # -- figures ------------------------------------------------------------------------------------------------
-
-    def write_figures(self, dataset, workdir: pathlib.Path, seed: int) -> list:
-        """Writes the reconstruction, prior-sample and latent-map PNGs of the test split; returns their paths."""
-        from training import metrics as metrics_lib
-        from training import plots
-
-        seeds = metrics_lib.batch_seeds(seed, _FIGURE_STREAM)
-        x, y = dataset.arrays("test")
-        observed = self.observe(x[_evenly_spaced(len(x), 32)]).numpy()
-        reconstructed = self.predictive(observed, 1, seeds(0)).mean()[0].numpy()
-        columns = min(8, len(observed))
-        rows = len(observed) // columns
-        shape = (rows, columns) + observed.shape[1:]
-        pairs = np.stack([observed[:rows * columns].reshape(shape), reconstructed[:rows * columns].reshape(shape)],
-                         axis=1).reshape((-1,) + observed.shape[1:])  # alternate rows: images, reconstructions
-        paths = [plots.image_grid(pairs, columns, workdir / "reconstructions.png",
-                             "test images (odd rows) and reconstructions, mean of p(x | z), z ~ q(z | x)")]
-        prior_draws = self.decode(self.prior.sample(64, seed=seeds(1))).mean().numpy()
-        paths.append(plots.image_grid(prior_draws, 8, workdir / "prior_samples.png", "mean of p(x | z), z ~ p(z)"))
-        chosen = _evenly_spaced(len(x), 5000)
-        means = np.concatenate([self.encode(self.observe(x[chosen[i:i + 1000]])).mean().numpy().reshape(
-            len(chosen[i:i + 1000]), -1) for i in range(0, len(chosen), 1000)])
-        paths.append(plots.latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
-        if self.config.latent != "gumbel_softmax" and self.latent_shape == (2,):
-            grid = tfd.Normal(0.0, 1.0).quantile(np.linspace(0.05, 0.95, 15).astype(np.float32)).numpy()
-            z = np.stack(np.meshgrid(grid, grid[::-1]), axis=-1).reshape(-1, 2)
-            paths.append(plots.image_grid(self.decode(z).mean().numpy(), 15, workdir / "latent_manifold.png",
-                                     "mean of p(x | z) over prior quantiles 0.05..0.95 of z"))
-        return paths
-
     def num_variational_parameters(self) -> int:
         """The encoder's weights: amortized inference learns these instead of one q per example."""
         return int(sum(np.prod(v.shape) for v in self.encoder.trainable_variables))
-
-    # -- export -------------------------------------------------------------------------------------------------
-
-    def servable(self, dataset, num_samples: int, seed: int) -> "VAEServable":
-        """The family's SavedModel signatures (see `VAEServable`); K of `serving_default` is `num_samples`."""
-        del dataset  # the example shape is the model's own
-        return VAEServable(self, num_samples, seed)
-
-
-def _evenly_spaced(size: int, count: int) -> np.ndarray:
-    """`count` indices spread evenly over range(size): a subset that represents a split even when the split is
-    sorted (binarized MNIST's test set is ordered by digit)."""
-    return np.unique(np.linspace(0, size - 1, min(count, size)).round().astype(int))
 
 
 def _data_is_binary(x: np.ndarray) -> bool:
@@ -793,119 +696,3 @@ def build_model(config: Config, dataset) -> VariationalAutoencoder:
     pixel_mean = np.clip(x.mean(axis=0, dtype=np.float64), 1e-3, 1 - 1e-3)
     return VariationalAutoencoder(config, dataset.input_shape, binarize=not _data_is_binary(x),
                                   pixel_mean=pixel_mean)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Serving.
-# ---------------------------------------------------------------------------------------------------------------
-
-SIGNATURE_OUTPUTS = {
-    "serving_default": ("elbo", "log_likelihood", "latent_mean", "latent_stddev"),
-    "encode": ("z", "latent_mean", "latent_stddev"),
-    "decode": ("mean",),
-    "reconstruct": ("mean", "stddev"),
-    "sample": ("images", "z"),
-    "log_likelihood": ("log_likelihood", "elbo"),
-}
-
-
-class VAEServable(tf.Module):
-    """The VAE's SavedModel signatures; every output is batch-first, float32, and only core TF ops are traced.
-
-      * `serving_default`: `x` [batch, *image] -> `elbo`, `log_likelihood` [batch] (the importance-weighted bound
-        L_K with K = `num_samples` fixed at export and a fixed seed: an anomaly score, nats), `latent_mean`,
-        `latent_stddev` [batch, *latent] (the moments of q(z | x); class probabilities for the categorical latent).
-      * `encode`: `x`, `seed` int32 [2] -> `z` [batch, *latent], one draw from q(z | x), with its moments.
-      * `decode`: `z` [batch, *latent] -> `mean` [batch, *image] of p(x | z).
-      * `reconstruct`: `x`, `num_samples` int32 [], `seed` -> `mean`, `stddev` [batch, *image] over the decoded
-        means of `num_samples` draws z_s ~ q(z | x): the model's uncertainty about its reconstruction. Decoded a
-        chunk of draws at a time (`reconstruction_moments`): memory bounded for any S (at batch 1024, S = 1000:
-        a 0.76 GB process peak against 8.8 GB decoding all at once, and 2.9 s against 6.6 s).
-      * `sample`: `num_samples`, `seed` -> `images` [num_samples, *image], the means of p(x | z), z ~ p(z), and
-        their `z`.
-      * `log_likelihood`: `x`, `num_samples`, `seed` -> `log_likelihood` (L_K, K = `num_samples`), `elbo` [batch].
-    Images are in [0, 1]; a model trained with dynamic binarization binarizes them with the fixed evaluation
-    binarization inside the graph (a pure function of the image, so answers stay deterministic). The ELBO is
-    (1/K) sum_k log p(x | z_k) - KL with the K draws of the bound.
-    """
-
-    def __init__(self, model: VariationalAutoencoder, num_samples: int, seed: int):
-        super().__init__(name="vae_servable")
-        self.model = model
-        self._example_shape = list(model.example_shape)
-        self._latent_shape = list(model.latent_shape)
-        self._num_samples = tf.constant(num_samples, tf.int32)
-        self._seed = tf.constant([seed, 0x5EED], tf.int32)
-        x = tf.TensorSpec([None] + self._example_shape, tf.float32, name="x")
-        z = tf.TensorSpec([None] + self._latent_shape, tf.float32, name="z")
-        n = tf.TensorSpec([], tf.int32, name="num_samples")
-        s = tf.TensorSpec([2], tf.int32, name="seed")
-        self.serving_default = tf.function(self._serving_default, input_signature=[x])
-        self.encode = tf.function(self._encode, input_signature=[x, s])
-        self.decode = tf.function(self._decode, input_signature=[z])
-        self.reconstruct = tf.function(self._reconstruct, input_signature=[x, n, s])
-        self.sample = tf.function(self._sample, input_signature=[n, s])
-        self.log_likelihood = tf.function(self._log_likelihood, input_signature=[x, n, s])
-
-    def signatures(self) -> dict:
-        return {name: getattr(self, name) for name in SIGNATURE_OUTPUTS}
-
-    def _observed(self, x):
-        x = predictive_lib.assert_all_finite(x, "x must be finite")
-        with tf.control_dependencies([
-                tf.debugging.assert_greater_equal(x, 0.0, message="x must be in [0, 1]"),
-                tf.debugging.assert_less_equal(x, 1.0, message="x must be in [0, 1]")]):
-            return self.model.observe(tf.identity(x))
-
-    def _moments(self, q) -> dict:
-        return {"latent_mean": q.mean(), "latent_stddev": q.stddev()}
-
-    def _bound(self, x, num_samples, seed) -> dict:
-        x = self._observed(x)
-        out = self.model.importance_weighted(x, num_samples, seed, shared_noise=True)  # checks num_samples > 0
-        return {"log_likelihood": out["log_likelihood"],
-                "elbo": out["expected_log_likelihood"] - out["rate"]}
-
-    def _serving_default(self, x):
-        out = self._bound(x, self._num_samples, self._seed)
-        out.update(self._moments(self.model.encode(self._observed(x))))
-        return out
-
-    def _encode(self, x, seed):
-        q = self.model.encode(self._observed(x))
-        return {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
-
-    def _decode(self, z):
-        z = predictive_lib.assert_all_finite(z, "z must be finite")
-        return {"mean": self.model.decode(z).mean()}
-
-    def _reconstruct(self, x, num_samples, seed):
-        x = self._observed(x)
-        # Spread of the decoded means across z ~ q(z|x) (the epistemic part in models.predictive's terms); the
-        # pixel noise of p(x|z) itself is left out: it says what a sample looks like, not how sure the model is.
-        return self.model.reconstruction_moments(x, num_samples, seed)  # checks num_samples > 0
-
-    def _sample(self, num_samples, seed):
-        z = self.model.prior.sample(_positive_samples(num_samples), seed=seed)
-        return {"images": self.model.decode(z).mean(), "z": z}
-
-    def _log_likelihood(self, x, num_samples, seed):
-        return self._bound(x, num_samples, seed)
-
-    def warmup_requests(self, model_name: str = "model"):
-        """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per signature."""
-        from tensorflow_serving.apis import predict_pb2
-
-        x = tf.make_tensor_proto(np.zeros([1] + self._example_shape, np.float32))
-        inputs = {"x": x, "num_samples": tf.make_tensor_proto(2, tf.int32),
-                  "seed": tf.make_tensor_proto([0, 0], tf.int32),
-                  "z": tf.make_tensor_proto(np.zeros([1] + self._latent_shape, np.float32))}
-        requests = []
-        for name, function in self.signatures().items():
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = name
-            for key in function.input_signature:
-                request.inputs[key.name].CopyFrom(inputs[key.name])
-            requests.append(request)
-        return requests

@@ -25,6 +25,14 @@ Classification signatures (every classifier family exports the same ones):
   * `predict_mc`: `x`, `num_samples`, `seed` -> the same outputs; `predict_moments` as for regression.
   * `classify`: serialized `tf.Example`s with a float feature `x` (the flattened input) -> `classes` string
     [batch, classes] and `scores` [batch, classes], for TF Serving's Classify API.
+VAE signatures (`VAEServable`; images in [0, 1], float32 [batch, *image]; every output batch-first, float32):
+  * `serving_default`: `x` -> `elbo`, `log_likelihood` [batch] (the importance-weighted bound L_K, K = S fixed at
+    export, a fixed seed: an anomaly score, nats), `latent_mean`, `latent_stddev` [batch, *latent];
+  * `encode`: `x`, `seed` -> `z` [batch, *latent], one draw from q(z | x), with its moments;
+  * `decode`: `z` -> `mean` [batch, *image] of p(x | z);
+  * `reconstruct`: `x`, `num_samples`, `seed` -> `mean`, `stddev` [batch, *image] of the decoded means;
+  * `sample`: `num_samples`, `seed` -> `images` [num_samples, *image] and their `z`;
+  * `log_likelihood`: `x`, `num_samples`, `seed` -> `log_likelihood` (L_K, K = `num_samples`), `elbo` [batch].
 Regression inputs are standardized inside the graph with the training statistics. Only core TensorFlow ops end up in the
 graph (TFP's distributions are traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
 """
@@ -44,6 +52,8 @@ import numpy as np
 import tensorflow as tf
 
 from models import predictive
+# WARMUP_FILE is part of the export layout: `export.WARMUP_FILE` names it for readers of an export.
+from serving.warmup import WARMUP_FILE, write_warmup  # noqa: F401
 
 REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
 # Outputs are float32: the interval search stops once its next step is below a quarter of float32's epsilon,
@@ -51,7 +61,15 @@ REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", 
 OUTPUT_RESOLUTION = float(np.finfo(np.float32).eps) / 4
 CLASSIFICATION_OUTPUTS = ("probabilities", "predicted_class", "predictive_entropy", "expected_entropy",
                           "mutual_information")
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# The VAE's signatures and the outputs of each.
+VAE_SIGNATURE_OUTPUTS = {
+    "serving_default": ("elbo", "log_likelihood", "latent_mean", "latent_stddev"),
+    "encode": ("z", "latent_mean", "latent_stddev"),
+    "decode": ("mean",),
+    "reconstruct": ("mean", "stddev"),
+    "sample": ("images", "z"),
+    "log_likelihood": ("log_likelihood", "elbo"),
+}
 MODEL_INFO_FILE = "vizoo_model_info.json"
 EXAMPLE_FEATURE = "x"
 _VERSION = re.compile(r"^\d+$")
@@ -121,21 +139,10 @@ class PredictiveServable(tf.Module):
 
     def warmup_requests(self, model_name: str = "model"):
         """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per predict signature."""
-        from tensorflow_serving.apis import predict_pb2
-
-        x = tf.make_tensor_proto(self._warmup_input(), tf.float32)
-        mc = {"num_samples": tf.make_tensor_proto(8, tf.int32), "seed": tf.make_tensor_proto([0, 0], tf.int32)}
-        requests = []
-        for name, extra in [("serving_default", {}), ("predict_mc", mc)] + (
-                [("predict_moments", mc)] if self.has_moments else []):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = name
-            request.inputs["x"].CopyFrom(x)
-            for key, proto in extra.items():
-                request.inputs[key].CopyFrom(proto)
-            requests.append(request)
-        return requests
+        x = {"x": tf.make_tensor_proto(self._warmup_input(), tf.float32)}
+        mc = {**x, "num_samples": tf.make_tensor_proto(8, tf.int32), "seed": tf.make_tensor_proto([0, 0], tf.int32)}
+        return [_predict_request(model_name, name, inputs) for name, inputs in
+                [("serving_default", x), ("predict_mc", mc)] + ([("predict_moments", mc)] if self.has_moments else [])]
 
     def _warmup_input(self):
         return np.zeros([1] + self._example_shape, np.float32)
@@ -196,15 +203,120 @@ class ClassificationServable(PredictiveServable):
         return {"classes": tf.tile(classes[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
 
 
+class VAEServable(tf.Module):
+    """The VAE's SavedModel signatures (`VAE_SIGNATURE_OUTPUTS`, and the module docstring); only core TF ops are
+    traced.
+
+    `serving_default`'s L_K uses K = `num_samples` fixed at export and a fixed seed. `reconstruct` gives the spread
+    of the decoded means over `num_samples` draws z_s ~ q(z | x), the model's uncertainty about its
+    reconstruction, decoded a chunk of draws at a time (`reconstruction_moments`), so memory stays bounded for any
+    S. A model trained with dynamic binarization binarizes inputs with the fixed evaluation binarization inside the
+    graph (a pure function of the image, so answers stay deterministic). The ELBO is
+    (1/K) sum_k log p(x | z_k) - KL with the K draws of the bound.
+
+    Args:
+      model: a `models.vae.VariationalAutoencoder`.
+      dataset: unused (the example shape is the model's own); for the servables' common signature.
+      num_samples: K of `serving_default`.
+      seed: the seed of `serving_default`.
+    """
+
+    def __init__(self, model, dataset, num_samples: int, seed: int):
+        del dataset
+        super().__init__(name="vae_servable")
+        self.model = model
+        self._example_shape = list(model.example_shape)
+        self._latent_shape = list(model.latent_shape)
+        self._num_samples = tf.constant(num_samples, tf.int32)
+        self._seed = tf.constant([seed, 0x5EED], tf.int32)
+        x = tf.TensorSpec([None] + self._example_shape, tf.float32, name="x")
+        z = tf.TensorSpec([None] + self._latent_shape, tf.float32, name="z")
+        n = tf.TensorSpec([], tf.int32, name="num_samples")
+        s = tf.TensorSpec([2], tf.int32, name="seed")
+        self.serving_default = tf.function(self._serving_default, input_signature=[x])
+        self.encode = tf.function(self._encode, input_signature=[x, s])
+        self.decode = tf.function(self._decode, input_signature=[z])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[x, n, s])
+        self.sample = tf.function(self._sample, input_signature=[n, s])
+        self.log_likelihood = tf.function(self._log_likelihood, input_signature=[x, n, s])
+
+    def signatures(self) -> dict:
+        return {name: getattr(self, name) for name in VAE_SIGNATURE_OUTPUTS}
+
+    def _observed(self, x):
+        x = predictive.assert_all_finite(x, "x must be finite")
+        with tf.control_dependencies([
+                tf.debugging.assert_greater_equal(x, 0.0, message="x must be in [0, 1]"),
+                tf.debugging.assert_less_equal(x, 1.0, message="x must be in [0, 1]")]):
+            return self.model.observe(tf.identity(x))
+
+    def _moments(self, q) -> dict:
+        return {"latent_mean": q.mean(), "latent_stddev": q.stddev()}
+
+    def _bound(self, x, num_samples, seed) -> dict:
+        x = self._observed(x)
+        out = self.model.importance_weighted(x, num_samples, seed, shared_noise=True)  # checks num_samples > 0
+        return {"log_likelihood": out["log_likelihood"],
+                "elbo": out["expected_log_likelihood"] - out["rate"]}
+
+    def _serving_default(self, x):
+        out = self._bound(x, self._num_samples, self._seed)
+        out.update(self._moments(self.model.encode(self._observed(x))))
+        return out
+
+    def _encode(self, x, seed):
+        q = self.model.encode(self._observed(x))
+        return {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
+
+    def _decode(self, z):
+        z = predictive.assert_all_finite(z, "z must be finite")
+        return {"mean": self.model.decode(z).mean()}
+
+    def _reconstruct(self, x, num_samples, seed):
+        x = self._observed(x)
+        # Spread of the decoded means across z ~ q(z|x) (the epistemic part in models.predictive's terms); the
+        # pixel noise of p(x|z) itself is left out: it says what a sample looks like, not how sure the model is.
+        return self.model.reconstruction_moments(x, num_samples, seed)  # checks num_samples > 0
+
+    def _sample(self, num_samples, seed):
+        with tf.control_dependencies([tf.debugging.assert_positive(num_samples, "num_samples must be positive")]):
+            z = self.model.prior.sample(tf.identity(num_samples), seed=seed)
+        return {"images": self.model.decode(z).mean(), "z": z}
+
+    def _log_likelihood(self, x, num_samples, seed):
+        return self._bound(x, num_samples, seed)
+
+    def warmup_requests(self, model_name: str = "model"):
+        """PredictRequests TF Serving replays at load (`--enable_model_warmup`): one per signature."""
+        inputs = {"x": tf.make_tensor_proto(np.zeros([1] + self._example_shape, np.float32)),
+                  "num_samples": tf.make_tensor_proto(2, tf.int32), "seed": tf.make_tensor_proto([0, 0], tf.int32),
+                  "z": tf.make_tensor_proto(np.zeros([1] + self._latent_shape, np.float32))}
+        return [_predict_request(model_name, name, {spec.name: inputs[spec.name] for spec in function.input_signature})
+                for name, function in self.signatures().items()]
+
+
+def _predict_request(model_name: str, signature_name: str, inputs: dict):
+    """A PredictRequest of `inputs` (name -> TensorProto) for one signature."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    for key, proto in inputs.items():
+        request.inputs[key].CopyFrom(proto)
+    return request
+
+
+SERVABLES = {"regression": RegressionServable, "classification": ClassificationServable, "density": VAEServable}
+
+
 def build_servable(model, dataset, num_samples: int, seed: int) -> tf.Module:
-    """The servable for a fitted model: its own (`model.servable(...)`) or the shared one of its task."""
-    if hasattr(model, "servable"):
-        return model.servable(dataset, num_samples=num_samples, seed=seed)
-    if dataset.task == "regression":
-        return RegressionServable(model, dataset, num_samples, seed)
-    if dataset.task == "classification":
-        return ClassificationServable(model, dataset, num_samples, seed)
-    raise ValueError(f"no export for task {dataset.task!r}")
+    """The servable of a fitted model's task (the model's own `task`, else its data set's: a VAE of labelled MNIST
+    is a density model); every family of a task exports the same signatures."""
+    task = getattr(model, "task", dataset.task)
+    if task not in SERVABLES:
+        raise ValueError(f"no export for task {task!r}")
+    return SERVABLES[task](model, dataset, num_samples, seed)
 
 
 def existing_versions(export_base: str | os.PathLike) -> list:
@@ -213,18 +325,6 @@ def existing_versions(export_base: str | os.PathLike) -> list:
     if not base.is_dir():
         return []
     return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and _VERSION.match(p.name))
-
-
-def write_warmup(path: pathlib.Path, requests) -> None:
-    """Writes PredictionLogs (TF Serving's warmup format) to `<path>/assets.extra/tf_serving_warmup_requests`."""
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    target = path / WARMUP_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(target)) as writer:
-        for request in requests:
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
 
 
 def save_versioned(servable: tf.Module, export_base: str | os.PathLike, signatures: dict,

@@ -25,6 +25,12 @@ def batch_seeds(seed: int, stream: int):
     return lambda b: tf.random.experimental.stateless_fold_in(base, b)
 
 
+def evenly_spaced(size: int, count: int) -> np.ndarray:
+    """`count` indices spread evenly over range(size): a subset that represents a split even when the split is
+    sorted (binarized MNIST's test set is ordered by digit)."""
+    return np.unique(np.linspace(0, size - 1, min(count, size)).round().astype(int))
+
+
 _SEED_SPEC = tf.TensorSpec([2], tf.int32)
 
 
@@ -35,8 +41,8 @@ def _spec(array) -> tf.TensorSpec:
 
 def _per_batch(fn, num_examples: int, batch_size: int, input_signature):
     """`fn` compiled with `input_signature` (any batch size: one trace for every batch, the last included) when the
-    split has several batches, where a graph runs them about 2x faster than eager; else `fn` itself, since one
-    batch cannot repay tracing a TFP model (about a second)."""
+    split has several batches, where a graph runs them faster than eager; else `fn` itself, since one batch
+    cannot repay tracing a TFP model."""
     if num_examples > batch_size:
         return tf.function(fn, input_signature=input_signature)
     return fn

@@ -1,5 +1,5 @@
-"""PNG figures written into the workdir: a reliability diagram, the predictive band of 1-D regression, image grids
-and a 2-D map of latent codes."""
+"""PNG figures written into the workdir: a reliability diagram, the predictive band of 1-D regression, and the VAE's
+figures (image grids and a 2-D map of latent codes)."""
 
 from __future__ import annotations
 
@@ -116,3 +116,46 @@ def latent_map(means: np.ndarray, labels, path: pathlib.Path) -> pathlib.Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def vae_figures(model, dataset, workdir: pathlib.Path, seeds) -> list:
+    """A VAE's figures of the test split; returns their paths.
+
+    `reconstructions.png` (test images and decoded means of z ~ q(z|x)), `prior_samples.png` (decoded means of
+    z ~ p(z)), `latent_map.png` (the test latent means, class probabilities for the categorical latent, on their
+    first two principal components, coloured by label when the data has labels), and for a 2-D Gaussian latent
+    `latent_manifold.png` (decoded means over a grid of prior quantiles).
+
+    Args:
+      model: a `models.vae.VariationalAutoencoder`.
+      dataset: its `training.data.Dataset`.
+      workdir: where the PNGs go.
+      seeds: b -> int32 [2], the stateless seeds of the figures' draws (`metrics.batch_seeds`).
+    """
+    import tensorflow_probability as tfp
+
+    from training.metrics import evenly_spaced
+
+    x, y = dataset.arrays("test")
+    observed = model.observe(x[evenly_spaced(len(x), 32)]).numpy()
+    reconstructed = model.predictive(observed, 1, seeds(0)).mean()[0].numpy()
+    columns = min(8, len(observed))
+    rows = len(observed) // columns
+    shape = (rows, columns) + observed.shape[1:]
+    pairs = np.stack([observed[:rows * columns].reshape(shape), reconstructed[:rows * columns].reshape(shape)],
+                     axis=1).reshape((-1,) + observed.shape[1:])  # alternate rows: images, reconstructions
+    paths = [image_grid(pairs, columns, workdir / "reconstructions.png",
+                        "test images (odd rows) and reconstructions, mean of p(x | z), z ~ q(z | x)")]
+    prior_draws = model.decode(model.prior.sample(64, seed=seeds(1))).mean().numpy()
+    paths.append(image_grid(prior_draws, 8, workdir / "prior_samples.png", "mean of p(x | z), z ~ p(z)"))
+    chosen = evenly_spaced(len(x), 5000)
+    means = np.concatenate([model.encode(model.observe(x[chosen[i:i + 1000]])).mean().numpy().reshape(
+        len(chosen[i:i + 1000]), -1) for i in range(0, len(chosen), 1000)])
+    paths.append(latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
+    if model.config.latent != "gumbel_softmax" and model.latent_shape == (2,):
+        quantiles = tfp.distributions.Normal(0.0, 1.0).quantile(np.linspace(0.05, 0.95, 15).astype(np.float32))
+        grid = quantiles.numpy()
+        z = np.stack(np.meshgrid(grid, grid[::-1]), axis=-1).reshape(-1, 2)
+        paths.append(image_grid(model.decode(z).mean().numpy(), 15, workdir / "latent_manifold.png",
+                                "mean of p(x | z) over prior quantiles 0.05..0.95 of z"))
+    return paths

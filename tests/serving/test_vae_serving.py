@@ -113,7 +113,7 @@ def _predict(stub, latent, signature, inputs):
 def test_signature_contract_is_batch_first(exports, mnist, latent):
     _, path = exports["models"][latent]
     loaded = _load(str(path))
-    assert set(loaded.signatures) == set(vae.SIGNATURE_OUTPUTS) | {"model_info"}  # model_info: every export's
+    assert set(loaded.signatures) == set(export.VAE_SIGNATURE_OUTPUTS) | {"model_info"}  # model_info: every export's
     info = json.loads(loaded.signatures["model_info"]()["info"].numpy())
     assert info["family"] == "vae" and info["config"]["latent"] == latent
     assert info["serving_default_num_samples"] == K_AT_EXPORT
@@ -190,12 +190,12 @@ def test_log_likelihood_grows_with_num_samples(exports, mnist):
 @pytest.mark.parametrize("latent", vae.LATENTS)
 def test_every_signature_round_trips_through_the_server(exports, mnist, stub, latent):
     _, path = exports["models"][latent]
-    for signature in vae.SIGNATURE_OUTPUTS:
+    for signature in export.VAE_SIGNATURE_OUTPUTS:
         inputs = _inputs(mnist, signature, latent)
         got = _predict(stub, latent, signature, inputs)
         again = _predict(stub, latent, signature, inputs)
         want = _call(path, signature, **inputs)
-        assert set(got) == set(vae.SIGNATURE_OUTPUTS[signature]), signature
+        assert set(got) == set(export.VAE_SIGNATURE_OUTPUTS[signature]), signature
         for name in got:
             np.testing.assert_array_equal(got[name], again[name], err_msg=f"{signature}/{name}")
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=f"{signature}/{name}")
@@ -219,7 +219,7 @@ def test_metadata_and_rest_serve_the_vae_signatures(stub, server, mnist):
     request.metadata_field.append("signature_def")
     defs = get_model_metadata_pb2.SignatureDefMap()
     stub.GetModelMetadata(request, timeout=30).metadata["signature_def"].Unpack(defs)
-    assert set(vae.SIGNATURE_OUTPUTS) | {"model_info"} <= set(defs.signature_def)
+    assert set(export.VAE_SIGNATURE_OUTPUTS) | {"model_info"} <= set(defs.signature_def)
     assert [d.size for d in defs.signature_def["decode"].inputs["z"].tensor_shape.dim] == [-1, 6, 4]
     z = _inputs(mnist, "decode", "normal")["z"]
     response = requests.post(f"{server.rest}/v1/models/normal:predict",
@@ -234,7 +234,7 @@ def test_warmup_requests_replay_against_their_signatures(exports):
     _, path = exports["models"]["gumbel_softmax"]
     loaded = _load(str(path))
     records = list(tf.data.TFRecordDataset(str(path / export.WARMUP_FILE)).as_numpy_iterator())
-    assert len(records) == len(vae.SIGNATURE_OUTPUTS)
+    assert len(records) == len(export.VAE_SIGNATURE_OUTPUTS)
     for record in records:
         request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
         out = loaded.signatures[request.model_spec.signature_name](

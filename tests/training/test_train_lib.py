@@ -16,6 +16,7 @@ import tensorflow as tf
 from models import linear_regression as lr
 from serving import process
 from training import config as config_lib
+from training import evaluation
 from training import train_lib
 from training import xla_cache
 
@@ -661,7 +662,7 @@ def test_a_failed_evaluation_or_export_keeps_the_training_and_a_rerun_finishes_w
     config = _config(tmp_path, data_dir=str(data_dir), epochs=1, export_base=str(tmp_path / "models"))
     work = pathlib.Path(config.workdir)
     with monkeypatch.context() as patch:
-        patch.setattr(*((train_lib, "evaluate", fail) if stage == "evaluation" else (export_lib, "export", fail)))
+        patch.setattr(*((evaluation, "evaluate", fail) if stage == "evaluation" else (export_lib, "export", fail)))
         with pytest.raises(RuntimeError, match=f"{stage} broke"):
             train_lib.train_and_evaluate(config, lr.Config(inference=inference), build_spied)
     assert training_calls
