@@ -95,10 +95,10 @@ def normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
 
     gives two independent N(0, 1) draws (r^2 = -2 log(1 - u) is Exp(1/2), i.e. chi^2 with 2 degrees of freedom,
     and the angle 2 pi v is uniform and independent of it: the polar form of a 2-D standard normal). It is the
-    transform TF's normal kernel applies one pair at a time, here as whole-tensor ops that Eigen vectorizes:
-    1.2-1.3x the speed of `tf.random.stateless_normal` on this project's CPU (`benchmarks/random_numbers.py`),
-    which matters where the draws are weight-sized (flipout and weight sampling draw a normal per weight per step:
-    478,000 for the MNIST 784-400-400-10 network). Finite: 1 - u >= 2^-23 in float32 (2^-52 in float64), so
+    transform TF's normal kernel applies one pair at a time, here as whole-tensor ops that Eigen vectorizes, and
+    faster than `tf.random.stateless_normal` for it (`benchmarks/random_numbers.py` measures both), which matters
+    where the draws are weight-sized (flipout and weight sampling draw a normal per weight per step: 478,000 for
+    the MNIST 784-400-400-10 network). Finite: 1 - u >= 2^-23 in float32 (2^-52 in float64), so
     |z| <= 5.65 (8.5), the same range as TF's kernel. Half-precision dtypes are drawn in float32 and cast.
     Deterministic in (shape, seed); a different stream from `tf.random.stateless_normal`'s for the same seed.
     """
@@ -160,9 +160,9 @@ def over_sample_chunks(fn, num_samples, chunk, shape, whole_under_xla: bool = Tr
     For a predictive whose samples go through a network: each chunk's activations [k, batch, units] stay in the
     CPU's cache between the products and the elementwise passes over them, and memory is bounded for any S. `fn`
     should slice draws made whole for all S, so that the chunking changes no number. One chunk runs without the
-    loop (0.1 ms of a 0.5 ms request for the UCI network). Traced for XLA (`jit_compile`), with `whole_under_xla`,
-    all S go in one chunk: XLA fuses the elementwise passes itself, and a loop over chunks that XLA compiled took
-    19 s a call for the MNIST network at S = 100, batch 1024 (265 ms unchunked) and asked for 40 GiB at S = 1000.
+    loop, whose own cost is a sizeable part of a small network's request. Traced for XLA (`jit_compile`), with
+    `whole_under_xla`, all S go in one chunk: XLA fuses the elementwise passes itself, and compiles a loop over
+    chunks of dynamic size into a computation far slower than the unchunked one, and far larger in memory.
     `num_samples` and `chunk` may be Python ints or int32 scalar tensors; with both ints, whether to loop is
     decided while tracing (`tf.cond` takes no Python bool in a graph).
     """
@@ -225,9 +225,9 @@ def scale_and_kl(loc, rho, log_prior_scale):
         dL/drho_i  = (d_i + k sigma_i / s^2 - k / sigma_i) sigmoid(rho_i),
         dL/dlog s  = k sum_i [1 - (sigma_i^2 + mu_i^2) / s^2].
 
-    Each elementwise pass over a layer's parameters counts (a 784 x 400 kernel is 313,600 of them): a softplus for
-    the sample and a separate KL with its own softplus and sigmoid took a local reparameterization training step
-    of a 784-400-400-10 network (batch 128) 13.8 ms here, this 10.7 ms.
+    Each elementwise pass over a layer's parameters counts (a 784 x 400 kernel is 313,600 of them, every step
+    whatever the batch): a softplus for the sample and a separate KL with its own softplus and sigmoid would make
+    more of them than this one softplus and the sigmoid derived from it.
     """
     sigma = tf.nn.softplus(rho)
     inv_prior_var = tf.exp(-2.0 * log_prior_scale)
@@ -376,7 +376,7 @@ class MeanFieldLayer(tf_keras.layers.Layer):
 
         For export: a signature traced inside reads sigma^2 from a variable instead of computing softplus(rho)^2
         for every request, a pass over every parameter of the network (478,000 for the MNIST 784-400-400-10
-        network) whatever the batch: 1.9 -> 1.3 ms for a one-example request at S = 100 here. The variables are
+        network) whatever the batch, which dominates a request of a few examples. The variables are
         not the layer's weights (not trained, not checkpointed); whoever traces inside keeps them (the exported
         servable does). On leaving, the layer reads its live weights again.
         """
