@@ -260,7 +260,8 @@ def _scaled(pre_activations, unit_scales, i: int, rows=slice(None)) -> tf.Tensor
 
 
 def default_hidden_units(dataset: str) -> tuple:
-    """The UCI protocol's one hidden layer of 50 units (100 for protein); two layers of 400 for images.
+    """The UCI protocol's one hidden layer of 50 units (100 for protein; also a user's CSV table); two layers of 400
+    for images.
 
     The 1-D toy set gets two layers of 50: a mean-field network with ONE hidden layer cannot grow its uncertainty
     between two clusters of data (Foong et al. 2019, "'In-Between' Uncertainty in Bayesian Neural Networks"),
@@ -268,7 +269,7 @@ def default_hidden_units(dataset: str) -> tuple:
     """
     if dataset == "uci/protein-tertiary-structure":
         return (100,)
-    if dataset.startswith("uci/"):
+    if dataset.startswith(("uci/", "csv:")):  # a table: the UCI protocol's network
         return (50,)
     if dataset.startswith("toy/"):
         return (50, 50)

@@ -189,18 +189,29 @@ class ClassificationServable(PredictiveServable):
 
     def __init__(self, model, dataset, num_samples: int, seed: int):
         self.num_classes = dataset.output_dim
+        # A table's features were standardized for training (images were not); its labels have names.
+        scaler = dataset.x_scaler
+        self._x_mean = None if scaler is None else tf.constant(scaler.mean, tf.float32)
+        self._x_std = None if scaler is None else tf.constant(scaler.std, tf.float32)
+        names = dataset.class_names or [str(k) for k in range(self.num_classes)]
+        self._class_names = tf.constant(list(names), tf.string)
         super().__init__(model, dataset, num_samples, seed, name="classification_servable")
 
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         x, num_samples = self._checked(x, num_samples)
+        if self._x_mean is not None:
+            x = (x - self._x_mean) / self._x_std
         summary = predictive.classification_summary((predictive_fn or self.model.predictive)(x, num_samples, seed))
         return {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
 
     def _from_examples(self, inputs):
-        """TF Serving's Classify API: `classes` (class indices as strings) and `scores` [batch, classes]."""
+        """TF Serving's Classify API: `classes` (the class names: a table's labels, else the indices as strings)
+        and `scores` [batch, classes]."""
         scores = self._serving_default(self._parse_examples(inputs))["probabilities"]
-        classes = tf.strings.as_string(tf.range(self.num_classes))
-        return {"classes": tf.tile(classes[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
+        return {"classes": tf.tile(self._class_names[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
+
+    def _warmup_input(self):
+        return super()._warmup_input() if self._x_mean is None else self._x_mean.numpy()[None, :]
 
 
 class VAEServable(tf.Module):
@@ -373,6 +384,10 @@ def model_info(model, dataset, num_samples: int, seed: int) -> dict:
         "serving_default_seed": int(seed),
         "variational_parameters": int(model.num_variational_parameters())
         if hasattr(model, "num_variational_parameters") else None,
+        # A table's column names (features in the order of x's last axis) and its classes in index order.
+        "features": list(dataset.feature_names) if dataset.feature_names else None,
+        "target": dataset.target_name,
+        "classes": list(dataset.class_names) if dataset.class_names else None,
     }
 
 

@@ -84,9 +84,10 @@ def train_and_evaluate(train_config: config_lib.TrainConfig, model_config, build
     strategy = make_strategy(train_config.strategy)
     if train_config.split != "all":
         return _train_and_evaluate_split(train_config, model_config, build_model, strategy)
-    num_splits = data_lib.num_uci_splits(train_config.dataset[len("uci/"):], train_config.data_dir)
-    for k in range(num_splits):  # Fail on a missing split file now, not after hours of training.
-        data_lib.check_available(train_config.dataset, train_config.data_dir, k)
+    csv = train_config.csv_spec()
+    num_splits = data_lib.num_splits(train_config.dataset, train_config.data_dir, csv)
+    for k in range(num_splits):  # Fail on a missing split file (a bad table) now, not after hours of training.
+        data_lib.check_available(train_config.dataset, train_config.data_dir, k, csv)
     workdir = pathlib.Path(train_config.workdir).expanduser()
     results = []
     for k in range(num_splits):
@@ -108,7 +109,7 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
     if not chief:
         # Every worker saves checkpoints (the collectives need them all), but only the chief's are the run's.
         workdir = workdir / f".worker_{strategy.cluster_resolver.task_id}"
-    dataset = data_lib.load(config.dataset, config.data_dir, config.split_index)
+    dataset = data_lib.load(config.dataset, config.data_dir, config.split_index, config.csv_spec())
     if config.validation_fraction > 0:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
     # Initializers without their own seed draw from the global generator: seeding it here makes --seed fix the

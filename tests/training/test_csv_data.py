@@ -141,3 +141,51 @@ def test_a_saved_config_without_the_csv_settings_resumes_at_their_defaults(tmp_p
     config_lib.check_resumable(saved, current)
     with pytest.raises(config_lib.ConfigError, match="--target: was '', now 'y'"):
         config_lib.check_resumable(saved, dict(current, target="y"))
+
+
+def _train_on_table(tmp_path, path, task, **values):
+    import json
+
+    import tensorflow as tf
+
+    from models import bayesian_dense
+    from training import config as config_lib
+    from training import train_lib
+
+    config = config_lib.TrainConfig(dataset=f"csv:{path}", task=task, workdir=str(tmp_path / "work"),
+                                    export_base=str(tmp_path / "export"), epochs=3, batch_size=32, num_samples=8,
+                                    seed=0, **values)
+    metrics = train_lib.train_and_evaluate(
+        config, bayesian_dense.Config(hidden_units=(8,)), bayesian_dense.build_model)
+    loaded = tf.saved_model.load(metrics["export_path"])
+    info = json.loads(loaded.signatures["model_info"]()["info"].numpy())
+    return metrics, loaded, info
+
+
+def test_a_regression_table_trains_evaluates_and_exports_its_column_names(tmp_path):
+    import tensorflow as tf
+
+    path = _write(tmp_path, _table(rows=120))
+    metrics, loaded, info = _train_on_table(tmp_path, path, "regression", target="price",
+                                            features=["weight, kg", "height"])
+    assert np.isfinite(metrics["test/nll"]) and metrics["test/rmse"] > 0
+    assert info["features"] == ["weight, kg", "height"] and info["target"] == "price" and info["classes"] is None
+    # Inputs in original units, in model_info's order; the mean comes back in the target's units.
+    out = loaded.signatures["serving_default"](x=tf.constant([[70.0, 170.0], [75.0, 180.0]]))
+    assert out["mean"].shape == (2, 1) and np.all(np.abs(out["mean"].numpy() - 270.0) < 100.0)
+
+
+def test_a_classification_table_answers_classify_with_the_label_names(tmp_path):
+    import tensorflow as tf
+
+    lines = ["size,colour,kind"] + [f"{s:.2f},{c:.2f},{'big' if s > 0 else 'small'}"
+                                    for s, c in np.random.default_rng(1).normal(size=(150, 2))]
+    metrics, loaded, info = _train_on_table(tmp_path, _write(tmp_path, "\n".join(lines)), "classification",
+                                            target="kind", test_fraction=0.2)
+    assert info["features"] == ["size", "colour"] and info["classes"] == ["big", "small"]
+    assert metrics["test/accuracy"] > 0.8
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=[2.0, 0.0]))}))
+    out = loaded.signatures["classify"](inputs=tf.constant([example.SerializeToString()]))
+    assert out["classes"].numpy().tolist() == [[b"big", b"small"]]
+    assert out["scores"].numpy()[0, 0] > 0.5
