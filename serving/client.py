@@ -12,7 +12,10 @@ the exports also have `regress`, `model_info` and, for mean-field networks, `pre
   Carlo estimate with a chosen number of samples, reproducible for a given seed;
 
 both answering `mean`, `stddev`, `aleatoric_stddev`, `epistemic_stddev`, `lower`, `upper`, each
-float32 [batch, outputs]. The client works with any Predict signature, though: `predict` sends
+float32 [batch, outputs] (a classifier's: `probabilities` [batch, classes] and their entropy decomposition).
+The command line reads the export's `model_info` first: a model trained on a table (`--dataset=csv:PATH`) takes
+the CSV's columns by header name, and a classifier's rows are printed with its class names. The client works
+with any Predict signature, though: `predict` sends
 numpy arrays and returns a numpy array per output. It talks to stock `tensorflow_model_server`
 and to `serving.server` alike.
 """
@@ -27,6 +30,7 @@ import numpy as np
 
 DEFAULT_SIGNATURE = "serving_default"
 MC_SIGNATURE = "predict_mc"
+MODEL_INFO_SIGNATURE = "model_info"
 PREDICTIVE_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
 
 
@@ -201,6 +205,15 @@ class PredictiveClient:
                        "method_name": sig.method_name}
                 for name, sig in defs.signature_def.items()}
 
+    def model_info(self, timeout: Optional[float] = None) -> Optional[dict]:
+        """The export's `model_info` (family, data set, a table's feature names in order, its target and classes),
+        or None for a model without that signature (one vizoo did not export)."""
+        if MODEL_INFO_SIGNATURE not in self.signatures(timeout):
+            return None
+        outputs = self.predict({}, signature_name=MODEL_INFO_SIGNATURE, timeout=timeout)
+        info = outputs["info"]
+        return json.loads(info.item() if isinstance(info, np.ndarray) else info)
+
     def status(self, timeout: Optional[float] = None) -> Dict[int, str]:
         """Version -> state name ("AVAILABLE", "LOADING", "END", ...)."""
         from tensorflow_serving.apis import get_model_status_pb2  # pylint: disable=import-outside-toplevel
@@ -218,24 +231,63 @@ class PredictiveClient:
 # Command line
 # --------------------------------------------------------------------------------------------
 
-def read_csv_rows(text: str) -> np.ndarray:
-    """Feature rows from CSV text, float32 [rows, features]; a non-numeric header is skipped."""
+def read_csv_rows(text: str, features: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Feature rows from CSV text, float32 [rows, features].
+
+    With `features` (the model's column names in order, from its `model_info`) the first row must be a header,
+    and the columns are taken by name: in any order, other columns (the target, an id) ignored, a missing one an
+    error naming it. Without, the columns are taken in order and a non-numeric header is skipped.
+    """
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if rows:
-        try:
-            [float(c) for c in rows[0]]
-        except ValueError:
-            rows = rows[1:]
+    if features:
+        if not rows:
+            raise ValueError("the CSV is empty: expected a header row naming the columns, then data rows")
+        header = [c.strip() for c in rows[0]]
+        missing = [f for f in features if f not in header]
+        if missing:
+            raise ValueError(f"the CSV lacks column(s) {', '.join(map(repr, missing))} that the model takes; "
+                             f"its features are {', '.join(map(repr, features))}, the CSV's header has "
+                             f"{', '.join(map(repr, header))}")
+        columns = [header.index(f) for f in features]
+        rows = [[r[j] if j < len(r) else "" for j in columns] for r in rows[1:]]
+        names = list(features)
+    else:
+        if rows:
+            try:
+                [float(c) for c in rows[0]]
+            except ValueError:
+                rows = rows[1:]
+        names = None
     if not rows:
         raise ValueError("the CSV has no data rows")
-    try:
-        return np.asarray([[float(c) for c in r] for r in rows], dtype=np.float32)
-    except ValueError as exc:
-        raise ValueError(f"the CSV must hold numbers only: {exc}") from None
+    values = np.empty([len(rows), len(rows[0])], np.float32)
+    for i, row in enumerate(rows):
+        if len(row) != values.shape[1]:
+            raise ValueError(f"CSV data row {i + 1} has {len(row)} values where the first has {values.shape[1]}")
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = float(cell)
+            except ValueError:
+                where = f"column {names[j]!r}" if names else f"column {j + 1}"
+                raise ValueError(f"CSV data row {i + 1}, {where}: {cell!r} is not a number") from None
+    return values
 
 
-def summarize(outputs: Dict[str, np.ndarray]) -> list:
-    """Per-row dicts of the predictive outputs that are present (lists over output dims)."""
+def summarize(outputs: Dict[str, np.ndarray], classes: Optional[Sequence[str]] = None) -> list:
+    """Per-row dicts: a regression's predictive outputs that are present (lists over output dims), or a
+    classifier's predicted class and class probabilities (by the class names `classes` when given)."""
+    if "probabilities" in outputs:
+        probabilities = np.asarray(outputs["probabilities"], np.float64)
+        names = list(classes) if classes else [str(k) for k in range(probabilities.shape[-1])]
+        rows = []
+        for i, p in enumerate(probabilities):
+            row = {"row": i, "class": names[int(np.argmax(p))],
+                   "probabilities": {name: float(v) for name, v in zip(names, p)}}
+            for name in ("predictive_entropy", "mutual_information"):
+                if name in outputs:
+                    row[name] = float(np.asarray(outputs[name])[i])
+            rows.append(row)
+        return rows
     mean = outputs.get("mean")
     if mean is None:
         mean = next(iter(outputs.values()))
@@ -251,9 +303,14 @@ def summarize(outputs: Dict[str, np.ndarray]) -> list:
 
 
 def format_rows(rows: list) -> str:
-    """Human-readable lines: mean ± stddev [lower, upper] per output dimension."""
+    """Human-readable lines: mean ± stddev [lower, upper] per output dimension, or the predicted class and the
+    class probabilities."""
     lines = []
     for row in rows:
+        if "probabilities" in row:
+            probabilities = ", ".join(f"{name} {p:.4f}" for name, p in row["probabilities"].items())
+            lines.append(f"row {row['row']}: {row['class']} ({probabilities})")
+            continue
         parts = []
         for j, mean in enumerate(row["mean"]):
             text = f"{mean:.6g}"
@@ -273,7 +330,8 @@ def _define_flags():
     flags.DEFINE_string("model_name", None, "Model to call.")
     flags.DEFINE_integer("model_version", None, "A specific version (default: latest).")
     flags.DEFINE_string("version_label", None, "A version label, e.g. stable.")
-    flags.DEFINE_string("csv", None, "CSV file of feature rows ('-' for stdin).")
+    flags.DEFINE_string("csv", None, "CSV file of feature rows ('-' for stdin). A model trained on a table takes "
+                        "its columns by header name (any order; other columns ignored).")
     flags.DEFINE_string("signature_name", DEFAULT_SIGNATURE,
                         "Signature to run; --num_samples or --seed switch the default to predict_mc "
                         "(or name predict_moments, which takes the same inputs).")
@@ -295,8 +353,7 @@ def main(argv, flag_values) -> int:
         else:
             with open(flag_values.csv, "r", encoding="utf-8") as f:
                 text = f.read()
-        x = read_csv_rows(text)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     use_mc = flag_values.num_samples is not None or flag_values.seed is not None
@@ -304,6 +361,16 @@ def main(argv, flag_values) -> int:
                           version=flag_values.model_version,
                           version_label=flag_values.version_label,
                           timeout=flag_values.timeout) as client:
+        try:
+            info = client.model_info() or {}
+        except ClientError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 1
+        try:
+            x = read_csv_rows(text, info.get("features"))
+        except ValueError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
         try:
             if use_mc:
                 seed = [int(s) for s in (flag_values.seed or ["0", "0"])]
@@ -318,7 +385,7 @@ def main(argv, flag_values) -> int:
         except (ClientError, ValueError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 1
-    rows = summarize(outputs)
+    rows = summarize(outputs, info.get("classes"))
     sys.stdout.write((json.dumps(rows) if flag_values.json else format_rows(rows)) + "\n")
     return 0
 

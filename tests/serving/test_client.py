@@ -99,3 +99,65 @@ def test_read_csv_rows_skips_a_header_and_rejects_text():
         client_lib.read_csv_rows("1,2\n3,oops\n")
     with pytest.raises(ValueError):
         client_lib.read_csv_rows("x,y\n")
+
+
+@pytest.fixture(scope="module")
+def table_server(tmp_path_factory):
+    """A classifier exported from a CSV table (columns size, colour; labels big, small), untrained, served."""
+    from models import bayesian_dense
+    from serving import export
+    from serving.process import ServerProcess
+    from training import csv_data
+
+    root = tmp_path_factory.mktemp("table")
+    rng = np.random.default_rng(0)
+    lines = ["id,size,colour,kind"] + [f"{i},{s:.3f},{c:.3f},{'big' if s > 0 else 'small'}"
+                                       for i, (s, c) in enumerate(rng.normal(size=(40, 2)))]
+    (root / "table.csv").write_text("\n".join(lines))
+    dataset = csv_data.load(csv_data.CsvSpec(path=str(root / "table.csv"), target="kind", features=("size", "colour"),
+                                             task="classification"))
+    model = bayesian_dense.build_model(bayesian_dense.Config(hidden_units=(4,)), dataset)
+    export.export(model, dataset, root / "models" / "table", num_samples=4, seed=0)
+    server = ServerProcess(["--model_name=table", f"--model_base_path={root / 'models' / 'table'}"],
+                           root / "server.log", rest=False)
+    yield server
+    server.stop()
+
+
+def _table_cli(server, tmp_path, text, *args):
+    path = tmp_path / "rows.csv"
+    path.write_text(text)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "serving.client", f"--server={server.address}", "--model_name=table",
+                           f"--csv={path}", *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          timeout=120)
+
+
+def test_cli_takes_a_table_models_columns_by_header_name_and_prints_class_names(table_server, tmp_path):
+    with client_lib.PredictiveClient(table_server.address, "table", timeout=30) as c:
+        info = c.model_info()
+        expected = c.predict(np.array([[0.5, -1.0], [-2.0, 0.25]], np.float32))["probabilities"]
+    assert info["features"] == ["size", "colour"] and info["classes"] == ["big", "small"]
+    # Columns in another order, with an id and the target besides: taken by name.
+    result = _table_cli(table_server, tmp_path, "kind,colour,id,size\nbig,-1.0,7,0.5\nsmall,0.25,8,-2.0\n", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [sorted(r["probabilities"]) for r in rows] == [["big", "small"]] * 2
+    np.testing.assert_allclose([[r["probabilities"]["big"], r["probabilities"]["small"]] for r in rows], expected,
+                               rtol=1e-6)
+    assert [r["class"] for r in rows] == [["big", "small"][int(np.argmax(p))] for p in expected]
+    assert client_lib.format_rows(rows[:1]).startswith(f"row 0: {rows[0]['class']} (big ")
+
+
+def test_cli_names_a_column_the_table_model_needs_and_the_csv_lacks(table_server, tmp_path):
+    result = _table_cli(table_server, tmp_path, "size,weight\n0.5,3\n")
+    assert result.returncode == 2
+    assert "the CSV lacks column(s) 'colour' that the model takes" in result.stderr
+
+
+def test_read_csv_rows_by_feature_names():
+    np.testing.assert_array_equal(client_lib.read_csv_rows("b,y,a\n1,x,2\n3,z,4\n", ["a", "b"]), [[2, 1], [4, 3]])
+    with pytest.raises(ValueError, match="CSV data row 1, column 'a': 'heavy' is not a number"):
+        client_lib.read_csv_rows("a,b\nheavy,1\n", ["a", "b"])
+    with pytest.raises(ValueError, match="the CSV has no data rows"):
+        client_lib.read_csv_rows("a,b\n", ["a", "b"])
