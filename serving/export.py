@@ -75,6 +75,27 @@ EXAMPLE_FEATURE = "x"
 _VERSION = re.compile(r"^\d+$")
 
 
+def checked_shape(x, example_shape, name: str):
+    """x, once its shape is [batch, *example_shape]; else INVALID_ARGUMENT naming both shapes, e.g.
+    "x has shape [1, 6]; the model takes [batch, 8]".
+
+    A server feeds a request's tensor to the signature's placeholder by name, which checks no shape (TF Serving's
+    session does not either), so without this a wrong width fails deep in the graph with TensorFlow's text about
+    some node. Core ops only: stock TF Serving answers the same.
+    """
+    rank = len(example_shape) + 1
+    received = tf.shape(x)
+    # Pad before slicing, so a tensor of another rank compares (and fails) without a shape error of its own.
+    padded = tf.concat([received, tf.fill([rank], -1)], 0)[:rank]
+    ok = tf.logical_and(tf.equal(tf.size(received), rank),
+                        tf.reduce_all(tf.equal(padded[1:], tf.constant(example_shape, tf.int32))))
+    message = tf.strings.join([f"{name} has shape [", tf.strings.reduce_join(tf.strings.as_string(received),
+                                                                            separator=", "),
+                               f"]; the model takes [batch, {', '.join(map(str, example_shape))}]"])
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+        return tf.identity(x)
+
+
 class PredictiveServable(tf.Module):
     """What every exported family shares: the model's variables, `serving_default` with S and the seed fixed at
     export, `predict_mc` with both as inputs, a tf.Example signature, and warmup requests.
@@ -108,6 +129,7 @@ class PredictiveServable(tf.Module):
 
     def _checked(self, x, num_samples):
         """(x, num_samples), usable only after both are checked (so a bad request fails with the check's message)."""
+        x = checked_shape(x, self._example_shape, "x")
         checks = [predictive.assert_all_finite(x, "x must be finite"),
                   tf.debugging.assert_positive(num_samples, "num_samples must be positive")]
         with tf.control_dependencies(checks):
@@ -255,7 +277,7 @@ class VAEServable(tf.Module):
         return {name: getattr(self, name) for name in VAE_SIGNATURE_OUTPUTS}
 
     def _observed(self, x):
-        x = predictive.assert_all_finite(x, "x must be finite")
+        x = predictive.assert_all_finite(checked_shape(x, self._example_shape, "x"), "x must be finite")
         with tf.control_dependencies([
                 tf.debugging.assert_greater_equal(x, 0.0, message="x must be in [0, 1]"),
                 tf.debugging.assert_less_equal(x, 1.0, message="x must be in [0, 1]")]):
@@ -280,7 +302,7 @@ class VAEServable(tf.Module):
         return {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
 
     def _decode(self, z):
-        z = predictive.assert_all_finite(z, "z must be finite")
+        z = predictive.assert_all_finite(checked_shape(z, self._latent_shape, "z"), "z must be finite")
         return {"mean": self.model.decode(z).mean()}
 
     def _reconstruct(self, x, num_samples, seed):

@@ -201,3 +201,20 @@ def test_model_info_over_grpc_tells_the_families_apart(stub):
         response = stub.Predict(request, timeout=30)
         families[name] = json.loads(to_array(response.outputs["info"]).item().decode())["family"]
     assert families == {REGRESSION: "linear_regression", CLASSIFIER: "bayesian_dense"}
+
+
+@pytest.mark.parametrize("name, x, received, expected", [
+    (REGRESSION, np.ones([1, 6], np.float32), "[1, 6]", "[batch, 8]"),
+    (REGRESSION, np.ones([3], np.float32), "[3]", "[batch, 8]"),
+    (CLASSIFIER, np.ones([2, 28, 27, 1], np.float32), "[2, 28, 27, 1]", "[batch, 28, 28, 1]"),
+])
+def test_a_wrong_input_shape_is_invalid_argument_naming_both_shapes(server, name, x, received, expected):
+    message = f"x has shape {received}; the model takes {expected}"
+    for signature, inputs in (("serving_default", {"x": x}),
+                              ("predict_mc", {"x": x, "num_samples": np.int32(4), "seed": np.array([1, 2], np.int32)})):
+        with client_lib.PredictiveClient(server.address, name, timeout=30) as c:
+            with pytest.raises(client_lib.InvalidRequestError) as error:
+                c.predict(inputs, signature_name=signature)
+        assert error.value.code == "INVALID_ARGUMENT" and message in error.value.details, error.value.details
+    response = requests.post(f"{server.rest}/v1/models/{name}:predict", json={"instances": x.tolist()}, timeout=30)
+    assert response.status_code == 400 and message in response.json()["error"], response.text

@@ -279,3 +279,16 @@ def test_exports_load_and_run_without_tensorflow_probability(exports, mnist, tmp
             _, path, *values = line.split()
             want = _call(pathlib.Path(path), "serving_default", x=_images(mnist))["log_likelihood"]
             np.testing.assert_allclose([float(v) for v in values], want, rtol=1e-6)
+
+
+def test_a_wrong_image_or_latent_shape_is_invalid_argument_naming_both_shapes(stub, server, mnist):
+    error = rpc_error(_predict, stub, "normal", "serving_default", {"x": _images(mnist)[:, :27]})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "x has shape [3, 27, 28, 1]; the model takes [batch, 28, 28, 1]" in error.details(), error.details()
+    error = rpc_error(_predict, stub, "normal", "decode", {"z": np.zeros([2, 5], np.float32)})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "z has shape [2, 5]; the model takes [batch, 8]" in error.details(), error.details()
+    response = requests.post(f"{server.rest}/v1/models/normal:predict",
+                             json={"instances": _images(mnist)[:, :, :20].tolist()}, timeout=30)
+    assert response.status_code == 400
+    assert "x has shape [3, 28, 20, 1]; the model takes [batch, 28, 28, 1]" in response.json()["error"]
