@@ -83,10 +83,10 @@ def cached_data(monkeypatch, loaded):
     """`data_lib.load` answered from `loaded`; each call gets its own `Dataset` around the shared arrays."""
     load = data_lib.load
 
-    def cached(name, data_dir, split=0):
-        key = (name, split)
+    def cached(name, data_dir, split=0, csv=None):
+        key = (name, split, csv)
         if key not in loaded:
-            loaded[key] = load(name, data_dir, split)
+            loaded[key] = load(name, data_dir, split, csv)
         return dataclasses.replace(loaded[key])
 
     monkeypatch.setattr(data_lib, "load", cached)
