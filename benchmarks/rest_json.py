@@ -3,22 +3,18 @@
     python benchmarks/rest_json.py [--rows 1024]
 
 A `:predict` body becomes a document before it becomes a tensor. `codec.parse_json_document` reads it with orjson
-when orjson reads it as the json module does, and otherwise with the json module (`codec._parse_with_json`, the
-parser this replaced: NaN, Infinity, integers beyond 64 bits, anything malformed). The parser before it also
-scanned every body with two regular expressions for numbers beyond double range (`[eE]\+?[0-9]{3}`,
-`[0-9]{300}`); now that is two substring searches of the body's digit skeleton. Measured in one run, calls
-alternating, as median wall times, for three bodies of `--rows` MNIST-sized rows (784 numbers each) as clients
-write them: pixels as integers 0-255, pixels scaled to [0, 1] and printed by `json.dumps` (17 significant
-digits), and the same with four decimals. Printed: our parser's time, the json module's with and without the old scans, the
-ratios, then the time to turn
-the parsed body into the input array (`json_to_predict_inputs`) and to write an answer of the same size in TF
-Serving's format (`arrays_to_predict_json`, row format, one 784-wide output per row).
+when orjson reads it as the json module does, and otherwise with the json module (`codec._parse_with_json`: NaN,
+Infinity, integers beyond 64 bits, anything malformed). Measured in one run, calls alternating, as median wall
+times, for three bodies of `--rows` MNIST-sized rows (784 numbers each) as clients write them: pixels as integers
+0-255, pixels scaled to [0, 1] and printed by `json.dumps` (17 significant digits), and the same with four
+decimals. Printed: our parser's time, the json module's and their ratio, then the time to turn the parsed body
+into the input array (`json_to_predict_inputs`) and to write an answer of the same size in TF Serving's format
+(`arrays_to_predict_json`, row format, one 784-wide output per row).
 """
 
 import argparse
 import json
 import pathlib
-import re
 import sys
 
 import numpy as np
@@ -28,17 +24,6 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.predictive import interleaved_medians  # noqa: E402
 from serving import codec  # noqa: E402
-
-
-_OLD_SCANS = (re.compile(r"[eE]\+?[0-9]{3}"), re.compile(r"[0-9]{300}"))
-
-
-def previous_parser(body: bytes):
-    """The parser before orjson: the regular-expression scans, then the json module."""
-    text = body.decode("utf-8")
-    maybe_huge = any(scan.search(text) for scan in _OLD_SCANS)
-    return (json.loads(text, parse_float=codec._parse_float, parse_int=codec._parse_int) if maybe_huge
-            else json.loads(text))
 
 
 def bodies(rows: int, seed: int = 0) -> dict:
@@ -60,9 +45,8 @@ def main():
     args = parser.parse_args()
     print(f"one process, calls alternating; bodies of {args.rows} rows x 784 numbers")
     print()
-    print("| body | MiB | ours ms | json module ms | before (scans + json) ms | vs json module | vs before | "
-          "to array ms | answer writing ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| body | MiB | ours ms | json module ms | vs json module | to array ms | answer writing ms |")
+    print("|---|---|---|---|---|---|---|")
     for name, (body, expected) in bodies(args.rows).items():
         doc = codec.parse_json_document(body)
         arrays, _ = codec.json_to_predict_inputs(doc, {"x": codec.DT_FLOAT}, "")
@@ -71,13 +55,11 @@ def main():
         times = interleaved_medians({
             "ours": lambda: codec.parse_json_document(body),
             "json": lambda: codec._parse_with_json(body, skeleton),
-            "before": lambda: previous_parser(body),
             "array": lambda: codec.json_to_predict_inputs(doc, {"x": codec.DT_FLOAT}, ""),
             "write": lambda: codec.arrays_to_predict_json({"y": expected}, codec.ROW_FORMAT),
         }, budget=args.budget)
         print(f"| {name} | {len(body) / 2 ** 20:.1f} | {1e3 * times['ours']:.0f} | {1e3 * times['json']:.0f} | "
-              f"{1e3 * times['before']:.0f} | {times['json'] / times['ours']:.1f}x | "
-              f"{times['before'] / times['ours']:.1f}x | {1e3 * times['array']:.0f} | {1e3 * times['write']:.0f} |")
+              f"{times['json'] / times['ours']:.1f}x | {1e3 * times['array']:.0f} | {1e3 * times['write']:.0f} |")
 
 
 if __name__ == "__main__":
