@@ -156,6 +156,13 @@ def feature_names(spec: CsvSpec, table: Table) -> tuple:
 def _numbers(table: Table, name: str) -> np.ndarray:
     """Column `name` as float64 [rows]; a missing or non-numeric (or infinite) cell is an error naming it."""
     j = table.column(name)
+    cells = [row[j] for row in table.rows]
+    try:  # the whole column at once; a failure is looked for cell by cell, to name it
+        values = np.asarray(cells, np.float64)
+        if np.all(np.isfinite(values)):
+            return values
+    except ValueError:
+        pass
     values = np.empty(len(table.rows), np.float64)
     for i, row in enumerate(table.rows):
         cell = row[j]

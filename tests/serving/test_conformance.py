@@ -129,17 +129,21 @@ def test_regress_merges_the_context_into_every_example(fixture_stub):
     assert [r.value for r in response.result.regressions] == [5.0, 5.0]
 
 
-def test_multi_inference_runs_classify_and_regress_on_the_same_examples(fixture_stub):
+def _multi_inference(stub, model, classify_signature, regress_signature, examples):
     from tensorflow_serving.apis import inference_pb2
     request = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
-                              ("regress_x_to_y", "tensorflow/serving/regress")):
+    for signature, method in ((classify_signature, "tensorflow/serving/classify"),
+                              (regress_signature, "tensorflow/serving/regress")):
         task = request.tasks.add()
-        task.model_spec.name = "half_plus_two"
+        task.model_spec.name = model
         task.model_spec.signature_name = signature
         task.method_name = method
-    request.input.example_list.examples.extend([_example(x=2.0)])
-    response = fixture_stub.MultiInference(request, timeout=30)
+    request.input.example_list.examples.extend(examples)
+    return stub.MultiInference(request, timeout=30)
+
+
+def test_multi_inference_runs_classify_and_regress_on_the_same_examples(fixture_stub):
+    response = _multi_inference(fixture_stub, "half_plus_two", "classify_x_to_y", "regress_x_to_y", [_example(x=2.0)])
     assert response.results[0].classification_result.classifications[0].classes[0].score == 3.0
     assert response.results[1].regression_result.regressions[0].value == 3.0
     assert response.results[1].model_spec.signature_name == "regress_x_to_y"
@@ -148,16 +152,8 @@ def test_multi_inference_runs_classify_and_regress_on_the_same_examples(fixture_
 def test_multi_inference_feeds_the_examples_to_each_tf2_signatures_own_input(fixture_stub):
     # A TF2 export gives every signature its own input tensor (classify_x_to_y_inputs:0, regress_x_to_y2_inputs:0):
     # TF Serving feeds the serialized examples to each and answers every task.
-    from tensorflow_serving.apis import inference_pb2
-    request = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
-                              ("regress_x_to_y2", "tensorflow/serving/regress")):
-        task = request.tasks.add()
-        task.model_spec.name = "tf2"
-        task.model_spec.signature_name = signature
-        task.method_name = method
-    request.input.example_list.examples.extend([_example(x=2.0), _example(x=4.0)])
-    response = fixture_stub.MultiInference(request, timeout=30)
+    response = _multi_inference(fixture_stub, "tf2", "classify_x_to_y", "regress_x_to_y2",
+                                [_example(x=2.0), _example(x=4.0)])
     # y = 0.5 x + 2 and y2 = 0.5 x + 3, both from feature x.
     assert [c.classes[0].score for c in response.results[0].classification_result.classifications] == [3.0, 4.0]
     assert [r.value for r in response.results[1].regression_result.regressions] == [4.0, 5.0]
