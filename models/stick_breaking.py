@@ -26,12 +26,25 @@ E_q[v^m] = b B(1 + m/a, b). The series' terms fall like Gamma(b) a^b m^-(1 + b) 
 for small b, so `kl_kumaraswamy_beta` sums `KL_TERMS` terms exactly and adds that power law's tail beyond them
 (Nalisnick and Smyth truncate after 10 terms, which underestimates the KL where b < 1).
 
-Only core TensorFlow ops are used, so an exported signature that samples the latent loads without TFP.
+The mixture weights' moments follow from the fractions' independence: pi_k is a product of independent factors,
+
+    E[pi_k] = E[v_k] prod_{j<k} (1 - E[v_j]),   E[pi_k^2] = E[v_k^2] prod_{j<k} E[(1 - v_j)^2],
+
+with the Kumaraswamy's moments E[v^n] = b B(1 + n/a, b): the expected weights are the weights of the expected
+fractions. `KumaraswamyStickBreaking` is the distribution of pi, both the posterior and the truncated GEM prior, since
+Beta(1, alpha) is Kumaraswamy(1, alpha) (both densities are alpha (1 - v)^(alpha - 1)), so the prior's fractions are
+drawn by the same inverse CDF, v = 1 - (1 - u)^(1/alpha).
+
+Only core TensorFlow ops are used (the distribution class is a TFP wrapper whose methods trace to core ops), so an
+exported signature that samples the latent loads without TFP.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
 
 EULER_GAMMA = 0.5772156649015329
 # Terms of the KL's series summed exactly before its tail's closed form.
@@ -104,7 +117,148 @@ def stick_breaking_weights(v):
     return tf.concat([v * tf.exp(log_rest), left], axis=-1)
 
 
+def fraction_moment(a, b, order: float):
+    """E_q[v^n] = b B(1 + n/a, b) for Kumaraswamy(a, b), elementwise, n = `order`."""
+    return tf.exp(tf.math.log(b) + tf.math.lgamma(1.0 + order / a) + tf.math.lgamma(b)
+                  - tf.math.lgamma(1.0 + order / a + b))
+
+
 def expected_fraction(a, b):
     """E_q[v] = b B(1 + 1/a, b) for Kumaraswamy(a, b): the fractions' posterior mean, for a deterministic code."""
-    return tf.exp(tf.math.log(b) + tf.math.lgamma(1.0 + 1.0 / a) + tf.math.lgamma(b)
-                  - tf.math.lgamma(1.0 + 1.0 / a + b))
+    return fraction_moment(a, b, 1.0)
+
+
+def weight_moments(a, b):
+    """Mean and standard deviation [..., K] of the weights pi = stick_breaking_weights(v) of independent fractions
+    v_k ~ Kumaraswamy(a_k, b_k), a and b [..., K - 1] (module docstring), evaluated in float64: the variance
+    E[pi^2] - E[pi]^2 cancels where a weight is nearly certain."""
+    dtype = a.dtype
+    a, b = tf.cast(a, tf.float64), tf.cast(b, tf.float64)
+    m1, m2 = fraction_moment(a, b, 1.0), fraction_moment(a, b, 2.0)
+    mean = stick_breaking_weights(m1)
+    rest_squared = tf.math.cumprod(1.0 - 2.0 * m1 + m2, axis=-1)  # prod_{j<=k} E[(1 - v_j)^2]
+    previous = tf.concat([tf.ones_like(rest_squared[..., :1]), rest_squared[..., :-1]], axis=-1)
+    second = tf.concat([m2 * previous, rest_squared[..., -1:]], axis=-1)
+    stddev = tf.sqrt(tf.maximum(second - tf.square(mean), 0.0))
+    return tf.cast(mean, dtype), tf.cast(stddev, dtype)
+
+
+def _log1mexp(x):
+    """log(1 - e^x) for x <= 0, accurate at both ends (Maechler 2012); each branch sees only inputs it takes, so
+    neither gives the other's gradient a NaN."""
+    near_zero = x > -0.6931472
+    return tf.where(near_zero, tf.math.log(-tf.math.expm1(tf.where(near_zero, x, -1.0))),
+                    tf.math.log1p(-tf.exp(tf.where(near_zero, -1.0, x))))
+
+
+def log_fractions_from_weights(pi):
+    """(log v, log(1 - v), log rest) [..., K - 1] of the fractions that break the stick into weights pi [..., K]
+    (every weight positive): rest_k = prod_{j<k} (1 - v_j) = sum_{j>=k} pi_j, v_k = pi_k / rest_k and
+    1 - v_k = rest_{k+1} / rest_k. The rests are sums of weights, not differences, so no cancellation; of log v and
+    log(1 - v), the one nearer 0 is recomputed from the other (`_log1mexp`), accurate for v near 0 and near 1."""
+    log_rest = tf.math.log(tf.math.cumsum(pi, axis=-1, reverse=True))  # [..., K]
+    log_v = tf.math.log(pi[..., :-1]) - log_rest[..., :-1]
+    log_1mv = log_rest[..., 1:] - log_rest[..., :-1]
+    log_v, log_1mv = (tf.where(log_v > log_1mv, _log1mexp(log_1mv), log_v),
+                      tf.where(log_v > log_1mv, log_1mv, _log1mexp(log_v)))
+    return log_v, log_1mv, log_rest[..., :-1]
+
+
+class KumaraswamyStickBreaking(tfd.Distribution):
+    """Weights pi [..., K] in the simplex from K - 1 independent fractions v_k ~ Kumaraswamy(a_k, b_k):
+    pi = stick_breaking_weights(v).
+
+    The stick-breaking VAE's posterior q(pi | x), and, with a = 1 and b = alpha (`gem_prior`), the truncated GEM
+    prior, whose fractions are Beta(1, alpha). Draws by the inverse CDF of uniform noise (`fractions`), so they are
+    reparameterized. `log_prob` is the density of the first K - 1 weights (the last is one minus their sum):
+
+        log q(pi) = sum_{k<K} [log q(v_k) - log rest_k],   rest_k = prod_{j<k} (1 - v_j),
+
+    the change of variables v -> pi being triangular with diagonal dpi_k/dv_k = rest_k. The VAE weighs its draws
+    with `fractions_log_prob` of the fractions it drew instead: the Jacobian is the same for q and the prior, so it
+    cancels in the ratio p(pi) / q(pi), and the fractions need not be recovered from the weights.
+
+    Args:
+      concentration1: a [..., K - 1], positive.
+      concentration0: b [..., K - 1], positive.
+    """
+
+    def __init__(self, concentration1, concentration0, validate_args=False, allow_nan_stats=True,
+                 name="KumaraswamyStickBreaking"):
+        parameters = dict(locals())
+        with tf.name_scope(name) as name:
+            self._concentration1 = tf.convert_to_tensor(concentration1, tf.float32, name="concentration1")
+            self._concentration0 = tf.convert_to_tensor(concentration0, tf.float32, name="concentration0")
+            super().__init__(dtype=tf.float32, reparameterization_type=tfd.FULLY_REPARAMETERIZED,
+                             validate_args=validate_args, allow_nan_stats=allow_nan_stats, parameters=parameters,
+                             name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return dict(concentration1=tfp.util.ParameterProperties(event_ndims=1),
+                    concentration0=tfp.util.ParameterProperties(event_ndims=1))
+
+    @property
+    def concentration1(self):
+        """a [..., K - 1]."""
+        return self._concentration1
+
+    @property
+    def concentration0(self):
+        """b [..., K - 1]."""
+        return self._concentration0
+
+    def _event_shape(self):
+        fractions = tf.broadcast_static_shape(self._concentration1.shape[-1:], self._concentration0.shape[-1:])
+        return tf.TensorShape([None if fractions[0] is None else fractions[0] + 1])
+
+    def _event_shape_tensor(self):
+        return tf.broadcast_dynamic_shape(tf.shape(self._concentration1)[-1:],
+                                          tf.shape(self._concentration0)[-1:]) + 1
+
+    def _fraction_shape(self):
+        return tf.concat([self.batch_shape_tensor(), self.event_shape_tensor() - 1], 0)
+
+    def fractions(self, u):
+        """v = F^{-1}(u) [..., K - 1] for uniform noise u [..., K - 1] (broadcast against the parameters)."""
+        return kumaraswamy_inverse_cdf(self._concentration1, self._concentration0, u)
+
+    def fractions_log_prob(self, v):
+        """sum_k log q(v_k) [...] of fractions v [..., K - 1]."""
+        return tf.reduce_sum(kumaraswamy_log_prob(v, self._concentration1, self._concentration0), axis=-1)
+
+    def _sample_n(self, n, seed=None):
+        shape = tf.concat([[n], self._fraction_shape()], 0)
+        u = tf.random.stateless_uniform(shape, tfp.random.sanitize_seed(seed), minval=FRACTION_EPS,
+                                        maxval=1.0 - FRACTION_EPS)
+        return stick_breaking_weights(self.fractions(u))
+
+    def _log_prob(self, pi):
+        a, b = self._concentration1, self._concentration0
+        log_v, _, log_rest = log_fractions_from_weights(pi)
+        # log q(v) = log a + log b + (a - 1) log v + (b - 1) log(1 - v^a), from log v (accurate near v = 1 too).
+        log_q = (tf.math.log(a) + tf.math.log(b) + (a - 1.0) * log_v
+                 + (b - 1.0) * _log1mexp(a * log_v))
+        return tf.reduce_sum(log_q - log_rest, axis=-1)
+
+    def _mean(self):
+        return weight_moments(self._concentration1, self._concentration0)[0]
+
+    def _stddev(self):
+        return weight_moments(self._concentration1, self._concentration0)[1]
+
+    def _variance(self):
+        return tf.square(self._stddev())
+
+
+def gem_prior(alpha: float, components: int) -> KumaraswamyStickBreaking:
+    """The GEM(alpha) prior truncated to K = `components` weights: fractions v_k ~ Beta(1, alpha) = Kumaraswamy(1,
+    alpha), batch shape [], event [K]."""
+    ones = tf.ones([components - 1], tf.float32)
+    return KumaraswamyStickBreaking(ones, alpha * ones, name="GEM")
+
+
+def kl_to_gem(q: KumaraswamyStickBreaking, alpha: float) -> tf.Tensor:
+    """KL(q || GEM(alpha)) [...] summed over the K - 1 fractions (the last weight is their remainder, no variable of
+    its own): sum_k KL(Kumaraswamy(a_k, b_k) || Beta(1, alpha))."""
+    return tf.reduce_sum(kl_kumaraswamy_beta(q.concentration1, q.concentration0, 1.0, alpha), axis=-1)

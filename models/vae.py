@@ -1,4 +1,5 @@
-"""Variational autoencoders: amortized inference with Gaussian, full-covariance and Gumbel-softmax latents.
+"""Variational autoencoders: amortized inference with Gaussian, full-covariance, Gumbel-softmax and stick-breaking
+latents.
 
 Model (Kingma and Welling 2014; Rezende, Mohamed and Wierstra 2014). Each example x has its own latent z,
 
@@ -34,6 +35,14 @@ Latents (`Config.latent`), each sampled by reparameterization so gradients flow 
     model has taken. The model counts them itself in a non-trainable variable `step` (incremented by
     `elbo_terms(..., training=True)`, read before the increment), which is checkpointed with the model's weights,
     so a run resumed from a checkpoint continues the schedule exactly where it stopped.
+  * `kumaraswamy`: the stick-breaking VAE (Nalisnick and Smyth 2017). z = pi, K = `latent_dim` mixture weights in
+    the simplex broken from K - 1 fractions, pi_k = v_k prod_{j<k} (1 - v_j), the last weight the remainder;
+        q(v | x) = prod_k Kumaraswamy(v_k | a_k(x), b_k(x)),    p(v) = prod_k Beta(v_k | 1, alpha)  (truncated GEM),
+    a, b = softplus + `CONCENTRATION_FLOOR`, started at the prior (a = 1, b = alpha). Fractions are drawn by the
+    inverse CDF, v = (1 - (1 - u)^(1/b))^(1/a), u ~ U(0, 1), so they are reparameterized; the rate is the sum of
+    the K - 1 fractions' closed-form KLs(Kumaraswamy || Beta) and importance weights use the fractions' densities
+    (the Jacobian of v -> pi cancels between q and p). `models/stick_breaking.py` has the maths; serving's prior
+    draws are the same inverse CDF with a = 1, b = alpha (Beta(1, alpha) = Kumaraswamy(1, alpha)), core ops only.
 
 Likelihoods (`Config.likelihood`): `bernoulli` over binary pixels, logits from the decoder; `continuous_bernoulli`
 (Loaiza-Ganem and Cunningham 2019), the normalized density on [0, 1] for grey levels,
@@ -60,12 +69,18 @@ with L_1 = ELBO <= L_K <= L_{K+1} -> log p(x) as K grows; -L_K is the test NLL o
 computed by `importance_weighted` in chunks of samples under a fixed activation budget, combining chunks with a
 running log-sum-exp, so memory stays bounded for any K (5000 in the benchmark).
 
+Training on L_K (the IWAE of Burda et al. 2016): `Config.train_importance_samples` K > 1 makes the training loss
+-L_K from the same routine, K draws per example, reparameterized (the categorical latent's are Concrete draws
+weighed by the relaxed densities, a bound on the relaxed model as in Maddison et al. 2017); K = 1 is the ELBO
+above, closed-form rate included. See `ImportanceWeightedTerms` for what the loop logs and for beta and warm-up.
+
 This module holds the model and its maths. Its evaluation (rate, distortion and the test NLL -L_K) is in
 `training/evaluation.py`, its figures in `training/plots.py` (`vae_figures`), and its SavedModel signatures in
 `serving/export.py` (`VAEServable`).
 
 References: Kingma and Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Burda, Grosse and Salakhutdinov,
-"Importance Weighted Autoencoders", ICLR 2016; Jang, Gu and Poole, "Categorical Reparameterization with
+"Importance Weighted Autoencoders", ICLR 2016; Nalisnick and Smyth, "Stick-Breaking Variational Autoencoders",
+ICLR 2017; Jang, Gu and Poole, "Categorical Reparameterization with
 Gumbel-Softmax", ICLR 2017; Maddison, Mnih and Teh, "The Concrete Distribution", ICLR 2017; Alemi et al., "Fixing
 a Broken ELBO", ICML 2018; Loaiza-Ganem and Cunningham, "The continuous Bernoulli", NeurIPS 2019.
 """
@@ -75,7 +90,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import ClassVar, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -83,18 +98,22 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from models import bayesian_layers
+from models import stick_breaking
 from models.objective import ElboTerms
 
 tfd = tfp.distributions
 tfpl = tfp.layers
 
-LATENTS = ("normal", "full_covariance", "gumbel_softmax")
+LATENTS = ("normal", "full_covariance", "gumbel_softmax", "kumaraswamy")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
 ARCHS = ("mlp", "conv")
 ACTIVATIONS = ("tanh", "relu", "softplus", "elu")
 
 # Seed of the one evaluation binarization (see `fixed_binarization`); part of what the test numbers mean.
 EVAL_BINARIZATION_SEED = 20151130
+# Lower bounds of the Kumaraswamy concentrations a, b the encoder outputs (softplus + floor): below them draws sit at
+# the fractions' clipping bounds and the KL's series (whose tail grows as Gamma(b) ~ 1/b) dominates the loss.
+CONCENTRATION_FLOOR = 1e-2
 # Activations (float32 numbers) one chunk of the importance-weighted bound may hold: samples x batch x the decoder's
 # activations per row. 2^23 floats is 32 MB; the peak with TFP's temporaries is a few times that.
 IW_ACTIVATION_BUDGET = 2 ** 23
@@ -105,15 +124,19 @@ class Config:
     """Hyperparameters of a variational autoencoder.
 
     Attributes:
-      latent: `normal`, `full_covariance` or `gumbel_softmax`.
-      latent_dim: D, size of a Gaussian latent.
+      latent: `normal`, `full_covariance`, `gumbel_softmax` or `kumaraswamy` (stick-breaking).
+      latent_dim: D, size of a Gaussian latent; for `kumaraswamy` the truncation level K, the number of mixture
+        weights (K - 1 stick fractions), at least 2.
       categories: K, categories of each variable of the Gumbel-softmax latent.
       latent_variables: M, categorical variables of the Gumbel-softmax latent.
       hidden_units: widths of the encoder's hidden layers (the decoder mirrors them); `mlp` only.
       activation: hidden-layer nonlinearity.
       arch: `mlp` or `conv`.
       likelihood: `bernoulli` (binary pixels) or `continuous_bernoulli` (grey levels in [0, 1]).
+      gem_alpha: `kumaraswamy`: alpha of the truncated GEM prior, v_k ~ Beta(1, alpha) (5 in Nalisnick and Smyth's
+        experiments); larger alpha breaks the stick into more pieces of weight.
       beta: weight of the rate in training (1: the ELBO).
+      train_importance_samples: K of the training objective, the importance-weighted bound L_K (1: the ELBO).
       eval_importance_samples: K of the importance-weighted test NLL.
       eval_examples: compute the test NLL on N evenly spaced test examples only (0: all of them); quick checks.
       temperature_init, temperature_min, temperature_decay: tau_t = max(min, init * exp(-decay * t)).
@@ -128,7 +151,9 @@ class Config:
     activation: str = "tanh"
     arch: str = "mlp"
     likelihood: str = "bernoulli"
+    gem_alpha: float = 5.0
     beta: float = 1.0
+    train_importance_samples: int = 1
     eval_importance_samples: int = 50
     eval_examples: int = 0
     # Evaluation-only fields: a finished run may be re-evaluated with other values in the same workdir.
@@ -146,9 +171,14 @@ class Config:
         self.hidden_units = bayesian_layers.layer_widths(self.hidden_units)
         if self.arch == "mlp" and not self.hidden_units:
             raise ValueError("hidden_units must name at least one layer for arch=mlp")
-        for name in ("latent_dim", "latent_variables", "eval_importance_samples"):
+        for name in ("latent_dim", "latent_variables", "train_importance_samples", "eval_importance_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.latent == "kumaraswamy" and int(self.latent_dim) < 2:
+            raise ValueError(f"latent_dim must be at least 2 for latent=kumaraswamy (K weights, K - 1 fractions), "
+                             f"got {self.latent_dim}")
+        if not self.gem_alpha > 0:
+            raise ValueError(f"gem_alpha must be positive, got {self.gem_alpha}")
         if int(self.categories) < 2:
             raise ValueError(f"categories must be at least 2, got {self.categories}")
         if int(self.eval_examples) < 0:
@@ -163,7 +193,8 @@ class Config:
 
     @property
     def latent_shape(self) -> tuple:
-        """Shape of one z: [D] for Gaussian latents, [M, K] for the categorical one."""
+        """Shape of one z: [D] for Gaussian latents, [M, K] for the categorical one, [K] weights for the
+        stick-breaking one."""
         if self.latent == "gumbel_softmax":
             return (int(self.latent_variables), int(self.categories))
         return (int(self.latent_dim),)
@@ -221,6 +252,16 @@ def _independent_one_hot(params, latent_shape):
     """q(z | x): M independent categoricals of K classes from logits [..., M * K]."""
     logits = tf.reshape(params, tf.concat([tf.shape(params)[:-1], latent_shape], axis=0))
     return tfd.Independent(tfd.OneHotCategorical(logits=logits, dtype=tf.float32), reinterpreted_batch_ndims=1)
+
+
+def _stick_breaking_posterior(params):
+    """q(pi | x): Kumaraswamy(a, b) stick fractions from params [..., 2 (K - 1)], a, b = softplus + a floor."""
+    a, b = tf.split(tf.nn.softplus(params) + CONCENTRATION_FLOOR, 2, axis=-1)
+    return stick_breaking.KumaraswamyStickBreaking(a, b)
+
+
+def _softplus_inverse(y: float) -> float:
+    return float(np.log(np.expm1(y)))
 
 
 class LogitBernoulli(tfd.Bernoulli):
@@ -335,7 +376,16 @@ class Encoder(tf.Module):
             self.body += [tf_keras.layers.Dense(u, activation=act, kernel_initializer=init.kernel())
                           for u in config.hidden_units]
         d = config.latent_dim
-        if config.latent == "normal":
+        bias = "zeros"
+        if config.latent == "kumaraswamy":
+            self.head = _stick_breaking_posterior
+            size = 2 * (d - 1)
+            # Biases that start q(v_k | x) at the prior's Kumaraswamy(1, alpha) = Beta(1, alpha): the rate starts
+            # near zero, as the Gaussian latents' does.
+            bias = tf_keras.initializers.Constant(
+                [_softplus_inverse(1.0 - CONCENTRATION_FLOOR)] * (d - 1)
+                + [_softplus_inverse(max(config.gem_alpha - CONCENTRATION_FLOOR, 1e-3))] * (d - 1))
+        elif config.latent == "normal":
             self.head = tfpl.IndependentNormal(d, convert_to_tensor_fn=tfd.Distribution.mean)
             size = tfpl.IndependentNormal.params_size(d)
         elif config.latent == "full_covariance":
@@ -347,7 +397,7 @@ class Encoder(tf.Module):
                 functools.partial(_independent_one_hot, latent_shape=latent_shape),
                 convert_to_tensor_fn=tfd.Distribution.mean)
             size = math.prod(latent_shape)
-        self.params = tf_keras.layers.Dense(size, kernel_initializer=init.kernel())
+        self.params = tf_keras.layers.Dense(size, kernel_initializer=init.kernel(), bias_initializer=bias)
 
     def __call__(self, x) -> tfd.Distribution:
         h = x
@@ -412,6 +462,29 @@ class Decoder(tf.Module):
 # The model.
 # ---------------------------------------------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class ImportanceWeightedTerms(ElboTerms):
+    """The training terms of the importance-weighted bound L_K (Burda et al. 2016), K > 1.
+
+    The loss per example is -L_K: the shared loop reports it as `train/loss`, and `nll` (the K draws' mean
+    -log p(x | z_k)) and `local_kl` (the closed-form rate) keep their meaning, so `train/elbo` = -(nll + kl) stays
+    an ELBO estimate, below L_K. A KL weight w (the loop's warm-up) and beta act on the rate as in the ELBO:
+
+        loss = -L_K + (w beta - 1) KL,
+
+    which is -L_K at w beta = 1 and, as K = 1 (E[L_1] = ELBO), the ELBO's nll + w beta KL in expectation.
+
+    Attributes:
+      bound: [batch] L_K.
+    """
+
+    bound: Optional[tf.Tensor] = None
+
+    def loss_per_example(self, num_train: int, kl_weight=1.0) -> tf.Tensor:
+        weight = tf.cast(kl_weight, self.bound.dtype) * tf.cast(self.kl_scale, self.bound.dtype)
+        return -self.bound + (weight - 1.0) * self.kl_per_example(num_train)
+
+
 class VariationalAutoencoder(tf.Module):
     """Encoder, decoder and prior; the ELBO's terms, the importance-weighted bound and the reconstruction moments.
 
@@ -452,7 +525,10 @@ class VariationalAutoencoder(tf.Module):
 
     @property
     def prior(self) -> tfd.Distribution:
-        """p(z): N(0, I) over [D] (a diagonal MVN for the full-covariance latent), or uniform one-hot over [M, K]."""
+        """p(z): N(0, I) over [D] (a diagonal MVN for the full-covariance latent), uniform one-hot over [M, K], or the
+        truncated GEM(alpha) over K weights (`stick_breaking.gem_prior`)."""
+        if self.config.latent == "kumaraswamy":
+            return stick_breaking.gem_prior(self.config.gem_alpha, self.latent_shape[0])
         if self.config.latent == "gumbel_softmax":
             return tfd.Independent(tfd.OneHotCategorical(logits=tf.zeros(self.latent_shape), dtype=tf.float32), 1)
         if self.config.latent == "full_covariance":
@@ -487,15 +563,22 @@ class VariationalAutoencoder(tf.Module):
 
     def rate(self, q) -> tf.Tensor:
         """KL(q(z | x) || p(z)) [batch] in nats, in closed form for every latent (see the module docstring)."""
+        if self.config.latent == "kumaraswamy":
+            return stick_breaking.kl_to_gem(q, self.config.gem_alpha)
         return tfd.kl_divergence(q, self.prior)
 
     def latent_noise(self, num_samples, seed, batch_size=None) -> tf.Tensor:
         """Standard noise for S latent draws, [S, batch_size, *latent], or [S, 1, *latent] (`batch_size` None):
         one draw shared by every example of a batch.
 
-        N(0, 1) for the Gaussian latents; Gumbel(0, 1) for the categorical one [.., M, K], g = -log(-log u).
+        N(0, 1) for the Gaussian latents; Gumbel(0, 1) for the categorical one [.., M, K], g = -log(-log u);
+        U(0, 1) for the stick-breaking one's K - 1 fractions [.., K - 1], kept inside (0, 1) as the fractions are.
         """
         rows = 1 if batch_size is None else batch_size
+        if self.config.latent == "kumaraswamy":
+            eps = stick_breaking.FRACTION_EPS
+            return tf.random.stateless_uniform(tf.concat([[num_samples, rows], [self.latent_shape[0] - 1]], 0),
+                                               seed, minval=eps, maxval=1.0 - eps)
         shape = tf.concat([[num_samples, rows], self.latent_shape], 0)
         if self.config.latent == "gumbel_softmax":
             u = tf.random.stateless_uniform(shape, seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
@@ -506,7 +589,8 @@ class VariationalAutoencoder(tf.Module):
         """z [S, batch, *latent] from q(z | x) [batch] and `latent_noise` [S, batch or 1, ...] by reparameterization:
 
             normal: z = mu + sigma * eps;   full covariance: z = mu + L eps;
-            categorical: z_m = one_hot(argmax_k(l_mk + g_mk))   (Gumbel-max: an exact categorical draw).
+            categorical: z_m = one_hot(argmax_k(l_mk + g_mk))   (Gumbel-max: an exact categorical draw);
+            stick-breaking: z = stick_breaking_weights(v),  v_k = F^{-1}(u_k; a_k, b_k)   (the inverse CDF).
 
         Each example's S draws are exact draws from its q(z | x) either way. With noise shared by the batch an
         example's draws depend on its input and the noise only, not on its batch: what serving needs (batched
@@ -514,12 +598,38 @@ class VariationalAutoencoder(tf.Module):
         want noise per example instead: shared noise correlates the examples' Monte Carlo errors, so they would
         not average out (a one-sample bound of 1000 test images, shared, was 4 nats off the ELBO).
         """
-        if self.config.latent == "gumbel_softmax":
+        latent = self.config.latent
+        if latent == "kumaraswamy":
+            return stick_breaking.stick_breaking_weights(q.fractions(noise))
+        if latent == "gumbel_softmax":
             logits = q.distribution.logits_parameter()  # [batch, M, K]
             return tf.one_hot(tf.argmax(logits + noise, axis=-1), self.latent_shape[-1], dtype=tf.float32)
-        if self.config.latent == "full_covariance":
+        if latent == "full_covariance":
             return q.mean() + tf.linalg.matvec(q.scale.to_dense(), noise)
         return q.mean() + q.stddev() * noise
+
+    def _draw(self, q, noise, temperature=None):
+        """z [S, batch, *latent] from `latent_noise` (`latents_from_noise`) and log p(z) - log q(z | x) [S, batch].
+
+        The stick-breaking latent's densities are those of the fractions v it drew: the weights' Jacobian is the
+        same for q and p and cancels. `temperature` (the categorical latent in training): the Concrete relaxation
+        instead, z = exp(y), y = log_softmax((l + g) / tau), with log p_tau(y) - log q_tau(y | x) of the
+        ExpConcrete densities of the relaxed q and the relaxed uniform prior (Maddison et al. 2017's choice: their
+        log-space densities keep float32 finite at low temperatures; the exp's Jacobian cancels in the ratio).
+        """
+        latent = self.config.latent
+        if latent == "kumaraswamy":
+            v = q.fractions(noise)
+            prior = self.prior
+            return stick_breaking.stick_breaking_weights(v), prior.fractions_log_prob(v) - q.fractions_log_prob(v)
+        if latent == "gumbel_softmax" and temperature is not None:
+            logits = q.distribution.logits_parameter()  # [batch, M, K]
+            y = tf.math.log_softmax((logits + noise) / temperature, axis=-1)
+            relaxed_q = tfd.Independent(tfd.ExpRelaxedOneHotCategorical(temperature, logits=logits), 1)
+            relaxed_p = tfd.Independent(tfd.ExpRelaxedOneHotCategorical(temperature, logits=tf.zeros_like(logits)), 1)
+            return tf.exp(y), relaxed_p.log_prob(y) - relaxed_q.log_prob(y)
+        z = self.latents_from_noise(q, noise)
+        return z, self.prior.log_prob(z) - q.log_prob(z)
 
     def sample_latents(self, q, num_samples, seed) -> tf.Tensor:
         """S draws z [S, batch, *latent] from q(z | x) with noise shared across the batch (`latents_from_noise`)."""
@@ -538,11 +648,21 @@ class VariationalAutoencoder(tf.Module):
 
         Returns:
           `ElboTerms` with `nll` [batch] = -log p(x | z), z ~ q(z | x) (one draw: the distortion), `local_kl`
-          [batch] = KL(q(z | x) || p(z)) (the rate) and `kl_scale` = beta in training, 1 otherwise.
+          [batch] = KL(q(z | x) || p(z)) (the rate) and `kl_scale` = beta in training, 1 otherwise. In training
+          with `train_importance_samples` K > 1, `ImportanceWeightedTerms` whose loss is -L_K (see there), from
+          K draws of `importance_weighted` (relaxed draws for the categorical latent); `nll` is then the mean
+          -log p(x | z_k) of the K draws.
         """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         binarization_seed, latent_seed = tfp.random.split_seed(seed, n=2)
         x = self.observe(x, binarization_seed if training else None)
+        if training and self.config.train_importance_samples > 1:
+            temperature = self.temperature() if self.config.latent == "gumbel_softmax" else None
+            out = self.importance_weighted(x, self.config.train_importance_samples, latent_seed,
+                                           temperature=temperature)
+            self.step.assign_add(1)  # after the temperature was read
+            return ImportanceWeightedTerms(nll=-out["expected_log_likelihood"], local_kl=out["rate"],
+                                           kl_scale=self.config.beta, bound=out["log_likelihood"])
         q = self.encode(x)
         if training and self.config.latent == "gumbel_softmax":
             z = self.relaxed(q, self.temperature()).sample(seed=latent_seed)
@@ -556,14 +676,15 @@ class VariationalAutoencoder(tf.Module):
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
-    def log_weights(self, x, q, z):
-        """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) and log p(x | z_k) for z [K, batch, ...] drawn
-        from q: each [K, batch]."""
+    def log_weights(self, x, q, noise, temperature=None):
+        """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) and log p(x | z_k), each [K, batch], for the K
+        draws z_k that `latent_noise` [K, batch or 1, ...] gives (`_draw`; `temperature`: relaxed draws)."""
+        z, log_ratio = self._draw(q, noise, temperature)
         log_likelihood = self.decode(z).log_prob(x)
-        return log_likelihood + self.prior.log_prob(z) - q.log_prob(z), log_likelihood
+        return log_likelihood + log_ratio, log_likelihood
 
     def importance_weighted(self, x, num_samples, seed, activation_budget: int = IW_ACTIVATION_BUDGET,
-                            shared_noise: bool = False) -> dict:
+                            shared_noise: bool = False, temperature=None) -> dict:
         """The importance-weighted bound L_K of observed x, in chunks of samples (bounded memory for any K).
 
         Chunks are combined by a running log-sum-exp, log sum_k w_k = logsumexp_c(logsumexp_{k in c} log w_k).
@@ -577,6 +698,8 @@ class VariationalAutoencoder(tf.Module):
           seed: int32 [2].
           activation_budget: largest samples x batch x decoder activations per row held at once.
           shared_noise: noise shared across the batch (serving) instead of per example (evaluation).
+          temperature: `gumbel_softmax` in training only: Concrete draws at this temperature, weighed with the
+            relaxed densities (`_draw`), a bound on the relaxed model that is differentiable in the logits.
 
         Returns:
           `log_likelihood` [batch]: L_K = log (1/K) sum_k w_k (a lower bound on log p(x), tightening with K);
@@ -596,14 +719,17 @@ class VariationalAutoencoder(tf.Module):
                 noise = shared[c * chunk:c * chunk + n]
             else:
                 noise = self.latent_noise(n, tf.random.experimental.stateless_fold_in(seed, c), batch_shape[0])
-            z = self.latents_from_noise(q, noise)
-            log_w, log_likelihood = self.log_weights(x, q, z)
+            log_w, log_likelihood = self.log_weights(x, q, noise, temperature)
             log_sum = tf.reduce_logsumexp(tf.stack([log_sum, tf.reduce_logsumexp(log_w, axis=0)]), axis=0)
             return c + 1, log_sum, sum_log_likelihood + tf.reduce_sum(log_likelihood, axis=0)
 
-        _, log_sum, sum_log_likelihood = tf.while_loop(
-            lambda c, *_: c < num_chunks, body,
-            (tf.constant(0), tf.fill(batch_shape, -np.inf), tf.zeros(batch_shape)))
+        initial = (tf.constant(0), tf.fill(batch_shape, -np.inf), tf.zeros(batch_shape))
+        if bayesian_layers.traced_for_xla():
+            # One chunk (`_sample_chunks`), without a loop: XLA cannot accumulate a loop's gradient (training on
+            # L_K) without a static bound on its iterations.
+            _, log_sum, sum_log_likelihood = body(*initial)
+        else:
+            _, log_sum, sum_log_likelihood = tf.while_loop(lambda c, *_: c < num_chunks, body, initial)
         k = tf.cast(num_samples, tf.float32)
         return {"log_likelihood": log_sum - tf.math.log(k), "expected_log_likelihood": sum_log_likelihood / k,
                 "rate": self.rate(q)}

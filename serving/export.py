@@ -28,7 +28,9 @@ Classification signatures (every classifier family exports the same ones):
 VAE signatures (`VAEServable`; images in [0, 1], float32 [batch, *image]; every output batch-first, float32):
   * `serving_default`: `x` -> `elbo`, `log_likelihood` [batch] (the importance-weighted bound L_K, K = S fixed at
     export, a fixed seed: an anomaly score, nats), `latent_mean`, `latent_stddev` [batch, *latent];
-  * `encode`: `x`, `seed` -> `z` [batch, *latent], one draw from q(z | x), with its moments;
+  * `encode`: `x`, `seed` -> `z` [batch, *latent], one draw from q(z | x), with its moments; the stick-breaking
+    latent (`kumaraswamy`, z the K mixture weights) adds `fraction_a`, `fraction_b` [batch, K - 1], the
+    Kumaraswamy(a, b) parameters of its stick fractions (its `latent_mean` is the expected weights);
   * `decode`: `z` -> `mean` [batch, *image] of p(x | z);
   * `reconstruct`: `x`, `num_samples`, `seed` -> `mean`, `stddev` [batch, *image] of the decoded means;
   * `sample`: `num_samples`, `seed` -> `images` [num_samples, *image] and their `z`;
@@ -70,6 +72,15 @@ VAE_SIGNATURE_OUTPUTS = {
     "sample": ("images", "z"),
     "log_likelihood": ("log_likelihood", "elbo"),
 }
+# Outputs a latent adds to those signatures.
+VAE_LATENT_OUTPUTS = {"kumaraswamy": {"encode": ("fraction_a", "fraction_b")}}
+
+
+def vae_signature_outputs(latent: str) -> dict:
+    """The outputs of each VAE signature for a latent: `VAE_SIGNATURE_OUTPUTS` and the latent's own."""
+    extra = VAE_LATENT_OUTPUTS.get(latent, {})
+    return {name: outputs + extra.get(name, ()) for name, outputs in VAE_SIGNATURE_OUTPUTS.items()}
+
 MODEL_INFO_FILE = "vizoo_model_info.json"
 EXAMPLE_FEATURE = "x"
 _VERSION = re.compile(r"^\d+$")
@@ -140,7 +151,8 @@ class PredictiveServable(tf.Module):
             return tf.identity(x), tf.identity(num_samples)
 
     def _serving_default(self, x):
-        return self._summary(x, self._num_samples, self._seed)
+        # A call of `predict_mc`'s graph (inlined when the signature runs): one trace of the predictive, not two.
+        return self.predict_mc(x, self._num_samples, self._seed)
 
     def _predict_mc(self, x, num_samples, seed):
         return self._summary(x, num_samples, seed)
@@ -196,7 +208,7 @@ class RegressionServable(PredictiveServable):
 
     def _from_examples(self, inputs):
         """TF Serving's Regress API: one value per example, the predictive mean."""
-        return {"outputs": self._serving_default(self._parse_examples(inputs))["mean"]}
+        return {"outputs": self.serving_default(self._parse_examples(inputs))["mean"]}
 
     def signatures(self) -> dict:
         sigs = super().signatures()
@@ -233,7 +245,7 @@ class ClassificationServable(PredictiveServable):
     def _from_examples(self, inputs):
         """TF Serving's Classify API: `classes` (the class names: a table's labels, else the indices as strings)
         and `scores` [batch, classes]."""
-        scores = self._serving_default(self._parse_examples(inputs))["probabilities"]
+        scores = self.serving_default(self._parse_examples(inputs))["probabilities"]
         return {"classes": tf.tile(self._class_names[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
 
     def _warmup_input(self):
@@ -303,7 +315,10 @@ class VAEServable(tf.Module):
 
     def _encode(self, x, seed):
         q = self.model.encode(self._observed(x))
-        return {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
+        out = {"z": self.model.sample_latents(q, 1, seed)[0], **self._moments(q)}
+        if self.model.config.latent == "kumaraswamy":
+            out.update(fraction_a=q.concentration1, fraction_b=q.concentration0)
+        return out
 
     def _decode(self, z):
         z = predictive.assert_all_finite(checked_shape(z, self._latent_shape, "z"), "z must be finite")

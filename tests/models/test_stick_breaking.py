@@ -89,3 +89,57 @@ def test_expected_fraction_is_the_kumaraswamy_mean():
     for a, b in CONCENTRATIONS:
         np.testing.assert_allclose(sb.expected_fraction(tf.constant(a, tf.float64), tf.constant(b, tf.float64)),
                                    tfd.Kumaraswamy(np.float64(a), np.float64(b)).mean(), rtol=1e-9)
+
+
+def test_weight_moments_match_the_moments_of_drawn_weights():
+    a = tf.constant([[0.5, 2.0, 1.0], [3.0, 0.7, 1.5]], tf.float64)
+    b = tf.constant([[1.0, 5.0, 2.0], [2.0, 0.9, 4.0]], tf.float64)
+    u = tf.random.stateless_uniform([200000, 2, 3], [5, 6], dtype=tf.float64)
+    pi = sb.stick_breaking_weights(sb.kumaraswamy_inverse_cdf(a, b, u)).numpy()
+    mean, stddev = (m.numpy() for m in sb.weight_moments(a, b))
+    assert mean.shape == stddev.shape == (2, 4)
+    np.testing.assert_allclose(mean.sum(-1), 1.0)
+    np.testing.assert_allclose(pi.mean(0), mean, atol=4 * pi.std(0).max() / np.sqrt(len(pi)))
+    np.testing.assert_allclose(pi.std(0), stddev, rtol=0.01)
+    # The expected weights are the weights of the expected fractions.
+    np.testing.assert_allclose(mean, sb.stick_breaking_weights(sb.expected_fraction(a, b)), rtol=1e-12)
+
+
+def test_the_weights_log_density_is_the_fractions_with_the_stick_breaking_jacobian():
+    q = sb.KumaraswamyStickBreaking([[0.6, 2.0, 1.0, 3.0]], [[1.5, 5.0, 0.5, 0.8]])
+    assert q.batch_shape == (1,) and q.event_shape == (5,)
+    u = tf.random.stateless_uniform([50, 1, 4], [7, 8], minval=1e-3, maxval=1 - 1e-3)
+    v = q.fractions(u)
+    pi = sb.stick_breaking_weights(v)
+    log_rest = tf.reduce_sum(tf.math.cumsum(tf.math.log1p(-v), axis=-1, exclusive=True), axis=-1)
+    np.testing.assert_allclose(q.log_prob(pi), q.fractions_log_prob(v) - log_rest, rtol=1e-5, atol=1e-4)
+    # d pi / d v is triangular with diagonal rest_k: its log-determinant is what log_prob takes off.
+    v0 = v[:, 0]
+    with tf.GradientTape() as tape:
+        tape.watch(v0)
+        first = sb.stick_breaking_weights(v0)[..., :-1]
+    jacobian = tape.batch_jacobian(first, v0)  # [50, 4, 4]
+    np.testing.assert_allclose(tf.linalg.slogdet(tf.cast(jacobian, tf.float64))[1], log_rest[:, 0], atol=1e-4)
+
+
+def test_the_gem_prior_breaks_the_stick_with_beta_fractions():
+    alpha, k = 3.0, 6
+    prior = sb.gem_prior(alpha, k)
+    assert prior.batch_shape == () and prior.event_shape == (k,)
+    v = tf.constant([[0.01, 0.3, 0.5, 0.9, 0.999]])
+    np.testing.assert_allclose(prior.fractions_log_prob(v), tf.reduce_sum(tfd.Beta(1.0, alpha).log_prob(v), -1),
+                               rtol=1e-5)
+    pi = prior.sample(100000, seed=[2, 3]).numpy()
+    np.testing.assert_allclose(pi.sum(-1), 1.0, rtol=1e-5)
+    # The first weight is the first fraction, Beta(1, alpha): CDF 1 - (1 - x)^alpha.
+    for point in (0.05, 0.2, 0.5):
+        expected = 1.0 - (1.0 - point) ** alpha
+        assert abs(np.mean(pi[:, 0] <= point) - expected) < 4 * np.sqrt(expected * (1 - expected) / len(pi))
+    np.testing.assert_allclose(pi.mean(0), prior.mean(), atol=0.005)
+
+
+def test_kl_to_the_gem_prior_sums_the_free_fractions_kls():
+    a, b = tf.constant([[0.8, 2.0, 1.3]]), tf.constant([[1.2, 4.0, 6.0]])
+    kl = sb.kl_to_gem(sb.KumaraswamyStickBreaking(a, b), 5.0)
+    np.testing.assert_allclose(kl, tf.reduce_sum(sb.kl_kumaraswamy_beta(a, b, 1.0, 5.0), -1), rtol=1e-6)
+    assert float(sb.kl_to_gem(sb.gem_prior(5.0, 4), 5.0)) == pytest.approx(0.0, abs=1e-4)

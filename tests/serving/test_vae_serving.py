@@ -18,6 +18,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from models import stick_breaking
 from models import vae
 from serving import export
 from tests.serving.conftest import ServerProcess, rpc_error, tensor, to_array, write_config
@@ -25,7 +26,7 @@ from training import config as config_lib
 from training import data
 from training import train_lib
 
-LATENT_SHAPES = {"normal": [8], "full_covariance": [8], "gumbel_softmax": [6, 4]}
+LATENT_SHAPES = {"normal": [8], "full_covariance": [8], "gumbel_softmax": [6, 4], "kumaraswamy": [8]}
 K_AT_EXPORT = 16
 EXPORT_SEED = 3
 IMAGE = [28, 28, 1]
@@ -77,6 +78,9 @@ def _inputs(mnist, signature, latent, n=3):
     if latent == "gumbel_softmax":  # one-hot codes [n, M, K]
         variables, categories = LATENT_SHAPES[latent]
         z = np.eye(categories, dtype=np.float32)[np.arange(n * variables).reshape(n, variables) % categories]
+    elif latent == "kumaraswamy":  # mixture weights [n, K] on the simplex
+        logits = np.linspace(-2, 2, n * LATENT_SHAPES[latent][0]).reshape([n] + LATENT_SHAPES[latent])
+        z = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
     else:
         z = np.linspace(-2, 2, n * LATENT_SHAPES[latent][0], dtype=np.float32).reshape([n] + LATENT_SHAPES[latent])
     return {
@@ -132,6 +136,8 @@ def test_signature_contract_is_batch_first(exports, mnist, latent):
             "decode": {"mean": (3, 28, 28, 1)}, "reconstruct": {"mean": (3, 28, 28, 1), "stddev": (3, 28, 28, 1)},
             "sample": {"images": (3, 28, 28, 1), "z": (3,) + latent_shape},
             "log_likelihood": {"log_likelihood": (3,), "elbo": (3,)}}
+    if latent == "kumaraswamy":  # the K - 1 stick fractions' Kumaraswamy(a, b)
+        want["encode"].update(fraction_a=(3, latent_shape[0] - 1), fraction_b=(3, latent_shape[0] - 1))
     for signature, shapes in want.items():
         out = _call(path, signature, **_inputs(mnist, signature, latent))
         assert {k: v.shape for k, v in out.items()} == shapes, signature
@@ -179,6 +185,26 @@ def test_seeded_signatures_repeat_with_a_seed_and_change_with_another(exports, m
     assert 0.0 <= many["mean"].min() and many["mean"].max() <= 1.0
 
 
+def test_stick_breaking_export_encodes_weights_and_samples_the_gem_prior(exports, mnist):
+    """encode: the fractions' (a, b), expected weights that are the weights of the expected fractions, a draw of
+    weights; sample: weights from the GEM prior, drawn in the graph by the inverse CDF (no TFP), whose first weight
+    is Beta(1, alpha): P(pi_1 <= x) = 1 - (1 - x)^alpha."""
+    model, path = exports["models"]["kumaraswamy"]
+    out = _call(path, "encode", x=_images(mnist), seed=np.array([1, 2], np.int32))
+    assert np.all(out["fraction_a"] > 0) and np.all(out["fraction_b"] > 0)
+    np.testing.assert_allclose(out["latent_mean"], stick_breaking.stick_breaking_weights(
+        stick_breaking.expected_fraction(out["fraction_a"], out["fraction_b"])), rtol=1e-4, atol=1e-6)
+    for weights in (out["z"], out["latent_mean"]):
+        assert np.all(weights >= 0)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+    z = _call(path, "sample", num_samples=np.int32(4000), seed=np.array([3, 4], np.int32))["z"]
+    np.testing.assert_allclose(z.sum(-1), 1.0, rtol=1e-5)
+    alpha = model.config.gem_alpha
+    for point in (0.05, 0.2, 0.5):
+        expected = 1.0 - (1.0 - point) ** alpha
+        assert abs(np.mean(z[:, 0] <= point) - expected) < 4 * np.sqrt(expected * (1 - expected) / len(z)), point
+
+
 def test_log_likelihood_grows_with_num_samples(exports, mnist):
     _, path = exports["models"]["full_covariance"]
     x = mnist.x_test[:200]
@@ -190,12 +216,12 @@ def test_log_likelihood_grows_with_num_samples(exports, mnist):
 @pytest.mark.parametrize("latent", vae.LATENTS)
 def test_every_signature_round_trips_through_the_server(exports, mnist, stub, latent):
     _, path = exports["models"][latent]
-    for signature in export.VAE_SIGNATURE_OUTPUTS:
+    for signature, outputs in export.vae_signature_outputs(latent).items():
         inputs = _inputs(mnist, signature, latent)
         got = _predict(stub, latent, signature, inputs)
         again = _predict(stub, latent, signature, inputs)
         want = _call(path, signature, **inputs)
-        assert set(got) == set(export.VAE_SIGNATURE_OUTPUTS[signature]), signature
+        assert set(got) == set(outputs), signature
         for name in got:
             np.testing.assert_array_equal(got[name], again[name], err_msg=f"{signature}/{name}")
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=f"{signature}/{name}")
