@@ -12,9 +12,13 @@ the exports also have `regress`, `model_info` and, for mean-field networks, `pre
   Carlo estimate with a chosen number of samples, reproducible for a given seed;
 
 both answering `mean`, `stddev`, `aleatoric_stddev`, `epistemic_stddev`, `lower`, `upper`, each
-float32 [batch, outputs] (a classifier's: `probabilities` [batch, classes] and their entropy decomposition).
+float32 [batch, outputs] (a classifier's: `probabilities` [batch, classes] and their entropy decomposition), and
+`input_distance` [batch, 1], how many training standard deviations the row's farthest feature
+(`input_distance_feature`) lies from the training mean (a table classifier's too, [batch]).
 The command line reads the export's `model_info` first: a model trained on a table (`--dataset=csv:PATH`) takes
-the CSV's columns by header name, and a classifier's rows are printed with its class names. The client works
+the CSV's columns by header name, and a classifier's rows are printed with its class names. Each row's input
+distance is printed against the training rows' own (`model_info`'s percentiles): `rare` beyond 99.9% of them,
+`extrapolating` beyond all of them. The client works
 with any Predict signature, though: `predict` sends
 numpy arrays and returns a numpy array per output. It talks to stock `tensorflow_model_server`
 and to `serving.server` alike.
@@ -32,6 +36,8 @@ DEFAULT_SIGNATURE = "serving_default"
 MC_SIGNATURE = "predict_mc"
 MODEL_INFO_SIGNATURE = "model_info"
 PREDICTIVE_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
+# The training rows' percentiles (model_info) beyond which a row is rare, and extrapolating.
+RARE_PERCENTILE, EXTRAPOLATING_PERCENTILE = "99.9", "100"
 
 
 class ClientError(Exception):
@@ -206,8 +212,10 @@ class PredictiveClient:
                 for name, sig in defs.signature_def.items()}
 
     def model_info(self, timeout: Optional[float] = None) -> Optional[dict]:
-        """The export's `model_info` (family, data set, a table's feature names in order, its target and classes),
-        or None for a model without that signature (one vizoo did not export)."""
+        """The export's `model_info` (family, data set, a table's feature names in order, its target and classes,
+        and `input_distance`: its definition and `training_percentiles`, the percentiles "50", "90", "99", "99.9",
+        "100" of the training rows' own distances, for `input_region`), or None for a model without that signature
+        (one vizoo did not export)."""
         if MODEL_INFO_SIGNATURE not in self.signatures(timeout):
             return None
         outputs = self.predict({}, signature_name=MODEL_INFO_SIGNATURE, timeout=timeout)
@@ -273,9 +281,24 @@ def read_csv_rows(text: str, features: Optional[Sequence[str]] = None) -> np.nda
     return values
 
 
-def summarize(outputs: Dict[str, np.ndarray], classes: Optional[Sequence[str]] = None) -> list:
+def input_region(distance: float, info: Optional[Mapping]) -> Optional[str]:
+    """Where an input distance falls among the training rows' own (`info`: model_info's `input_distance`):
+    "typical", "rare" (beyond 99.9% of them) or "extrapolating" (beyond every one); None without the reference."""
+    percentiles = (info or {}).get("training_percentiles")
+    if not percentiles:
+        return None
+    if distance > percentiles[EXTRAPOLATING_PERCENTILE]:
+        return "extrapolating"
+    return "rare" if distance > percentiles[RARE_PERCENTILE] else "typical"
+
+
+def summarize(outputs: Dict[str, np.ndarray], classes: Optional[Sequence[str]] = None,
+              info: Optional[Mapping] = None) -> list:
     """Per-row dicts: a regression's predictive outputs that are present (lists over output dims), or a
-    classifier's predicted class and class probabilities (by the class names `classes` when given)."""
+    classifier's predicted class and class probabilities (by the class names `classes` when given); with the input
+    distance when the model answers it: `input_distance`, `input_distance_feature` (an index;
+    `input_distance_feature_name` by `info`'s features) and `input_region` (see `input_region`). `info` is the
+    export's model_info."""
     if "probabilities" in outputs:
         probabilities = np.asarray(outputs["probabilities"], np.float64)
         names = list(classes) if classes else [str(k) for k in range(probabilities.shape[-1])]
@@ -287,40 +310,80 @@ def summarize(outputs: Dict[str, np.ndarray], classes: Optional[Sequence[str]] =
                 if name in outputs:
                     row[name] = float(np.asarray(outputs[name])[i])
             rows.append(row)
-        return rows
-    mean = outputs.get("mean")
-    if mean is None:
-        mean = next(iter(outputs.values()))
-    rows = []
-    for i in range(np.shape(mean)[0]):
-        row = {"row": i}
-        for name in PREDICTIVE_OUTPUTS:
-            value = mean if name == "mean" else outputs.get(name)
-            if value is not None:
-                row[name] = np.atleast_1d(np.asarray(value[i], np.float64)).tolist()
-        rows.append(row)
+    else:
+        mean = outputs.get("mean")
+        if mean is None:
+            mean = next(iter(outputs.values()))
+        rows = []
+        for i in range(np.shape(mean)[0]):
+            row = {"row": i}
+            for name in PREDICTIVE_OUTPUTS:
+                value = mean if name == "mean" else outputs.get(name)
+                if value is not None:
+                    row[name] = np.atleast_1d(np.asarray(value[i], np.float64)).tolist()
+            rows.append(row)
+    if "input_distance" in outputs:
+        _add_input_distance(rows, outputs, info or {})
     return rows
 
 
-def format_rows(rows: list) -> str:
+def _add_input_distance(rows: list, outputs: Dict[str, np.ndarray], info: Mapping):
+    distances = np.asarray(outputs["input_distance"], np.float64).reshape(len(rows))
+    features = outputs.get("input_distance_feature")
+    features = None if features is None else np.asarray(features).reshape(len(rows))
+    names = info.get("features")
+    for i, row in enumerate(rows):
+        row["input_distance"] = float(distances[i])
+        if features is not None:
+            row["input_distance_feature"] = int(features[i])
+            if names:
+                row["input_distance_feature_name"] = names[int(features[i])]
+        region = input_region(row["input_distance"], info.get("input_distance"))
+        if region is not None:
+            row["input_region"] = region
+
+
+def format_rows(rows: list, info: Optional[Mapping] = None) -> str:
     """Human-readable lines: mean ± stddev [lower, upper] per output dimension, or the predicted class and the
-    class probabilities."""
+    class probabilities; then the input distance, and for a rare or extrapolating row the feature and the training
+    rows' reference (from `info`, the export's model_info)."""
     lines = []
     for row in rows:
         if "probabilities" in row:
             probabilities = ", ".join(f"{name} {p:.4f}" for name, p in row["probabilities"].items())
-            lines.append(f"row {row['row']}: {row['class']} ({probabilities})")
-            continue
-        parts = []
-        for j, mean in enumerate(row["mean"]):
-            text = f"{mean:.6g}"
-            if "stddev" in row:
-                text += f" ± {row['stddev'][j]:.4g}"
-            if "lower" in row and "upper" in row:
-                text += f" [{row['lower'][j]:.6g}, {row['upper'][j]:.6g}]"
-            parts.append(text)
-        lines.append(f"row {row['row']}: " + "; ".join(parts))
+            line = f"row {row['row']}: {row['class']} ({probabilities})"
+        else:
+            parts = []
+            for j, mean in enumerate(row["mean"]):
+                text = f"{mean:.6g}"
+                if "stddev" in row:
+                    text += f" ± {row['stddev'][j]:.4g}"
+                if "lower" in row and "upper" in row:
+                    text += f" [{row['lower'][j]:.6g}, {row['upper'][j]:.6g}]"
+                parts.append(text)
+            line = f"row {row['row']}: " + "; ".join(parts)
+        if "input_distance" in row:
+            line += "; " + _distance_text(row, info or {})
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _distance_text(row: dict, info: Mapping) -> str:
+    """E.g. "input distance 1.2 sd", or for an unusual row "input distance 60.1 sd in 'F7': extrapolating
+    (training rows reach 54.4)"."""
+    text = f"input distance {row['input_distance']:.3g} sd"
+    region = row.get("input_region")
+    if region not in ("rare", "extrapolating"):
+        return text
+    feature = row.get("input_distance_feature_name", row.get("input_distance_feature"))
+    if feature is not None:
+        text += f" in {feature!r}" if isinstance(feature, str) else f" in feature {feature}"
+    percentiles = (info.get("input_distance") or {}).get("training_percentiles")
+    if not percentiles:
+        return f"{text}: {region}"
+    if region == "extrapolating":
+        return text + f": extrapolating (training rows reach {percentiles[EXTRAPOLATING_PERCENTILE]:.3g})"
+    return text + f": rare (99.9% of training rows within {percentiles[RARE_PERCENTILE]:.3g})"
 
 
 def _define_flags():
@@ -385,8 +448,8 @@ def main(argv, flag_values) -> int:
         except (ClientError, ValueError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 1
-    rows = summarize(outputs, info.get("classes"))
-    sys.stdout.write((json.dumps(rows) if flag_values.json else format_rows(rows)) + "\n")
+    rows = summarize(outputs, info.get("classes"), info)
+    sys.stdout.write((json.dumps(rows) if flag_values.json else format_rows(rows, info)) + "\n")
     return 0
 
 

@@ -17,7 +17,9 @@ Regression signatures (every regression family exports the same ones; a client c
   * `regress` (single-output models): `inputs` string [batch] of serialized `tf.Example`s with a float feature
     `x` of length `features` -> `outputs` [batch, 1], the predictive mean, for TF Serving's Regress API.
   Outputs, all float32 [batch, outputs] in the target's original units: `mean`, `stddev`, `aleatoric_stddev`,
-  `epistemic_stddev`, `lower`, `upper` (central 95% interval), computed by `models.predictive`.
+  `epistemic_stddev`, `lower`, `upper` (central 95% interval), computed by `models.predictive`; and how far the row
+  lies from the training inputs: `input_distance` float32 [batch, 1] and `input_distance_feature` int64 [batch, 1]
+  (below).
 Classification signatures (every classifier family exports the same ones):
   * `serving_default`: `x` float32 [batch, ...input shape] -> `probabilities` [batch, classes] (the posterior
     predictive), `predicted_class` int64 [batch], `predictive_entropy`, `expected_entropy` (aleatoric) and
@@ -25,6 +27,19 @@ Classification signatures (every classifier family exports the same ones):
   * `predict_mc`: `x`, `num_samples`, `seed` -> the same outputs; `predict_moments` as for regression.
   * `classify`: serialized `tf.Example`s with a float feature `x` (the flattened input) -> `classes` string
     [batch, classes] and `scores` [batch, classes], for TF Serving's Classify API.
+  A classifier of a table (standardized features) adds `input_distance` float32 [batch] and
+  `input_distance_feature` int64 [batch] to its predict signatures; an image classifier does not (a maximum over
+  pixels says nothing about whether an image is like the training images).
+Input distance (regression, table classifiers): the largest absolute standardized deviation of the row's features
+from the training rows,
+    input_distance = max_j |x_j - mean_j| / s_j,      input_distance_feature = argmax_j of the same,
+with mean_j and s_j = std_j the training split's statistics (those that standardize the model's inputs). A column
+constant on the training rows (the scaler keeps std = 1 for it, so its input reaches the network unscaled) has no
+spread to measure by; s_j is then float32's resolution at the column's value, eps * max(|mean_j|, 1): a request
+equal to the training value reads 0 (at most 1 per float32 rounding step off it), any real change very far (a lower
+bound on the true distance, which is infinite), and the answer is finite always (capped at float32's largest value).
+`model_info` gives the same distance's percentiles over the training rows, so a client can tell a rare row from one
+beyond every training row (extrapolating).
 VAE signatures (`VAEServable`; images in [0, 1], float32 [batch, *image]; every output batch-first, float32):
   * `serving_default`: `x` -> `elbo`, `log_likelihood` [batch] (the importance-weighted bound L_K, K = S fixed at
     export, a fixed seed: an anomaly score, nats), `latent_mean`, `latent_stddev` [batch, *latent];
@@ -57,7 +72,12 @@ from models import predictive
 # WARMUP_FILE is part of the export layout: `export.WARMUP_FILE` names it for readers of an export.
 from serving.warmup import WARMUP_FILE, write_warmup  # noqa: F401
 
-REGRESSION_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
+PREDICTIVE_OUTPUTS = ("mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper")
+# How far a row is from the training inputs (`input_distance`); regression and table classifiers answer them.
+INPUT_DISTANCE_OUTPUTS = ("input_distance", "input_distance_feature")
+REGRESSION_OUTPUTS = PREDICTIVE_OUTPUTS + INPUT_DISTANCE_OUTPUTS
+# The percentiles of the training rows' own input distances that model_info gives.
+INPUT_DISTANCE_PERCENTILES = (50, 90, 99, 99.9, 100)
 # Outputs are float32: the interval search stops once its next step is below a quarter of float32's epsilon,
 # relative (the float64 search would take one more step to reach float64's).
 OUTPUT_RESOLUTION = float(np.finfo(np.float32).eps) / 4
@@ -109,6 +129,51 @@ def checked_shape(x, example_shape, name: str):
             return tf.identity(x)
 
     return tf.cond(ok, lambda: tf.identity(x), refuse)
+
+
+class InputDistance:
+    """input_distance = max_j |x_j - mean_j| / s_j over a row's features, and the argmax j (module docstring).
+
+    Args:
+      scaler: the training split's `Standardizer` (mean, std; std = 1 where the column was constant).
+      x_train: the training rows as the model saw them, standardized, float32 [N, features].
+    """
+
+    def __init__(self, scaler, x_train):
+        mean = np.asarray(scaler.mean, np.float64)
+        std = np.asarray(scaler.std, np.float64)
+        # The scaler sets a constant column's std to 1, and the columns it kept have standardized training values
+        # of spread 1: a column of std 1 whose standardized values barely spread was constant.
+        spread = np.asarray(x_train).std(axis=0) if len(x_train) else np.ones_like(std)
+        self.constant = (std == 1.0) & (spread < 0.5)
+        floor = float(np.finfo(np.float32).eps) * np.maximum(np.abs(mean), 1.0)
+        self.mean = tf.constant(mean, tf.float64)
+        self.scale = tf.constant(np.where(self.constant, floor, std), tf.float64)
+
+    def __call__(self, x):
+        """x float32 [batch, features] in original units -> (distance float32 [batch], feature int64 [batch])."""
+        # In float64, so that neither x - mean nor the division by a constant column's tiny scale overflows.
+        z = tf.abs(tf.cast(x, tf.float64) - self.mean) / self.scale
+        distance = tf.minimum(tf.reduce_max(z, axis=-1), float(np.finfo(np.float32).max))
+        return tf.cast(distance, tf.float32), tf.argmax(z, axis=-1)
+
+    def info(self, train_rows) -> dict:
+        """model_info's `input_distance`: the measure, the constant columns (indices into `features`) and the
+        percentiles of the distances of `train_rows` (the training rows in original units, [N, features])."""
+        percentiles = None
+        if len(train_rows):
+            distances = self(tf.constant(train_rows, tf.float32))[0].numpy().astype(np.float64)
+            percentiles = {f"{q:g}": float(v) for q, v in
+                           zip(INPUT_DISTANCE_PERCENTILES, np.percentile(distances, INPUT_DISTANCE_PERCENTILES))}
+        return {
+            "outputs": list(INPUT_DISTANCE_OUTPUTS),
+            "definition": "max_j |x_j - mean_j| / std_j over the features (input_distance_feature: the argmax j), "
+                          "with the training split's mean and std; a column constant in training has float32's "
+                          "resolution at its value, eps * max(|mean_j|, 1), for std_j",
+            "constant_features": [int(j) for j in np.flatnonzero(self.constant)],
+            # Beyond "100" no training row was as far: the row is extrapolating.
+            "training_percentiles": percentiles,
+        }
 
 
 class PredictiveServable(tf.Module):
@@ -196,6 +261,7 @@ class RegressionServable(PredictiveServable):
         self._x_std = tf.constant(dataset.x_scaler.std, tf.float32)
         self._y_mean = tf.constant(dataset.y_scaler.mean, tf.float32)
         self._y_std = tf.constant(dataset.y_scaler.std, tf.float32)
+        self.input_distance = InputDistance(dataset.x_scaler, dataset.x_train)
         self.num_outputs = dataset.output_dim
         super().__init__(model, dataset, num_samples, seed, name="regression_servable")
 
@@ -204,7 +270,10 @@ class RegressionServable(PredictiveServable):
         summary = predictive.regression_predictive(self.model, (x - self._x_mean) / self._x_std, num_samples, seed,
                                                    self._y_mean, self._y_std, predictive_fn,
                                                    resolution=OUTPUT_RESOLUTION)
-        return {k: tf.cast(summary[k], tf.float32) for k in REGRESSION_OUTPUTS}
+        out = {k: tf.cast(summary[k], tf.float32) for k in PREDICTIVE_OUTPUTS}
+        distance, feature = self.input_distance(x)
+        out.update(input_distance=distance[:, None], input_distance_feature=feature[:, None])
+        return out
 
     def _from_examples(self, inputs):
         """TF Serving's Regress API: one value per example, the predictive mean."""
@@ -231,16 +300,22 @@ class ClassificationServable(PredictiveServable):
         scaler = dataset.x_scaler
         self._x_mean = None if scaler is None else tf.constant(scaler.mean, tf.float32)
         self._x_std = None if scaler is None else tf.constant(scaler.std, tf.float32)
+        self.input_distance = None if scaler is None else InputDistance(scaler, dataset.x_train)
         names = dataset.class_names or [str(k) for k in range(self.num_classes)]
         self._class_names = tf.constant(list(names), tf.string)
         super().__init__(model, dataset, num_samples, seed, name="classification_servable")
 
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         x, num_samples = self._checked(x, num_samples)
+        distance = None
         if self._x_mean is not None:
+            distance = self.input_distance(x)
             x = (x - self._x_mean) / self._x_std
         summary = predictive.classification_summary((predictive_fn or self.model.predictive)(x, num_samples, seed))
-        return {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
+        out = {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
+        if distance is not None:
+            out.update(zip(INPUT_DISTANCE_OUTPUTS, distance))
+        return out
 
     def _from_examples(self, inputs):
         """TF Serving's Classify API: `classes` (the class names: a table's labels, else the indices as strings)
@@ -429,14 +504,25 @@ def model_info(model, dataset, num_samples: int, seed: int) -> dict:
         "features": list(dataset.feature_names) if dataset.feature_names else None,
         "target": dataset.target_name,
         "classes": list(dataset.class_names) if dataset.class_names else None,
+        "input_distance": _input_distance_info(model, dataset),
     }
+
+
+def _input_distance_info(model, dataset) -> dict | None:
+    """model_info's `input_distance` for a model whose signatures answer it (regression, table classifiers)."""
+    task = getattr(model, "task", dataset.task)
+    if task not in ("regression", "classification") or dataset.x_scaler is None:
+        return None
+    scaler = dataset.x_scaler
+    return InputDistance(scaler, dataset.x_train).info(scaler.invert(dataset.x_train))
 
 
 def export(model, dataset, export_base: str | os.PathLike, num_samples: int = 100, seed: int = 0) -> pathlib.Path:
     """Exports a fitted model as a new SavedModel version under `export_base`; returns its directory.
 
     Besides the family's signatures, every export carries `model_info` (no inputs -> `info`, a JSON string: family,
-    configuration, data set, S and seed of `serving_default`) and the same JSON in `assets.extra/` (MODEL_INFO_FILE).
+    configuration, data set, S and seed of `serving_default`, and `input_distance`'s definition and the training
+    rows' percentiles of it where the signatures answer it) and the same JSON in `assets.extra/` (MODEL_INFO_FILE).
     """
     # A model that can precompute what its signatures would derive from its parameters on every request (the
     # mean-field networks' sigma^2 = softplus(rho)^2, the linear model's quadrature nodes over q(beta)) does so

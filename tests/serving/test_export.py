@@ -1,5 +1,6 @@
 """The SavedModel contract between training/ and serving/: layout, signatures, determinism, no TFP at load."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -15,7 +16,8 @@ from serving import export
 from training import data
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-OUTPUTS = {"mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper"}
+PREDICTIVE = {"mean", "stddev", "aleatoric_stddev", "epistemic_stddev", "lower", "upper"}
+OUTPUTS = PREDICTIVE | {"input_distance", "input_distance_feature"}
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +99,10 @@ def test_signature_contract(exported):
     assert {k: (v.dtype, v.shape.as_list()) for k, v in mc.structured_input_signature[1].items()} == {
         "x": (tf.float32, [None, features]), "num_samples": (tf.int32, []), "seed": (tf.int32, [2])}
     out = default(x=tf.constant(_raw_inputs(dataset, 5)))
-    assert set(out) == OUTPUTS
-    for value in out.values():
-        assert value.dtype == tf.float32 and value.shape == (5, 1)
+    assert set(out) == OUTPUTS == set(export.REGRESSION_OUTPUTS)
+    for name, value in out.items():
+        assert value.dtype == (tf.int64 if name == "input_distance_feature" else tf.float32), name
+        assert value.shape == (5, 1), name
     o = {k: v.numpy() for k, v in out.items()}
     assert np.all(o["lower"] < o["mean"]) and np.all(o["mean"] < o["upper"])
     np.testing.assert_allclose(o["stddev"] ** 2, o["aleatoric_stddev"] ** 2 + o["epistemic_stddev"] ** 2,
@@ -132,7 +135,10 @@ def test_predict_mc_same_seed_same_answer_other_seed_other_answer(fitted, tmp_pa
     a, b, c = call([1, 2]), call([1, 2]), call([1, 3])
     for k in OUTPUTS:
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy())
+    for k in PREDICTIVE:
         assert not np.array_equal(a[k].numpy(), c[k].numpy()), k
+    for k in OUTPUTS - PREDICTIVE:  # a function of the input alone
+        np.testing.assert_array_equal(a[k].numpy(), c[k].numpy())
 
 
 def test_linear_regression_predictive_integrates_weights_and_noise_precision_without_sampling(exported, fitted):
@@ -223,6 +229,7 @@ if "predict_moments" in m.signatures:
     c = m.signatures["predict_moments"](x=x, num_samples=tf.constant(16), seed=tf.constant([7, 7]))
     assert np.isfinite(c["upper"].numpy()).all()
 assert a["mean"].shape == x.shape[:1] + [1], a["mean"].shape
+assert np.isfinite(b["input_distance"].numpy()).all() and a["input_distance_feature"].dtype == tf.int64
 assert "tensorflow_probability" not in sys.modules
 print("OK", float(a["mean"][0, 0]), float(b["upper"][0, 0]))
 """
@@ -242,13 +249,105 @@ def test_export_loads_and_runs_without_tensorflow_probability(exported, tmp_path
 
 
 def test_model_info_names_the_family_in_the_signature_and_in_assets(exported):
-    import json
-
     path, dataset = exported
     info = json.loads(tf.saved_model.load(str(path)).signatures["model_info"]()["info"].numpy().decode())
     assert info["family"] == "linear_regression" and info["config"]["inference"] == "cavi"
     assert info["dataset"] == "uci/yacht" and info["serving_default_num_samples"] == 64
     assert json.loads((path / "assets.extra" / export.MODEL_INFO_FILE).read_text()) == info
+
+
+def _numpy_input_distance(x, scaler):
+    """max_j |x_j - mean_j| / std_j and its argmax, in float64."""
+    z = np.abs((np.asarray(x, np.float64) - scaler.mean.astype(np.float64)) / scaler.std.astype(np.float64))
+    return z.max(axis=-1), z.argmax(axis=-1)
+
+
+def _info(path):
+    return json.loads(tf.saved_model.load(str(path)).signatures["model_info"]()["info"].numpy().decode())
+
+
+def test_input_distance_inside_the_training_range_is_the_largest_standardized_deviation(exported):
+    path, dataset = exported
+    signatures = tf.saved_model.load(str(path)).signatures
+    x = _raw_inputs(dataset, 30)
+    want, feature = _numpy_input_distance(x, dataset.x_scaler)
+    answers = [signatures["serving_default"](x=tf.constant(x)),
+               signatures["predict_mc"](x=tf.constant(x), num_samples=tf.constant(3), seed=tf.constant([1, 2]))]
+    for out in answers:
+        np.testing.assert_allclose(out["input_distance"].numpy()[:, 0], want, rtol=1e-6)
+        np.testing.assert_array_equal(out["input_distance_feature"].numpy()[:, 0], feature)
+    assert want.max() <= _info(path)["input_distance"]["training_percentiles"]["100"] * (1 + 1e-6)
+
+
+def test_a_row_50_training_stddevs_out_in_one_feature_is_at_input_distance_50(exported):
+    path, dataset = exported
+    mean, std = dataset.x_scaler.mean, dataset.x_scaler.std
+    rows = np.tile(mean, [3, 1]).astype(np.float32)
+    rows[1, 2] += 50 * std[2]
+    rows[2, 4] -= 50 * std[4]
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.constant(rows))
+    np.testing.assert_allclose(out["input_distance"].numpy()[:, 0], [0.0, 50.0, 50.0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["input_distance_feature"].numpy()[1:, 0], [2, 4])
+    assert 50.0 > _info(path)["input_distance"]["training_percentiles"]["100"]  # beyond every training row
+
+
+def test_model_info_states_the_input_distance_and_the_training_rows_percentiles(exported):
+    path, dataset = exported
+    reference = _info(path)["input_distance"]
+    assert reference["outputs"] == ["input_distance", "input_distance_feature"]
+    assert reference["definition"].startswith("max_j |x_j - mean_j| / std_j") and reference["constant_features"] == []
+    train, _ = _numpy_input_distance(dataset.x_scaler.invert(dataset.x_train), dataset.x_scaler)
+    percentiles = reference["training_percentiles"]
+    assert set(percentiles) == {"50", "90", "99", "99.9", "100"}
+    np.testing.assert_allclose([percentiles[k] for k in ("50", "90", "99", "99.9", "100")],
+                               np.percentile(train, [50, 90, 99, 99.9, 100]), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def constant_column(data_dir, tmp_path_factory):
+    """Yacht with a seventh input column that is 3.5 on every row, fitted and exported."""
+    import dataclasses
+
+    yacht = data.load("uci/yacht", data_dir, split=0)
+    raw = {k: np.concatenate([yacht.x_scaler.invert(x), np.full([len(x), 1], 3.5, np.float32)], axis=1)
+           for k, x in (("train", yacht.x_train), ("test", yacht.x_test))}
+    scaler = data.Standardizer.fit(raw["train"])
+    assert scaler.std[6] == 1.0  # the scaler's constant column: its input reaches the network unscaled
+    dataset = dataclasses.replace(yacht, x_train=scaler.apply(raw["train"]), x_test=scaler.apply(raw["test"]),
+                                  x_scaler=scaler)
+    model = lr.build_model(lr.Config(inference="cavi"), dataset)
+    model.fit_closed_form(dataset.x_train, dataset.y_train)
+    return export.export(model, dataset, tmp_path_factory.mktemp("constant"), num_samples=8, seed=0), dataset
+
+
+def test_a_column_constant_in_training_reads_far_once_a_request_changes_it(constant_column):
+    """Its scale is float32's resolution at its value, eps * max(|3.5|, 1): rounding reads under 1, a change of 0.5
+    reads 0.5 / (eps * 3.5) ~ 1.2e6, finite; the training rows' own distances are not inflated by it."""
+    path, dataset = constant_column
+    eps = float(np.finfo(np.float32).eps)
+    rows = np.repeat(_raw_inputs(dataset, 1), 3, axis=0)
+    assert rows[0, 6] == 3.5
+    rows[1, 6] = np.nextafter(np.float32(3.5), np.float32(4.0))
+    rows[2, 6] = 4.0
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.constant(rows))
+    distance, feature = out["input_distance"].numpy()[:, 0], out["input_distance_feature"].numpy()[:, 0]
+    others, other_feature = _numpy_input_distance(rows[:1, :6], data.Standardizer(dataset.x_scaler.mean[:6],
+                                                                                  dataset.x_scaler.std[:6]))
+    rounding = float(np.float32(rows[1, 6]) - 3.5) / (eps * 3.5)
+    assert rounding < 1.0
+    np.testing.assert_allclose(distance, [others[0], max(others[0], rounding), 0.5 / (eps * 3.5)], rtol=1e-6)
+    assert feature[0] == other_feature[0] and feature[2] == 6
+    assert np.isfinite(out["mean"].numpy()).all()
+    reference = _info(path)["input_distance"]
+    assert reference["constant_features"] == [6]
+    assert reference["training_percentiles"]["100"] < 5.0
+
+    # Finite however far: float64 inside, capped at float32's largest value.
+    measure = export.InputDistance(dataset.x_scaler, dataset.x_train)
+    huge = rows[:1].copy()
+    huge[0, 6] = 3e38
+    distance, feature = measure(tf.constant(huge))
+    assert distance.numpy()[0] == np.finfo(np.float32).max and feature.numpy()[0] == 6
 
 
 def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(data_dir, tmp_path):
@@ -270,6 +369,8 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
     np.testing.assert_allclose(approx["epistemic_stddev"], spread, rtol=0.03)
     # The noise head's softplus of a Gaussian-approximated pre-activation: close, not exact.
     np.testing.assert_allclose(approx["aleatoric_stddev"], exact["aleatoric_stddev"], rtol=0.1)
+    for name in export.INPUT_DISTANCE_OUTPUTS:  # a function of the input, whatever the predictive's method
+        np.testing.assert_array_equal(approx[name], exact[name])
     # An example's answer depends on its input and the seed, not on the rest of its batch (as batching needs).
     _assert_batch_invariant(signatures, ("predict_mc", "predict_moments"), x)
     np.save(tmp_path / "x.npy", _raw_inputs(concrete))
@@ -283,6 +384,8 @@ def test_regression_predict_moments_matches_exact_sampling_for_one_hidden_layer(
     lenet = bayesian_dense.build_model(bayesian_dense.Config(arch="lenet5", hidden_units=(16,)), mnist_like)
     lenet_signatures = tf.saved_model.load(str(export.export(lenet, mnist_like, tmp_path / "lenet"))).signatures
     assert "predict_moments" not in lenet_signatures
+    # Images carry no input distance: a maximum over pixels says nothing about an image being like the training set.
+    assert not set(export.INPUT_DISTANCE_OUTPUTS) & set(lenet_signatures["predict_mc"].structured_outputs)
     _assert_batch_invariant(lenet_signatures, ("predict_mc",), tf.random.stateless_uniform([5, 28, 28, 1], [3, 3]))
 
 
