@@ -198,14 +198,14 @@ class PredictiveServable(tf.Module):
         self._num_samples = tf.constant(num_samples, tf.int32)
         self._seed = tf.constant([seed, 0x5EED], tf.int32)
         x_spec = tf.TensorSpec([None] + self._example_shape, tf.float32, name="x")
-        self.serving_default = tf.function(self._serving_default, input_signature=[x_spec])
+        self.serving_default = tf.function(self._serving_default, autograph=False, input_signature=[x_spec])
         mc_specs = [x_spec, tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([2], tf.int32, name="seed")]
-        self.predict_mc = tf.function(self._predict_mc, input_signature=mc_specs)
+        self.predict_mc = tf.function(self._predict_mc, autograph=False, input_signature=mc_specs)
         self.has_moments = bool(getattr(model, "supports_moments", False))
         if self.has_moments:
-            self.predict_moments = tf.function(self._predict_moments, input_signature=mc_specs)
+            self.predict_moments = tf.function(self._predict_moments, autograph=False, input_signature=mc_specs)
         self.from_examples = tf.function(
-            self._from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+            self._from_examples, autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
     def _checked(self, x, num_samples):
         """(x, num_samples), usable only after both are checked (so a bad request fails with the check's message)."""
@@ -357,12 +357,12 @@ class VAEServable(tf.Module):
         z = tf.TensorSpec([None] + self._latent_shape, tf.float32, name="z")
         n = tf.TensorSpec([], tf.int32, name="num_samples")
         s = tf.TensorSpec([2], tf.int32, name="seed")
-        self.serving_default = tf.function(self._serving_default, input_signature=[x])
-        self.encode = tf.function(self._encode, input_signature=[x, s])
-        self.decode = tf.function(self._decode, input_signature=[z])
-        self.reconstruct = tf.function(self._reconstruct, input_signature=[x, n, s])
-        self.sample = tf.function(self._sample, input_signature=[n, s])
-        self.log_likelihood = tf.function(self._log_likelihood, input_signature=[x, n, s])
+        self.serving_default = tf.function(self._serving_default, autograph=False, input_signature=[x])
+        self.encode = tf.function(self._encode, autograph=False, input_signature=[x, s])
+        self.decode = tf.function(self._decode, autograph=False, input_signature=[z])
+        self.reconstruct = tf.function(self._reconstruct, autograph=False, input_signature=[x, n, s])
+        self.sample = tf.function(self._sample, autograph=False, input_signature=[n, s])
+        self.log_likelihood = tf.function(self._log_likelihood, autograph=False, input_signature=[x, n, s])
 
     def signatures(self) -> dict:
         return {name: getattr(self, name) for name in VAE_SIGNATURE_OUTPUTS}
@@ -533,7 +533,7 @@ def export(model, dataset, export_base: str | os.PathLike, num_samples: int = 10
         if precomputed is not None:
             servable.precomputed = precomputed
         info = json.dumps(model_info(model, dataset, num_samples, seed), sort_keys=True)
-        servable.model_info = tf.function(lambda: {"info": tf.constant(info)}, input_signature=[])
+        servable.model_info = tf.function(lambda: {"info": tf.constant(info)}, autograph=False, input_signature=[])
         signatures = dict(servable.signatures(), model_info=servable.model_info)
         return save_versioned(servable, export_base, signatures, servable.warmup_requests(),
                               extra_files={MODEL_INFO_FILE: info})

@@ -148,7 +148,7 @@ def importance_weighted_log_likelihood(model, x, num_samples: int, seed: int, ba
     """A VAE's bound L_K per example [N] for grey-level or binary images x [N, ...] (numpy), batch by batch, with a
     log line every half minute (K = 5000 over a test set takes a while)."""
     seeds = metrics_lib.batch_seeds(seed, _IW_STREAM)
-    bound = tf.function(lambda xb, s: model.importance_weighted(model.observe(xb), num_samples, s)[
+    bound = tf.function(autograph=False, func=lambda xb, s: model.importance_weighted(model.observe(xb), num_samples, s)[
         "log_likelihood"], reduce_retracing=True)
     parts, last_log, start = [], time.time(), time.time()
     for b, begin in enumerate(range(0, len(x), batch_size)):

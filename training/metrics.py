@@ -44,7 +44,7 @@ def _per_batch(fn, num_examples: int, batch_size: int, input_signature):
     split has several batches, where a graph runs them faster than eager; else `fn` itself, since one batch
     cannot repay tracing a TFP model."""
     if num_examples > batch_size:
-        return tf.function(fn, input_signature=input_signature)
+        return tf.function(fn, input_signature=input_signature, autograph=False)
     return fn
 
 

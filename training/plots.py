@@ -152,7 +152,7 @@ def vae_figures(model, dataset, workdir: pathlib.Path, seeds) -> list:
     means = np.concatenate([model.encode(model.observe(x[chosen[i:i + 1000]])).mean().numpy().reshape(
         len(chosen[i:i + 1000]), -1) for i in range(0, len(chosen), 1000)])
     paths.append(latent_map(means, None if y is None else y[chosen], workdir / "latent_map.png"))
-    if model.config.latent != "gumbel_softmax" and model.latent_shape == (2,):
+    if model.config.latent in ("normal", "full_covariance") and model.latent_shape == (2,):  # a Gaussian prior
         quantiles = tfp.distributions.Normal(0.0, 1.0).quantile(np.linspace(0.05, 0.95, 15).astype(np.float32))
         grid = quantiles.numpy()
         z = np.stack(np.meshgrid(grid, grid[::-1]), axis=-1).reshape(-1, 2)

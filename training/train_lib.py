@@ -269,6 +269,8 @@ def fit(model, dataset, config, strategy, workdir: pathlib.Path, on_epoch_end=No
         # runs several elementwise ops per variable, several times slower on CPU for a network of ~1M parameters.
         optimizer = tf_keras.optimizers.legacy.Adam(_learning_rate(config, total_steps),
                                                     global_clipnorm=config.clip_norm or None)
+        # Its slots now, not in the first step: a tf.function whose first trace creates variables is traced twice.
+        optimizer._create_all_weights(model.trainable_variables)  # noqa: SLF001 - OptimizerV2 has no public build
     # Outside the strategy scope: one host-side counter, not one copy per replica.
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
@@ -359,26 +361,26 @@ def _train_steps_function(model, optimizer, step, strategy, config, num_train: i
         return out
 
     def run_steps(next_batch, num_steps):
-        totals = {"loss": tf.constant(0.0, tf.float64), "nll": tf.constant(0.0, tf.float64),
-                  "kl": tf.constant(0.0, tf.float64)}
-        # A while loop, not `for i in tf.range(num_steps)`: traced for XLA, a for loop over a range takes the
-        # range's length as its maximum_iterations, a compile-time constant, so every call length would be
-        # compiled anew.
-        i = tf.constant(0, num_steps.dtype)
-        while i < num_steps:
+        """The loop of `num_steps` steps; its per-example means summed in float64."""
+        def body(i, totals):
             out = one_step(next_batch(i))
-            totals = {k: totals[k] + tf.cast(out[k], tf.float64) for k in totals}
-            i += 1
-        return totals
+            return i + 1, {k: totals[k] + tf.cast(out[k], tf.float64) for k in totals}
 
-    @tf.function(jit_compile=True)
+        # A while loop, not a loop over `tf.range(num_steps)`: traced for XLA, the latter takes the range's length
+        # as its maximum_iterations, a compile-time constant, so every call length would be compiled anew.
+        totals = {k: tf.constant(0.0, tf.float64) for k in ("loss", "nll", "kl")}
+        return tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0, num_steps.dtype), totals))[1]
+
+    # No autograph: the loops are written as while loops and the model code needs none (its conversion of
+    # every called function, TFP's included, would cost more to trace than the step itself).
+    @tf.function(jit_compile=True, autograph=False)
     def compiled_steps(batches, num_steps):
         """The first `num_steps` of `batches` [steps_per_execution, batch, ...] as ONE XLA computation: the
         loop, the sampling, the gradients and Adam fused, and no per-op dispatch (a small network's step is
         mostly that). Fixed shapes: one compilation for every call."""
         return run_steps(lambda i: tf.nest.map_structure(lambda t: t[i], batches), num_steps)
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_steps(iterator, num_steps):
         if not config.jit_compile:
             return run_steps(lambda i: next(iterator), num_steps)
@@ -387,8 +389,10 @@ def _train_steps_function(model, optimizer, step, strategy, config, num_train: i
         spec = iterator.element_spec
         arrays = tf.nest.map_structure(lambda s: tf.TensorArray(s.dtype, size=num_steps, element_shape=s.shape),
                                        spec)
-        for i in tf.range(num_steps):
-            arrays = tf.nest.map_structure(lambda a, t: a.write(i, t), arrays, next(iterator))
+        arrays = tf.while_loop(
+            lambda i, _: i < num_steps,
+            lambda i, arrays: (i + 1, tf.nest.map_structure(lambda a, t: a.write(i, t), arrays, next(iterator))),
+            (tf.constant(0, num_steps.dtype), arrays))[1]
         padding = config.steps_per_execution - num_steps
         batches = tf.nest.map_structure(
             lambda a: tf.pad(a.stack(), tf.concat([[[0, padding]], tf.zeros([a.element_shape.rank, 2], tf.int32)],
