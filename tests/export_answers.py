@@ -75,6 +75,9 @@ def main():
     import numpy as np
     import tensorflow as tf
 
+    # Each signature runs once here: Grappler's rewrite of its graph on the first call would take longer than the
+    # call, and what is checked (loads without TFP, shapes, finite values) does not depend on it.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         try:
