@@ -34,6 +34,7 @@ from tensorflow_serving.apis import regression_pb2
 
 from serving import codec
 from serving import errors
+from serving.codec import json_reader
 from serving.data_plane import DataPlane
 
 _PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
@@ -161,7 +162,7 @@ class RestApi:
     def _predict(self, name, version, label, body) -> str:
         request = predict_pb2.PredictRequest()
         _fill_model_spec(request.model_spec, name, version, label)
-        doc = codec.parse_json_document(body)
+        doc = json_reader.parse_predict_document(body)  # its inputs array read in chunks
         request.model_spec.signature_name = codec.signature_name_from_json(doc)
         dtypes = self._plane.input_dtypes(request.model_spec, request.model_spec.signature_name)
         arrays, fmt = codec.json_to_predict_inputs(doc, dtypes, request.model_spec.signature_name)
@@ -400,11 +401,12 @@ class RestServer:
       idle_timeout: seconds a connection may stay silent before it is closed (None: forever).
       num_threads: `--rest_api_num_threads`, how many requests are processed (JSON parsed, signature
         run, answer encoded) at once; connections are not limited, and requests beyond it wait with
-        their bodies read. It bounds the memory of parsing: a JSON body takes up to ~27 times its
-        size as Python objects, so the peak is about num_threads x 27 x the largest body, plus the
-        raw bodies of the requests waiting (each at most `max_body_bytes`). Requests are served in
-        arrival order; waiting has no time limit of its own (every request ahead ends within its own
-        deadline).
+        their bodies read. It bounds the memory of parsing: a predict body's inputs array is read in
+        chunks (about twice the body at most, `json_reader.parse_predict_document`), but a body read
+        whole takes up to ~26 times its size as Python objects, so the peak is up to num_threads x 26
+        x the largest body, plus the raw bodies of the requests waiting (each at most
+        `max_body_bytes`). Requests are served in arrival order; waiting has no time limit of its own
+        (every request ahead ends within its own deadline).
     """
 
     def __init__(self, api: RestApi, port: int, max_body_bytes: int, cors: bool = False,

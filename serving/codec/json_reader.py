@@ -6,10 +6,13 @@ and byte offsets, and whose leniencies (unpaired surrogate escapes, numbers beyo
 rapidjson refuses them.
 """
 
+import contextlib
+import gc
 import json
 import math
 import re
 
+import numpy as np
 import orjson
 
 from serving import errors
@@ -214,3 +217,171 @@ def _parse_with_rapidjson_constants(body: str, base: int):
         return _parse_with_json(spelled_bytes, _skeleton(spelled_bytes), base)
     except errors.InvalidArgument:
         return None
+
+
+# A predict body's "instances" or "inputs" array of at least two chunks is read a chunk at a time
+# (`parse_predict_document`): as Python objects a JSON number takes 24-32 bytes and a list slot 8, five to fifteen
+# times its text, so a body near the 64 MiB limit parsed whole took over 800 MiB.
+CHUNK_BYTES = 1 << 20
+_WHITESPACE = rb"[ \t\n\r]*"
+_OPEN = re.compile(_WHITESPACE + rb"\{")
+_KEY = re.compile(_WHITESPACE + rb'("(?:[^"\\]|\\.)*")' + _WHITESPACE + rb":" + _WHITESPACE)
+_SCALAR = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null')
+_MEMBER_END = re.compile(_WHITESPACE + rb"([,}])")
+_DEFERRABLE_KEYS = {b'"instances"': "instances", b'"inputs"': "inputs"}
+# Where a comma may separate two elements of the array (at depth 1), and where the depth changes.
+_STRUCTURE = re.compile(rb"[\[\]{},]")
+_BRACKET = re.compile(rb"[\[\]{}]")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# orjson refuses a document nested deeper than this; the json module then reads it (`parse_json_document`).
+_ORJSON_MAX_DEPTH = 1024
+
+
+@contextlib.contextmanager
+def paused_cyclic_gc():
+    """Python's cyclic garbage collector paused (unless it already was): a chunk's lists, made and dropped by the
+    hundred thousand, start full collections that walk every object of the process (TensorFlow's are millions)
+    -- reading the largest body of one-number rows took four times as long. Parsed JSON holds no cycles, and
+    reference counting frees it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class DeferredArray:
+    """The "instances" or "inputs" array of a predict body, left as text: runs of whole elements of about
+    `CHUNK_BYTES`, each checked at parse time to read (orjson) as the whole body's reading would read it.
+
+    `chunks()` reads them one at a time (a JSON list each); `materialize()` is the array as
+    `parse_json_document` reads it.
+    """
+
+    def __init__(self, body: bytes, key: str, runs: list):
+        self.body = body
+        self.key = key
+        self._runs = runs  # [(start, end)] of the body: whole elements separated by commas
+
+    def _text(self, start: int, end: int) -> bytes:
+        return b"[" + self.body[start:end] + b"]"
+
+    def chunks(self):
+        with paused_cyclic_gc():
+            for start, end in self._runs:
+                yield orjson.loads(self._text(start, end))
+
+    def materialize(self) -> list:
+        return parse_json_document(self.body)[self.key]
+
+
+def _max_depth(text: bytes) -> int:
+    """The deepest nesting of arrays and objects in `text`, strings aside."""
+    if b'"' in text:
+        text = _STRING.sub(b'""', text)
+    codes = np.frombuffer(text, np.uint8)
+    steps = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int32)
+    steps -= (codes == ord("]")) | (codes == ord("}"))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _array_member(body: bytes):
+    """(key, start, end, members): the body's top-level "instances" or "inputs" member whose value is an array
+    (`body[start:end]`), when every other member is a string, number or literal; None for any other body."""
+    match = _OPEN.match(body)
+    if match is None:
+        return None
+    pos, found, members = match.end(), None, 0
+    while True:
+        key = _KEY.match(body, pos)
+        if key is None:
+            return None
+        pos, members = key.end(), members + 1
+        if found is None and key.group(1) in _DEFERRABLE_KEYS and body[pos:pos + 1] == b"[":
+            # The array runs to the body's last "]": a member after it holding one fails the scan below.
+            end = body.rfind(b"]") + 1
+            found, pos = (_DEFERRABLE_KEYS[key.group(1)], pos, end), end
+        else:
+            value = _SCALAR.match(body, pos)
+            if value is None:
+                return None
+            pos = value.end()
+        end_of_member = _MEMBER_END.match(body, pos)
+        if end_of_member is None:
+            return None
+        pos = end_of_member.end()
+        if end_of_member.group(1) == b"}":
+            break
+    if found is None or body[pos:].strip(b" \t\n\r"):
+        return None
+    return found + (members,)
+
+
+def _element_runs(body: bytes, start: int, end: int, chunk_bytes: int):
+    """The interior of the array `body[start:end]` cut at commas between its elements into runs of about
+    `chunk_bytes`: [(start, end)]. A cut is found by counting brackets, which a string holding one miscounts;
+    such a run then fails to read alone, and the body is read whole."""
+    runs, first, last = [], start + 1, end - 1
+    while last - first > chunk_bytes:
+        pos = first + chunk_bytes
+        depth = 1 + sum(body.count(c, first, pos) for c in (b"[", b"{")) - sum(
+            body.count(c, first, pos) for c in (b"]", b"}"))
+        while True:
+            match = (_STRUCTURE if depth == 1 else _BRACKET).search(body, pos, last)
+            if match is None:
+                runs.append((first, last))
+                return runs
+            char, pos = body[match.start()], match.end()
+            if char == ord(","):
+                break
+            depth += 1 if char in b"[{" else -1
+            if depth < 1:
+                return None
+        runs.append((first, pos - 1))
+        first = pos
+    runs.append((first, last))
+    return runs
+
+
+def parse_predict_document(body, chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """A predict body as `parse_json_document` reads it, except that a top-level "instances" or "inputs" array of
+    at least two `chunk_bytes` is a `DeferredArray`, read later a chunk at a time (`json_tensors`) -- when the
+    body's other members are strings, numbers or literals, "signature_name" is a string, and the body holds one
+    of the two keys, each once. Those conditions keep every answer as it was: an error names the whole
+    document only where they fail.
+
+    The body is then read as parts -- the document with the array emptied, and the array's chunks -- each as the
+    whole body's reading reads it (orjson, unless a part holds a wide integer or is nested too deeply for
+    orjson: then the body is read whole); a part that does not read means the body is read whole.
+    """
+    found = _array_member(body) if isinstance(body, bytes) and len(body) >= 2 * chunk_bytes else None
+    if found is None or found[2] - found[1] < 2 * chunk_bytes:
+        return parse_json_document(body)
+    key, start, end, members = found
+    runs = _element_runs(body, start, end, chunk_bytes)
+    if runs is None:
+        return parse_json_document(body)
+    try:
+        doc = parse_json_document(body[:start] + b"[]" + body[end:])
+    except errors.InvalidArgument:
+        return parse_json_document(body)
+    if (len(doc) != members or doc.get(key) != [] or ("instances" in doc and "inputs" in doc)
+            or not isinstance(doc.get("signature_name", ""), str)):
+        return parse_json_document(body)
+    deferred = DeferredArray(body, key, runs)
+    with paused_cyclic_gc():
+        for run in runs:
+            text = deferred._text(*run)  # pylint: disable=protected-access
+            try:
+                readable = (_WIDE_INTEGER not in _skeleton(text) and _max_depth(text) + 1 <= _ORJSON_MAX_DEPTH
+                            and orjson.loads(text))
+            except orjson.JSONDecodeError:
+                readable = False
+            if not readable:
+                break
+    if not readable:
+        return parse_json_document(body)
+    doc[key] = deferred
+    return doc

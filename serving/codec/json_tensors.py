@@ -14,7 +14,7 @@ import numpy as np
 from serving import errors
 from serving.codec.dtypes import (DT_BOOL, DT_DOUBLE, DT_FLOAT, DT_INT16, DT_INT32, DT_INT64, DT_INT8, DT_STRING,
                                   DT_UINT32, DT_UINT64, DT_UINT8, check_rank, dtype_name, numpy_dtype)
-from serving.codec.json_reader import proto_text, text_bytes
+from serving.codec.json_reader import DeferredArray, proto_text, text_bytes
 from serving.codec.json_writer import COLUMNAR_FORMAT, ROW_FORMAT, json_value_to_string
 
 
@@ -293,6 +293,67 @@ def _inputs_to_arrays(inputs, input_dtypes: dict) -> dict:
     return arrays
 
 
+class _Column:
+    """One input's array, built a chunk of rows at a time: a numeric one in a bytearray, which grows in place
+    (no second copy at the end, as concatenating the chunks would make)."""
+
+    def __init__(self, first: np.ndarray):
+        self.dtype, self.row_shape, self.rows = first.dtype, first.shape[1:], 0
+        self._data = bytearray() if first.dtype != object else None
+        self._parts = []
+
+    def append(self, part: np.ndarray) -> bool:
+        if part.dtype != self.dtype or part.shape[1:] != self.row_shape:
+            return False
+        if self._data is None:
+            self._parts.append(part)
+        else:
+            self._data += np.ascontiguousarray(part).data
+        self.rows += len(part)
+        return True
+
+    def array(self) -> np.ndarray:
+        if self._data is None:
+            return np.concatenate(self._parts)
+        return np.frombuffer(self._data, self.dtype).reshape((self.rows,) + self.row_shape)
+
+
+def _deferred_to_arrays(value: DeferredArray, input_dtypes: dict, row_format: bool):
+    """The arrays a `DeferredArray` converts to, a chunk of its elements at a time; None where the whole
+    array's conversion might not succeed (an error, a chunk unlike the first): the caller then converts it whole,
+    which gives the answer it gives.
+
+    Converting a chunk is converting the whole array restricted to those elements: each leaf converts on its
+    own, and the chunks are dense alike when every chunk is dense with the first chunk's row shape.
+    """
+    columns, objects = {}, None
+    try:
+        for chunk in value.chunks():
+            if objects is None:
+                objects = row_format and isinstance(chunk[0], dict) and not is_b64_object(chunk[0])
+                if not objects and len(input_dtypes) > 1:
+                    return None
+            if objects:
+                keys = set(input_dtypes)
+                if not all(isinstance(element, dict) and element.keys() == keys for element in chunk):
+                    return None
+                parts = {name: json_to_ndarray([element[name] for element in chunk], dtype)
+                         for name, dtype in input_dtypes.items()}
+            else:
+                name, dtype = next(iter(input_dtypes.items()))
+                parts = {name: json_to_ndarray(chunk, dtype)}
+            for name, part in parts.items():
+                if part.ndim == 0:
+                    return None
+                if name not in columns:
+                    columns[name] = _Column(part)
+                if not columns[name].append(part):
+                    return None
+    except Exception:  # pylint: disable=broad-except -- converting the array whole raises what it raises
+        return None
+    return {name: column.array() for name, column in columns.items()}
+
+
 def signature_name_from_json(doc: dict) -> str:
     """The optional `signature_name` of a REST request ('' when absent)."""
     if "signature_name" not in doc:
@@ -323,6 +384,12 @@ def json_to_predict_inputs(doc: dict, input_dtypes: dict, signature_name: str):
         raise errors.InvalidArgument(
             f"JSON Value: {json_value_to_string(doc)} Not formatted correctly expecting only one of "
             "'inputs' or 'instances' keys to exist ")
+    deferred = doc.get("instances" if has_instances else "inputs")
+    if isinstance(deferred, DeferredArray):
+        arrays = _deferred_to_arrays(deferred, input_dtypes, has_instances)
+        if arrays is not None:
+            return arrays, ROW_FORMAT if has_instances else COLUMNAR_FORMAT
+        doc = dict(doc, **{deferred.key: deferred.materialize()})
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
