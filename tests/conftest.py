@@ -1,4 +1,5 @@
 """Shared test fixtures: the offline dataset directory and the TF Serving fixtures beside the clone."""
+import gc
 import os
 import pathlib
 
@@ -10,6 +11,9 @@ import pytest  # noqa: E402
 import serving  # noqa: E402
 
 serving.apply_runtime_defaults()  # as the server and the training binaries run (before the first op)
+# A test worker traces hundreds of models, and at the default thresholds each full collection walks every object
+# their graphs left: rarer collections, as the memory they would free is small.
+gc.set_threshold(10_000, 20, 20)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
