@@ -88,6 +88,11 @@ def _split(seed, n: int):
     return tf.unstack(tfp.random.split_seed(seed, n=n))
 
 
+def softplus_inverse(y: float) -> float:
+    """rho with softplus(rho) = y > 0: the unconstrained start of a scale parameterized as softplus(rho)."""
+    return math.log(math.expm1(y))
+
+
 def normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
     """Standard normal draws of `shape` from a stateless seed [2], by the Box-Muller transform of uniform pairs:
 

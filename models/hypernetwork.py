@@ -146,10 +146,6 @@ class Config:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
-def _softplus_inverse(x: float) -> float:
-    return math.log(math.expm1(x))
-
-
 class _MetaNetwork(heads.LikelihoodHead):
     """A target network whose weights another network generates: its shape; the head, predictive and ELBO come
     from `models.heads`."""
@@ -193,8 +189,8 @@ class MetaRepresentationNetwork(_MetaNetwork):
             units = width + (1 if l < len(self.widths) - 1 else 0)  # a bias unit feeds every next layer
             # Codes start at distinct prior draws, so different units generate different weights from the start.
             self.code_loc.append(tf.Variable(tf.random.normal([units, d]), name=f"code_loc_{l}"))
-            self.code_rho.append(tf.Variable(tf.fill([units, d], _softplus_inverse(config.init_code_scale)),
-                                             name=f"code_rho_{l}"))
+            rho = bayesian_layers.softplus_inverse(config.init_code_scale)
+            self.code_rho.append(tf.Variable(tf.fill([units, d], rho), name=f"code_rho_{l}"))
         # g's first layer on [z_i, z_j] is z_i A + z_j B + a: computed per unit, then added per pair, which saves
         # the pairs-by-2D product (n_in * n_out * 2D * H flops) of a dense layer on concatenated pairs.
         glorot = lambda shape: tf_keras.initializers.GlorotUniform()(shape)  # noqa: E731 - a fresh draw each call
@@ -330,7 +326,8 @@ class BayesianHypernetwork(bayesian_dense.BayesianNetwork):
                           for k in range(config.flow_layers)]
         # The scales start at 1 with a small spread: the network starts as the mean-field network's start.
         self.scale_shift = tf.Variable(tf.ones([g]), name="scale_shift")
-        self.scale_rho = tf.Variable(tf.fill([g], _softplus_inverse(config.init_code_scale)), name="scale_rho")
+        self.scale_rho = tf.Variable(tf.fill([g], bayesian_layers.softplus_inverse(config.init_code_scale)),
+                                     name="scale_rho")
 
     def flow(self) -> tfb.Bijector:
         """eps -> c: RealNVP couplings with a reversal between them, then c = shift + softplus(rho) * u."""

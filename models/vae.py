@@ -260,10 +260,6 @@ def _stick_breaking_posterior(params):
     return stick_breaking.KumaraswamyStickBreaking(a, b)
 
 
-def _softplus_inverse(y: float) -> float:
-    return float(np.log(np.expm1(y)))
-
-
 class LogitBernoulli(tfd.Bernoulli):
     """`tfd.Bernoulli` whose log-probability takes one softplus of the logits l:
 
@@ -383,8 +379,8 @@ class Encoder(tf.Module):
             # Biases that start q(v_k | x) at the prior's Kumaraswamy(1, alpha) = Beta(1, alpha): the rate starts
             # near zero, as the Gaussian latents' does.
             bias = tf_keras.initializers.Constant(
-                [_softplus_inverse(1.0 - CONCENTRATION_FLOOR)] * (d - 1)
-                + [_softplus_inverse(max(config.gem_alpha - CONCENTRATION_FLOOR, 1e-3))] * (d - 1))
+                [bayesian_layers.softplus_inverse(1.0 - CONCENTRATION_FLOOR)] * (d - 1)
+                + [bayesian_layers.softplus_inverse(max(config.gem_alpha - CONCENTRATION_FLOOR, 1e-3))] * (d - 1))
         elif config.latent == "normal":
             self.head = tfpl.IndependentNormal(d, convert_to_tensor_fn=tfd.Distribution.mean)
             size = tfpl.IndependentNormal.params_size(d)
