@@ -135,7 +135,7 @@ def parse_json_document(body) -> dict:
     NaN, (-)Infinity, (-)Inf and -NaN are accepted, as rapidjson's `kParseNanAndInfFlag` does; a number literal
     beyond double range (1e999999) is refused, as rapidjson refuses it. orjson reads the body when it reads it as
     the json module does (faster on a large body of numbers: `benchmarks/rest_json.py`): it refuses NaN, Infinity,
-    numbers beyond double range, unpaired surrogate escapes, invalid UTF-8 and nesting deeper than 1,023, and those
+    numbers beyond double range, unpaired surrogate escapes, invalid UTF-8 and nesting deeper than 1,024, and those
     bodies go to the json module, whose errors are mapped to rapidjson's messages and offsets; it reads integer
     literals beyond 64 bits as floats, so a body that may hold one (19 digits or more) goes there too.
     """
