@@ -63,6 +63,8 @@ PUBLISHED = {
 FAMILIES = {
     "linear": ("training.train_linear_regression", ["--inference=exact"]),
     "bnn": ("training.train_bnn", ["--estimator=flipout"]),
+    # The same network on plainly standardized inputs (no tail compression, `training.data.Standardizer`).
+    "bnn_plain_inputs": ("training.train_bnn", ["--estimator=flipout", "--input_tail=0"]),
     "bnn_local": ("training.train_bnn", ["--estimator=local_reparameterization"]),
     "bnn_reparam": ("training.train_bnn", ["--estimator=reparameterization"]),
     "meta_representation": ("training.train_hypernetwork", ["--variant=meta_representation"]),

@@ -50,8 +50,8 @@ VAE signatures (`VAEServable`; images in [0, 1], float32 [batch, *image]; every 
   * `reconstruct`: `x`, `num_samples`, `seed` -> `mean`, `stddev` [batch, *image] of the decoded means;
   * `sample`: `num_samples`, `seed` -> `images` [num_samples, *image] and their `z`;
   * `log_likelihood`: `x`, `num_samples`, `seed` -> `log_likelihood` (L_K, K = `num_samples`), `elbo` [batch].
-Regression inputs are standardized inside the graph with the training statistics. Only core TensorFlow ops end up in the
-graph (TFP's distributions are traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
+Regression and table inputs are standardized inside the graph with the training statistics, tails compressed as in
+training (`training.data.Standardizer`). Only core TensorFlow ops end up in the graph (TFP's distributions are traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
 """
 
 from __future__ import annotations
@@ -131,6 +131,23 @@ def checked_shape(x, example_shape, name: str):
     return tf.cond(ok, lambda: tf.identity(x), refuse)
 
 
+class InputScaler:
+    """The training split's `Standardizer` in the graph: x float32 [batch, features] in original units -> the
+    model's inputs tail((x - mean) / std) [batch, features] (the tail compression only when the scaler has one)."""
+
+    def __init__(self, scaler):
+        self.mean = tf.constant(scaler.mean, tf.float32)
+        self.std = tf.constant(scaler.std, tf.float32)
+        self.tail = None if getattr(scaler, "tail", None) is None else float(scaler.tail)
+
+    def __call__(self, x):
+        z = (x - self.mean) / self.std
+        if self.tail is None:
+            return z
+        a = tf.abs(z)
+        return tf.sign(z) * (tf.minimum(a, self.tail) + tf.math.log1p(tf.maximum(a - self.tail, 0.0)))
+
+
 class InputDistance:
     """input_distance = max_j |x_j - mean_j| / s_j over a row's features, and the argmax j (module docstring).
 
@@ -144,8 +161,11 @@ class InputDistance:
         std = np.asarray(scaler.std, np.float64)
         # The scaler sets a constant column's std to 1, and the columns it kept have standardized training values
         # of spread 1: a column of std 1 whose standardized values barely spread was constant.
-        spread = np.asarray(x_train).std(axis=0) if len(x_train) else np.ones_like(std)
-        self.constant = (std == 1.0) & (spread < 0.5)
+        if getattr(scaler, "constant", None) is not None:
+            self.constant = np.asarray(scaler.constant, bool)
+        else:
+            spread = np.asarray(x_train).std(axis=0) if len(x_train) else np.ones_like(std)
+            self.constant = (std == 1.0) & (spread < 0.5)
         floor = float(np.finfo(np.float32).eps) * np.maximum(np.abs(mean), 1.0)
         self.mean = tf.constant(mean, tf.float64)
         self.scale = tf.constant(np.where(self.constant, floor, std), tf.float64)
@@ -257,8 +277,7 @@ class RegressionServable(PredictiveServable):
     example_signature_name = "regress"
 
     def __init__(self, model, dataset, num_samples: int, seed: int):
-        self._x_mean = tf.constant(dataset.x_scaler.mean, tf.float32)
-        self._x_std = tf.constant(dataset.x_scaler.std, tf.float32)
+        self._x_scaler = InputScaler(dataset.x_scaler)
         self._y_mean = tf.constant(dataset.y_scaler.mean, tf.float32)
         self._y_std = tf.constant(dataset.y_scaler.std, tf.float32)
         self.input_distance = InputDistance(dataset.x_scaler, dataset.x_train)
@@ -267,7 +286,7 @@ class RegressionServable(PredictiveServable):
 
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         x, num_samples = self._checked(x, num_samples)
-        summary = predictive.regression_predictive(self.model, (x - self._x_mean) / self._x_std, num_samples, seed,
+        summary = predictive.regression_predictive(self.model, self._x_scaler(x), num_samples, seed,
                                                    self._y_mean, self._y_std, predictive_fn,
                                                    resolution=OUTPUT_RESOLUTION)
         out = {k: tf.cast(summary[k], tf.float32) for k in PREDICTIVE_OUTPUTS}
@@ -286,7 +305,7 @@ class RegressionServable(PredictiveServable):
         return sigs
 
     def _warmup_input(self):
-        return self._x_mean.numpy()[None, :]
+        return self._x_scaler.mean.numpy()[None, :]
 
 
 class ClassificationServable(PredictiveServable):
@@ -298,8 +317,7 @@ class ClassificationServable(PredictiveServable):
         self.num_classes = dataset.output_dim
         # A table's features were standardized for training (images were not); its labels have names.
         scaler = dataset.x_scaler
-        self._x_mean = None if scaler is None else tf.constant(scaler.mean, tf.float32)
-        self._x_std = None if scaler is None else tf.constant(scaler.std, tf.float32)
+        self._x_scaler = None if scaler is None else InputScaler(scaler)
         self.input_distance = None if scaler is None else InputDistance(scaler, dataset.x_train)
         names = dataset.class_names or [str(k) for k in range(self.num_classes)]
         self._class_names = tf.constant(list(names), tf.string)
@@ -308,9 +326,9 @@ class ClassificationServable(PredictiveServable):
     def _summary(self, x, num_samples, seed, predictive_fn=None) -> dict:
         x, num_samples = self._checked(x, num_samples)
         distance = None
-        if self._x_mean is not None:
+        if self._x_scaler is not None:
             distance = self.input_distance(x)
-            x = (x - self._x_mean) / self._x_std
+            x = self._x_scaler(x)
         summary = predictive.classification_summary((predictive_fn or self.model.predictive)(x, num_samples, seed))
         out = {k: tf.cast(v, tf.int64 if k == "predicted_class" else tf.float32) for k, v in summary.items()}
         if distance is not None:
@@ -324,7 +342,7 @@ class ClassificationServable(PredictiveServable):
         return {"classes": tf.tile(self._class_names[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
 
     def _warmup_input(self):
-        return super()._warmup_input() if self._x_mean is None else self._x_mean.numpy()[None, :]
+        return super()._warmup_input() if self._x_scaler is None else self._x_scaler.mean.numpy()[None, :]
 
 
 class VAEServable(tf.Module):
@@ -505,6 +523,20 @@ def model_info(model, dataset, num_samples: int, seed: int) -> dict:
         "target": dataset.target_name,
         "classes": list(dataset.class_names) if dataset.class_names else None,
         "input_distance": _input_distance_info(model, dataset),
+        "input_standardization": _input_standardization_info(dataset),
+    }
+
+
+def _input_standardization_info(dataset) -> dict | None:
+    """model_info's `input_standardization`: how the signatures map a table's features to the model's inputs."""
+    scaler = dataset.x_scaler
+    if scaler is None:
+        return None
+    tail = getattr(scaler, "tail", None)
+    return {
+        "definition": "z_j = (x_j - mean_j) / std_j with the training split's mean and std" + (
+            "" if tail is None else f"; beyond {tail:g} sd compressed: sign(z) * ({tail:g} + log1p(|z| - {tail:g}))"),
+        "tail_sd": None if tail is None else float(tail),
     }
 
 

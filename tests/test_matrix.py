@@ -83,10 +83,10 @@ def cached_data(monkeypatch, loaded):
     """`data_lib.load` answered from `loaded`; each call gets its own `Dataset` around the shared arrays."""
     load = data_lib.load
 
-    def cached(name, data_dir, split=0, csv=None):
-        key = (name, split, csv)
+    def cached(name, data_dir, split=0, csv=None, input_tail=data_lib.INPUT_TAIL):
+        key = (name, split, csv, input_tail)
         if key not in loaded:
-            loaded[key] = load(name, data_dir, split, csv)
+            loaded[key] = load(name, data_dir, split, csv, input_tail)
         return dataclasses.replace(loaded[key])
 
     monkeypatch.setattr(data_lib, "load", cached)

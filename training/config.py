@@ -63,6 +63,7 @@ class TrainConfig:
     task: str = "regression"
     test_csv: str = ""
     test_fraction: float = 0.1
+    input_tail: float = 3.0
 
     def ood_name(self) -> str:
         """The out-of-distribution set for classifiers: `auto` pairs MNIST with Fashion-MNIST both ways."""
@@ -100,8 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
-        for name in ("train_steps", "clip_norm", "kl_warmup_epochs", "checkpoint_every_steps", "log_every_steps",
-                     "train_eval_examples"):
+        for name in ("train_steps", "clip_norm", "kl_warmup_epochs", "input_tail", "checkpoint_every_steps",
+                     "log_every_steps", "train_eval_examples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
         if not 0.0 <= self.validation_fraction < 1.0:

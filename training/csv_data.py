@@ -203,7 +203,8 @@ def random_split(num_rows: int, split: int, test_fraction: float) -> tuple:
     return np.sort(order[num_test:]), np.sort(order[:num_test])
 
 
-def load(spec: CsvSpec, split: int = 0) -> data_lib.Dataset:
+def load(spec: CsvSpec, split: int = 0,
+         input_tail: Optional[float] = data_lib.INPUT_TAIL) -> data_lib.Dataset:
     """Train/test split `split` of the table, standardized with its training rows' statistics.
 
     Returns a `data.Dataset` named `csv:<path>` with `feature_names`, `target_name` and, for classification,
@@ -240,7 +241,7 @@ def load(spec: CsvSpec, split: int = 0) -> data_lib.Dataset:
         return x if rows is None else x[rows]
 
     x_train, x_test = features_of("train"), features_of("test")
-    x_scaler = data_lib.Standardizer.fit(x_train)
+    x_scaler = data_lib.Standardizer.fit(x_train, tail=input_tail or None)
     common = dict(name=f"{PREFIX}{spec.path}", task=spec.task, split=split, x_scaler=x_scaler,
                   x_train=x_scaler.apply(x_train), x_test=x_scaler.apply(x_test), feature_names=names,
                   target_name=spec.target)

@@ -13,6 +13,10 @@ A column that is constant on the training rows (naval has one, and one whose spr
 std = 1 so it maps to zero instead of NaN or amplified noise. Models are fitted in standardized units; metrics are
 reported in the original units, as the published tables are:
     RMSE = std_y * RMSE',     log p(y) = log p'(y') - log std_y.
+Features of a table (UCI, `toy/gap`, `csv:PATH`) then have their tails compressed beyond INPUT_TAIL standard
+deviations, logarithmically (`Standardizer`), so that a row 50 sd out in a heavy-tailed column reaches the network
+7 sd out, not 50: a network is linear in its inputs far from the data, and its predictive mean there would follow
+the one column to absurd values. Inside +-INPUT_TAIL sd (99.7% of a normal column) the map is the identity.
 
 Images (`mnist`, `fashion_mnist`: the four IDX gz files; `binarized_mnist`: Larochelle's fixed binarization,
 `binarized_mnist_{train,valid,test}.amat`) come as float32 [N, 28, 28, 1] in [0, 1] with int32 labels (none for
@@ -47,6 +51,8 @@ DENSITY = "density"  # unlabelled data, e.g. for a VAE
 
 # A training-split standard deviation below this fraction of the column's scale counts as constant.
 _CONSTANT_RTOL = 1e-8
+# Standardized features beyond this many standard deviations are compressed logarithmically (`Standardizer`).
+INPUT_TAIL = 3.0
 
 
 class DatasetError(ValueError):
@@ -55,26 +61,47 @@ class DatasetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Standardizer:
-    """An affine map x' = (x - mean) / std fitted on training data; arrays broadcast over the last axis."""
+    """x' = tail((x - mean) / std), fitted on training data; arrays broadcast over the last axis.
+
+    With `tail` = c (features of a table) the standardized value z is compressed beyond c standard deviations:
+        tail(z) = sign(z) * (min(|z|, c) + log1p(max(|z| - c, 0))),
+    the identity for |z| <= c, continuous with slope 1 at c and logarithmic beyond it (54 sd -> 6.95 sd for c = 3);
+    its inverse is sign(t) * (min(|t|, c) + expm1(max(|t| - c, 0))). `tail` None (targets) is plain standardization.
+
+    Attributes:
+      mean, std: float32 [features]; std = 1 where the column was constant on the training rows.
+      tail: c, or None.
+      constant: bool [features], the columns constant on the training rows (None for a hand-made scaler).
+    """
 
     mean: np.ndarray
     std: np.ndarray
+    tail: Optional[float] = None
+    constant: Optional[np.ndarray] = None
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Standardizer":
+    def fit(cls, x: np.ndarray, tail: Optional[float] = None) -> "Standardizer":
         """Fits per-column statistics; a (numerically) constant column keeps std = 1."""
         x = np.asarray(x, np.float64)
         mean = x.mean(axis=0)
         std = x.std(axis=0)
         constant = std <= _CONSTANT_RTOL * np.maximum(np.abs(mean), 1.0)
         std = np.where(constant, 1.0, std)
-        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32))
+        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32), tail=tail, constant=constant)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
+        z = (np.asarray(x, np.float64) - self.mean) / self.std
+        if self.tail is not None:
+            a = np.abs(z)
+            z = np.sign(z) * (np.minimum(a, self.tail) + np.log1p(np.maximum(a - self.tail, 0.0)))
+        return z.astype(np.float32)
 
     def invert(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, np.float64) * self.std + self.mean).astype(np.float32)
+        z = np.asarray(x, np.float64)
+        if self.tail is not None:
+            a = np.abs(z)
+            z = np.sign(z) * (np.minimum(a, self.tail) + np.expm1(np.maximum(a - self.tail, 0.0)))
+        return (z * self.std + self.mean).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -219,7 +246,8 @@ class Dataset:
             x_valid=self.x_train[valid_idx], y_valid=take(self.y_train, valid_idx))
 
 
-def load_toy_gap(seed: int = 0, num_train: int = 1000) -> Dataset:
+def load_toy_gap(seed: int = 0, num_train: int = 1000,
+                  input_tail: Optional[float] = INPUT_TAIL) -> Dataset:
     """A 1-D regression set with a gap, to see epistemic uncertainty grow away from the data.
 
     Training inputs come from two clusters, U(-4, -1.5) and U(1.5, 4); the target is y = sin(1.5 x) + 0.3 x plus
@@ -233,14 +261,15 @@ def load_toy_gap(seed: int = 0, num_train: int = 1000) -> Dataset:
     f = lambda x: np.sin(1.5 * x) + 0.3 * x  # noqa: E731
     y_train = f(x_train) + 0.15 * rng.standard_normal(x_train.shape)
     y_test = f(x_test) + 0.15 * rng.standard_normal(x_test.shape)
-    x_scaler, y_scaler = Standardizer.fit(x_train), Standardizer.fit(y_train)
+    x_scaler, y_scaler = Standardizer.fit(x_train, tail=input_tail or None), Standardizer.fit(y_train)
     return Dataset(name="toy/gap", task=REGRESSION, split=seed,
                    x_train=x_scaler.apply(x_train), y_train=y_scaler.apply(y_train),
                    x_test=x_scaler.apply(x_test), y_test=y_scaler.apply(y_test),
                    x_scaler=x_scaler, y_scaler=y_scaler)
 
 
-def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0, csv=None) -> Dataset:
+def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0, csv=None,
+         input_tail: Optional[float] = INPUT_TAIL) -> Dataset:
     """Loads `name` (`uci/<dataset>`, `mnist`, `fashion_mnist`, `binarized_mnist`, `toy/gap`, `csv:PATH`, or a
     TFDS name).
 
@@ -250,6 +279,8 @@ def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0, csv=
       split: the UCI standard split index (a CSV table: its random split's index); ignored by datasets with one
         fixed train/test split.
       csv: a `training.csv_data.CsvSpec`, for `csv:PATH` (`TrainConfig.csv_spec()`).
+      input_tail: a table's standardized features are compressed beyond this many sd (`Standardizer`); 0 or None:
+        plain standardization. Images ignore it.
 
     Raises:
       DatasetError: the dataset is missing or malformed, or `split` is out of range.
@@ -257,15 +288,15 @@ def load(name: str, data_dir: str | pathlib.Path, split: Optional[int] = 0, csv=
     data_dir = pathlib.Path(data_dir).expanduser()
     if name.startswith("csv:"):
         from training import csv_data  # it builds on this module
-        return csv_data.load(_require_csv_spec(name, csv), 0 if split is None else split)
+        return csv_data.load(_require_csv_spec(name, csv), 0 if split is None else split, input_tail)
     if name.startswith("uci/"):
-        return load_uci(name[len("uci/"):], data_dir, 0 if split is None else split)
+        return load_uci(name[len("uci/"):], data_dir, 0 if split is None else split, input_tail)
     if name in ("mnist", "fashion_mnist"):
         return load_idx_images(name, data_dir)
     if name == "binarized_mnist":
         return load_binarized_mnist(data_dir)
     if name == "toy/gap":
-        return load_toy_gap(0 if split is None else split)
+        return load_toy_gap(0 if split is None else split, input_tail=input_tail)
     return load_tfds(name, data_dir)
 
 
@@ -352,7 +383,8 @@ def _uci_files(name: str, data_dir: pathlib.Path, split: int) -> dict:
     return files
 
 
-def load_uci(name: str, data_dir: pathlib.Path, split: int = 0) -> Dataset:
+def load_uci(name: str, data_dir: pathlib.Path, split: int = 0,
+             input_tail: Optional[float] = INPUT_TAIL) -> Dataset:
     """Standard split `split` of a UCI regression dataset, standardized with training statistics."""
     files = _uci_files(name, data_dir, split)
     try:
@@ -369,7 +401,7 @@ def load_uci(name: str, data_dir: pathlib.Path, split: int = 0) -> Dataset:
     if not np.all(np.isfinite(data)):
         raise DatasetError(f"{files['data']} holds non-finite values")
     x, y = data[:, features], data[:, target[:1]]  # one target: the benchmark's column
-    x_scaler, y_scaler = Standardizer.fit(x[train]), Standardizer.fit(y[train])
+    x_scaler, y_scaler = Standardizer.fit(x[train], tail=input_tail or None), Standardizer.fit(y[train])
     return Dataset(
         name=f"uci/{name}", task=REGRESSION, split=split,
         x_train=x_scaler.apply(x[train]), y_train=y_scaler.apply(y[train]),

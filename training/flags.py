@@ -40,6 +40,10 @@ def define_shared_flags(**defaults) -> None:
                         "(default: a random --test_fraction of the rows, chosen by --split).")
     flags.DEFINE_float("test_fraction", d["test_fraction"], "csv:PATH without --test_csv: the share of rows held "
                        "out for testing.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("input_tail", d["input_tail"], "Tables (UCI, toy/gap, csv:PATH): standardized features "
+                       "beyond this many training standard deviations are compressed logarithmically, in training "
+                       "and in the export, so a far row cannot drive the prediction linearly (0: plain "
+                       "standardization).", lower_bound=0.0)
     flags.DEFINE_integer("epochs", d["epochs"], "Passes over the training data.", lower_bound=1)
     flags.DEFINE_integer("train_steps", d["train_steps"], "If positive, train for this many gradient steps "
                          "instead of --epochs (one budget that fits data sets of any size); --epochs given alone overrides a "

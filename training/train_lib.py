@@ -109,7 +109,8 @@ def _train_and_evaluate_split(config, model_config, build_model, strategy) -> di
     if not chief:
         # Every worker saves checkpoints (the collectives need them all), but only the chief's are the run's.
         workdir = workdir / f".worker_{strategy.cluster_resolver.task_id}"
-    dataset = data_lib.load(config.dataset, config.data_dir, config.split_index, config.csv_spec())
+    dataset = data_lib.load(config.dataset, config.data_dir, config.split_index, config.csv_spec(),
+                            config.input_tail)
     if config.validation_fraction > 0:
         dataset = dataset.split_off_validation(config.validation_fraction, config.seed)
     # Initializers without their own seed draw from the global generator: seeding it here makes --seed fix the

@@ -291,6 +291,26 @@ def test_a_row_50_training_stddevs_out_in_one_feature_is_at_input_distance_50(ex
     assert 50.0 > _info(path)["input_distance"]["training_percentiles"]["100"]  # beyond every training row
 
 
+def test_the_graph_compresses_a_far_row_as_training_did(exported, fitted):
+    # Rows 50 training sd out reach the model at 3 + log(48) sd (training.data.Standardizer's tail), in the graph.
+    path, dataset = exported
+    model, _ = fitted
+    mean, std = dataset.x_scaler.mean, dataset.x_scaler.std
+    rows = np.tile(mean, [3, 1]).astype(np.float32)
+    rows[1, 2] += 50 * std[2]
+    rows[2, 4] -= 4 * std[4]
+    standardized = np.zeros_like(rows)
+    standardized[1, 2], standardized[2, 4] = 3 + np.log(48.0), -(3 + np.log(2.0))
+    np.testing.assert_allclose(dataset.x_scaler.apply(rows), standardized, atol=1e-5)
+    out = tf.saved_model.load(str(path)).signatures["predict_mc"](x=tf.constant(rows), num_samples=tf.constant(20000),
+                                                                  seed=tf.constant([4, 2]))
+    closed = model.exact_predictive(standardized)
+    np.testing.assert_allclose(out["mean"].numpy(), dataset.y_scaler.invert(closed.loc.numpy()), rtol=0.01,
+                               atol=0.05 * dataset.target_scale)
+    info = _info(path)["input_standardization"]
+    assert info["tail_sd"] == data.INPUT_TAIL and "log1p" in info["definition"]
+
+
 def test_model_info_states_the_input_distance_and_the_training_rows_percentiles(exported):
     path, dataset = exported
     reference = _info(path)["input_distance"]

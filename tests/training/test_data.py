@@ -9,19 +9,48 @@ import pytest
 from training import data
 
 
+def _tail(z, c=data.INPUT_TAIL):
+    """The log-compressed tail, written out: identity inside +-c, c + log(1 + (|z| - c)) beyond."""
+    return np.where(np.abs(z) <= c, z, np.sign(z) * (c + np.log(1.0 + np.abs(z) - c)))
+
+
 def test_uci_standardizes_with_training_rows_only(data_dir):
     d = data.load("uci/concrete", data_dir, split=3)
     raw = np.loadtxt(data_dir / "uci/concrete/data/data.txt")
     train = np.loadtxt(data_dir / "uci/concrete/data/index_train_3.txt", dtype=int)
     test = np.loadtxt(data_dir / "uci/concrete/data/index_test_3.txt", dtype=int)
     assert d.x_train.shape == (len(train), 8) and d.x_test.shape == (len(test), 8)
-    np.testing.assert_allclose(d.x_train.mean(0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(d.x_train.std(0), 1.0, rtol=1e-5)
+    z_train = (raw[train, :8] - raw[train, :8].mean(0)) / raw[train, :8].std(0)
+    np.testing.assert_allclose(d.x_train, _tail(z_train), rtol=1e-4, atol=1e-5)
     # Test rows use the training statistics, not their own.
-    np.testing.assert_allclose(d.x_test, (raw[test, :8] - raw[train, :8].mean(0)) / raw[train, :8].std(0),
-                               rtol=1e-4, atol=1e-5)
+    z_test = (raw[test, :8] - raw[train, :8].mean(0)) / raw[train, :8].std(0)
+    np.testing.assert_allclose(d.x_test, _tail(z_test), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(d.x_scaler.invert(d.x_test), raw[test, :8], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(d.y_scaler.invert(d.y_test)[:, 0], raw[test, 8], rtol=1e-5)
     assert d.target_scale == pytest.approx(raw[train, 8].std(), rel=1e-5)
+    assert d.y_scaler.tail is None  # targets are standardized plainly
+
+
+def test_input_tail_is_identity_inside_and_logarithmic_beyond():
+    scaler = data.Standardizer(np.zeros(1, np.float32), np.ones(1, np.float32), tail=3.0)
+    z = np.array([[-54.0], [-3.0], [-1.0], [0.0], [2.999], [3.5], [54.0]])
+    t = scaler.apply(z)
+    np.testing.assert_allclose(t[1:6, 0], [-3.0, -1.0, 0.0, 2.999, 3.0 + np.log(1.5)], rtol=1e-6)
+    np.testing.assert_allclose(t[[0, 6], 0], [-(3 + np.log(52.0)), 3 + np.log(52.0)], rtol=1e-6)
+    np.testing.assert_allclose(scaler.invert(t), z, rtol=1e-5)
+    # Slope 1 on both sides of the knee: no kink the network could exploit.
+    h = 1e-4
+    slopes = [(scaler.apply(np.array([[3.0 + s * h]]))[0, 0] - scaler.apply(np.array([[3.0 + s * h - h]]))[0, 0]) / h
+              for s in (0, 1)]
+    np.testing.assert_allclose(slopes, 1.0, rtol=1e-2)
+
+
+def test_protein_heavy_tail_reaches_the_network_compressed(data_dir):
+    # Protein's feature 6 has test rows more than 18 training sd out; the network sees them within 3 + log(52).
+    d = data.load("uci/protein-tertiary-structure", data_dir, split=0)
+    z = (d.x_scaler.invert(d.x_test)[:, 6] - d.x_scaler.mean[6]) / d.x_scaler.std[6]
+    assert np.abs(z).max() > 18.0
+    assert np.abs(d.x_test).max() < 3.0 + np.log(60.0)
 
 
 def test_uci_splits_differ_and_cover_every_row_once(data_dir):

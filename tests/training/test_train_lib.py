@@ -86,6 +86,14 @@ def test_bad_flags_fail_fast_naming_the_flag(tmp_path, data_dir, flag, message):
     assert not (tmp_path / "work" / "checkpoints").exists()
 
 
+def test_a_negative_input_tail_is_refused_and_zero_trains_on_plain_standardization(tmp_path, data_dir):
+    with pytest.raises(config_lib.ConfigError, match="--input_tail"):
+        _config(tmp_path, input_tail=-1.0).validate()
+    from training import data
+    plain = data.load("uci/protein-tertiary-structure", data_dir, split=0, input_tail=0.0)
+    assert plain.x_scaler.tail is None and np.abs(plain.x_test).max() > 18.0
+
+
 @pytest.mark.parametrize("values, message", [
     (dict(prior_scale=0.0), "--prior_scale: prior_scale must be positive"),  # not "--prior:"
     (dict(hidden_units=["50", "abc"]), "--hidden_units: hidden_units must be integers"),
