@@ -35,6 +35,10 @@ class LikelihoodHead(tf.Module):
     [S, batch, head_units]), `kl(seed, num_samples)` and `config.mc_samples`.
     """
 
+    # Each posterior draw is another network, so the per-sample predictives' locations differ: the predictive's
+    # interval is searched directly (`models.predictive.mixture_quantiles`), no mirrored route is built.
+    components_share_location = False
+
     def _init_head(self, task: str, head: str, output_dim: int) -> int:
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")

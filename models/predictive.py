@@ -60,7 +60,7 @@ def _sample_mean(t: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(t, axis=0)
 
 
-def mixture_quantiles(per_sample, probs, mean=None, stddev=None, resolution=None) -> list:
+def mixture_quantiles(per_sample, probs, mean=None, stddev=None, resolution=None, shared_location=None) -> list:
     """Quantiles of the uniform mixture (1/S) sum_s per_sample[s].
 
     Args:
@@ -69,6 +69,8 @@ def mixture_quantiles(per_sample, probs, mean=None, stddev=None, resolution=None
       probs: Python floats in (0, 1).
       mean, stddev: the mixture's mean and standard deviation [...] if already computed.
       resolution: relative precision the caller needs (see `mixture_quantile_search`); None: the dtype's.
+      shared_location: False when the components' locations are known to differ (a network's posterior draws):
+        the search runs directly, without building the mirrored route below; None: decided in the graph.
 
     Returns:
       One tensor [...] per entry of `probs`.
@@ -77,7 +79,7 @@ def mixture_quantiles(per_sample, probs, mean=None, stddev=None, resolution=None
     precision) make a mixture symmetric about c, F^{-1}(1 - p) = 2c - F^{-1}(p): then only max(p, 1 - p) is
     searched for each pair and the other quantile mirrored, half the work of the usual central interval.
     """
-    if isinstance(per_sample, tfd.Normal):
+    if isinstance(per_sample, tfd.Normal) and shared_location is not False:
         upper = sorted({max(p, 1.0 - p) for p in probs})
         if len(upper) < len(probs):
             return _mirrored_quantiles(per_sample, probs, upper, mean, stddev, resolution)
@@ -258,7 +260,8 @@ def _erfinv(y: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def regression_summary(per_sample, interval_mass: float = 0.95, integrated_variance=None, resolution=None) -> dict:
+def regression_summary(per_sample, interval_mass: float = 0.95, integrated_variance=None, resolution=None,
+                       shared_location=None) -> dict:
     """Posterior predictive statistics of a regression model from per-sample predictive distributions.
 
     Args:
@@ -269,6 +272,7 @@ def regression_summary(per_sample, interval_mass: float = 0.95, integrated_varia
         component in closed form (Rao-Blackwellization: a linear model's Var_q[w . phi] with the weights
         integrated out). It is counted as epistemic instead of aleatoric; nothing else depends on it.
       resolution: relative precision the interval is needed to (`mixture_quantile_search`); None: the dtype's.
+      shared_location: see `mixture_quantiles`.
 
     Returns:
       A dict of [batch, outputs] tensors: `mean`, `stddev`, `aleatoric_stddev`, `epistemic_stddev`, `lower`,
@@ -288,7 +292,8 @@ def regression_summary(per_sample, interval_mass: float = 0.95, integrated_varia
         aleatoric_var = tf.maximum(aleatoric_var - integrated_variance, 0.0)
         epistemic_var = epistemic_var + integrated_variance
     tail = 0.5 * (1.0 - interval_mass)
-    lower, upper = mixture_quantiles(per_sample, [tail, 1.0 - tail], mean=mean, stddev=stddev, resolution=resolution)
+    lower, upper = mixture_quantiles(per_sample, [tail, 1.0 - tail], mean=mean, stddev=stddev, resolution=resolution,
+                                     shared_location=shared_location)
     return {
         "mean": mean,
         "stddev": stddev,
@@ -306,7 +311,8 @@ def regression_predictive(model, x, num_samples, seed, shift=None, scale=None, p
     Args:
       model: has `predictive(x, num_samples, seed)` -> per-sample distributions [S, batch, outputs], and
         optionally `integrated_variance(x)` -> [batch, outputs], the epistemic variance its components hold in
-        closed form (see `regression_summary`).
+        closed form (see `regression_summary`), and `components_share_location` (False: its per-sample
+        predictives' locations differ; see `mixture_quantiles`).
       x: [batch, features] standardized inputs.
       num_samples, seed: S and an int32 [2] stateless seed.
       shift, scale: the targets' standardization, y = shift + scale * y_standardized (None: identity).
@@ -326,7 +332,8 @@ def regression_predictive(model, x, num_samples, seed, shift=None, scale=None, p
         per_sample = affine(per_sample, shift, scale)
         if integrated is not None:
             integrated = integrated * tf.square(scale)
-    summary = regression_summary(per_sample, integrated_variance=integrated, resolution=resolution)
+    summary = regression_summary(per_sample, integrated_variance=integrated, resolution=resolution,
+                                 shared_location=getattr(model, "components_share_location", None))
     summary["per_sample"] = per_sample
     return summary
 

@@ -76,6 +76,28 @@ def test_components_sharing_their_location_give_mirrored_quantiles_in_the_order_
         assert cdf == pytest.approx(p, abs=1e-12)
 
 
+def test_a_network_whose_draws_differ_builds_only_the_direct_search_and_answers_alike():
+    # shared_location=False (the network families') skips the mirrored route: one search in the graph, not two,
+    # and the same quantiles, for components that differ and for components that happen to share their location.
+    rng = np.random.default_rng(2)
+    scale = rng.uniform(0.2, 3.0, size=(6, 4, 1))
+    probs = [0.025, 0.975]
+    for loc in (rng.normal(size=scale.shape), np.broadcast_to(rng.normal(size=(1, 4, 1)), scale.shape)):
+        per_sample = tfd.Normal(loc, scale)
+
+        def quantiles(shared):
+            return tf.stack(predictive.mixture_quantiles(per_sample, probs, shared_location=shared))
+
+        graphs = {shared: tf.function(lambda: quantiles(shared), autograph=False).get_concrete_function().graph
+                  for shared in (None, False)}
+        loops = {shared: sum(op.type in ("While", "StatelessWhile") for op in g.get_operations())
+                 for shared, g in graphs.items()}
+        assert loops == {None: 0, False: 1}  # None: both searches inside a cond's branches, none at the top
+        conds = sum(op.type in ("If", "StatelessIf") for op in graphs[False].get_operations())
+        assert conds == 0
+        np.testing.assert_allclose(quantiles(False).numpy(), quantiles(None).numpy(), rtol=0, atol=1e-12)
+
+
 def test_mixture_quantile_search_stops_every_entry_within_a_few_newton_steps():
     # A batch of overlapping mixtures in float64, as the linear model's signatures see them. Entries that have
     # converged must stay put while others are still searching (they once bisected away from their root and the

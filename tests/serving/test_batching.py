@@ -46,7 +46,7 @@ def batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata):
 @pytest.fixture(scope="module")
 def one_slot_server(tmp_path_factory, mc_base_path, tf_serving_testdata):
     server = _batching_server(tmp_path_factory, mc_base_path, tf_serving_testdata, "one_slot",
-                              timeout_micros=15_000_000, extra=["--max_concurrent_requests=1"])
+                              timeout_micros=5_000_000, extra=["--max_concurrent_requests=1"])
     yield server
     server.stop()
 
@@ -147,7 +147,7 @@ def test_client_deadline_is_deadline_exceeded(one_slot_server):
     with PredictiveClient(one_slot_server.address, MC_MODEL, timeout=0.2) as client:
         with pytest.raises(DeadlineExceededError):
             client.predict(np.ones([1, FEATURES], np.float32))
-    # The abandoned request's slot is freed when its batch leaves the queue (at the 15 s batch timeout), which
+    # The abandoned request's slot is freed when its batch leaves the queue (at the 5 s batch timeout), which
     # then is not run: its only task's deadline has passed (TF Serving's batching session does the same).
     wait_until(lambda: one_slot_server.metrics().get(":vizoo:serving:inflight_requests") == 0,
                what="the abandoned request's slot to be freed")
