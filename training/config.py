@@ -27,6 +27,10 @@ RESUMABLE_CHANGES = frozenset({"epochs", "train_steps", "export_base", "num_samp
                                "ood_dataset", "train_eval_examples"})
 
 
+# What a run whose saved config.json lacks a setting did: its features were standardized plainly.
+SAVED_WITHOUT = {"input_tail": 0.0}
+
+
 class ConfigError(ValueError):
     """A bad flag value or combination; the message starts with the flag's name."""
 
@@ -180,8 +184,9 @@ def _check_writable(flag: str, path: pathlib.Path) -> None:
 def check_resumable(saved: dict, current: dict, extra_allowed=()) -> None:
     """Raises `ConfigError` if a workdir's saved config differs from this run's in what shaped its training."""
     allowed = RESUMABLE_CHANGES | frozenset(extra_allowed)
-    # A setting the saved config lacks (one added to vizoo after that run) had its default then.
-    defaults = dataclasses.asdict(TrainConfig())
+    # A setting the saved config lacks (one added to vizoo after that run) had its default then, or the value that
+    # reproduces what such a run did (SAVED_WITHOUT).
+    defaults = {**dataclasses.asdict(TrainConfig()), **SAVED_WITHOUT}
     differing = sorted(k for k in set(saved) | set(current)
                        if k not in allowed and saved.get(k, defaults.get(k)) != current.get(k))
     if differing:

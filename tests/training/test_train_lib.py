@@ -92,6 +92,12 @@ def test_a_negative_input_tail_is_refused_and_zero_trains_on_plain_standardizati
     from training import data
     plain = data.load("uci/protein-tertiary-structure", data_dir, split=0, input_tail=0.0)
     assert plain.x_scaler.tail is None and np.abs(plain.x_test).max() > 18.0
+    # A run saved without the setting standardized plainly: resuming it under the tail is refused, not mixed.
+    current = _config(tmp_path).validate().to_json()
+    saved = {k: v for k, v in current.items() if k != "input_tail"}
+    with pytest.raises(config_lib.ConfigError, match="--input_tail: was 0.0, now 3.0"):
+        config_lib.check_resumable(saved, current)
+    config_lib.check_resumable(saved, dict(current, input_tail=0.0))
 
 
 @pytest.mark.parametrize("values, message", [
