@@ -1,6 +1,7 @@
 r"""Reliability of the served models under load and under faults, measured in one run.
 
     python benchmarks/reliability.py [--data_dir=../shared/datasets] [--clients=8] [--seconds=20] [--rounds=3]
+        [--restart_rounds=3]
 
 Three real exports of our families are built first (`serving.export.export`), each in its own base path:
 
@@ -25,8 +26,19 @@ Then `python -m serving.server` serves the three from one model config file, and
       (a numbered directory holding `variables/` but no `saved_model.pb` yet, as an exporter that writes in place
       leaves it): failed requests (must be 0), the version that kept answering, and what GetModelStatus says about
       the broken versions;
-   c. the broken versions removed, the server killed with SIGKILL mid-load and started again with the same flags
-      and ports: seconds from the restart to the first answered request.
+   c. the broken versions removed, the server killed with SIGKILL mid-load and started again on the same ports,
+      `--restart_rounds` times for each of two settings -- the first config's models loaded side by side (the
+      default, four threads per CPU as TF Serving) and one at a time (`--num_initial_load_threads=1`): seconds from
+      the restart to the first answered request, against a bare process (`BARE_LOAD`: it imports TensorFlow,
+      `tf.saved_model.load`s the same three exports and runs one `serving_default` call on each) started while the
+      server is down, in alternation (bare, side by side, one at a time, bare, ...): the medians and their ratios,
+      the median of each round's ratio to its own bare load (the machine's load drifts less within a round), and
+      each setting's last start as the server logs it ("Start-up:": imports, models with their session loads and
+      warmup replays summed, ports).
+
+The clients retry as a gRPC client with a retry policy does (gRPC A6): after a failed call a client waits a random
+time up to its current backoff (`RETRY_BACKOFF`: 0.1 s, doubling to at most 1 s, back to 0.1 s after a success),
+so a dead server is not met with a busy loop that takes the machine's cores from the restart.
 
 Latencies are wall times in the client process, which shares the machine (and, on a small machine, the cores) with
 the server; compare the two rows of one run, not numbers across machines. Every loop is bounded in time, servers
@@ -44,7 +56,9 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +75,8 @@ from serving.process import ServerProcess, rss_kib, write_model_config  # noqa: 
 
 DEFAULT_BATCHING_FILE = REPO_ROOT / "deploy" / "batching.config"
 MODELS = ("concrete_blr", "concrete_bnn", "mnist_bnn")
+# A client's retry backoff after a failed call (gRPC A6's retry policy): initial, multiplier, maximum (seconds).
+RETRY_BACKOFF = (0.1, 2.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +161,9 @@ def run_load(address: str, requests: Dict[str, list], clients: int, seconds: flo
 
     def client(k: int):
         latencies, errors, versions, messages = [], collections.Counter(), collections.Counter(), []
+        rng = random.Random(k)
+        initial, multiplier, longest = RETRY_BACKOFF
+        backoff = initial
         with contextlib.closing(grpc.insecure_channel(address)) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             i = k
@@ -158,7 +177,10 @@ def run_load(address: str, requests: Dict[str, list], clients: int, seconds: flo
                     errors[exc.code().name] += 1
                     if len(messages) < 3:
                         messages.append(f"{name}: {exc.code().name}: {exc.details()}")
+                    stop.wait(min(rng.uniform(0.0, backoff), max(deadline - time.monotonic(), 0.0)))
+                    backoff = min(backoff * multiplier, longest)
                     continue
+                backoff = initial
                 elapsed = time.perf_counter() - t0
                 problem = check_predict_response(response, rows)
                 if problem is not None:
@@ -224,16 +246,59 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 
 def answers(address: str, request, timeout: float = 2.0) -> bool:
-    """One Predict on a fresh channel (no reconnect back-off carried over): did it succeed?"""
+    """One Predict on a fresh channel with a subchannel of its own: did it succeed?
+
+    gRPC shares subchannels between the channels of a process by default, so a fresh channel would wait out the
+    reconnect back-off (1 s, growing 1.6-fold) that earlier refused connections left on the shared one, and a
+    server that is back would be seen seconds late.
+    """
     import grpc  # pylint: disable=import-outside-toplevel
     from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=import-outside-toplevel
 
-    with contextlib.closing(grpc.insecure_channel(address)) as channel:
+    with contextlib.closing(grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])) as channel:
         try:
             prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
             return True
         except grpc.RpcError:
             return False
+
+
+# A bare load of the same exports, for comparison with a server's start-up: import TensorFlow, load each export
+# with `tf.saved_model.load`, run its `serving_default` once on one row of zeros, and say "ready".
+BARE_LOAD = """
+import sys
+import tensorflow as tf
+for path in sys.argv[1:]:
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    signature(**{k: tf.zeros([1, *spec.shape[1:]], spec.dtype) for k, spec in inputs.items()})
+print("ready", flush=True)
+"""
+
+
+def bare_load_seconds(version_dirs, timeout: float = 300.0) -> float:
+    """Seconds from starting a `BARE_LOAD` process on `version_dirs` to its "ready" (the server's environment)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", CUDA_VISIBLE_DEVICES="")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_LOAD, *map(str, version_dirs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        seconds = time.monotonic() - t0
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if line.strip() != "ready":
+        raise RuntimeError(f"the bare load failed (exit code {proc.returncode})")
+    return seconds
+
+
+def startup_line(log: str) -> str:
+    """The last "Start-up: ..." line a server logged, from the words "Start-up" on ("" if none)."""
+    lines = [line for line in log.splitlines() if "Start-up: " in line]
+    return lines[-1][lines[-1].index("Start-up: "):] if lines else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,22 +479,49 @@ def benchmark_faults(exports, root, opts) -> List[str]:
         # latest version does not load refuses to start ("Some models did not become available").
         for version in (3, 4):
             shutil.rmtree(blr_base / str(version))
-        # c. SIGKILL and restart on the same ports.
+        # c. SIGKILL and restart on the same ports, against a bare load started while the server is down; the
+        # first config's models loaded side by side (the default) and one at a time, in turn.
         probe = requests["concrete_blr"][0][0]
-        with background_load(server.address, requests, opts.clients, 10 * opts.fault_seconds) as box:
+        version_dirs = [max((p for p in pathlib.Path(base).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+                        for base in base_paths.values()]
+        settings = (("side by side (default: four threads per CPU)", []),
+                    ("one at a time (--num_initial_load_threads=1)", ["--num_initial_load_threads=1"]))
+        flags_given = list(server.args)
+        restarts = {label: [] for label, _ in settings}
+        startups = {label: "" for label, _ in settings}
+        bares, down, back = [], True, True
+        with background_load(server.address, requests, opts.clients, 600 * opts.restart_rounds) as box:
+            for _ in range(opts.restart_rounds):
+                for number, (label, extra) in enumerate(settings):
+                    time.sleep(opts.fault_seconds / 3)
+                    server.kill()
+                    down = down and not answers(server.address, probe, timeout=1.0)
+                    if number == 0:
+                        bares.append(bare_load_seconds(version_dirs))
+                    server.args = flags_given + extra
+                    t0 = time.monotonic()
+                    server.start(wait=False)
+                    back = back and bool(wait_for(lambda: answers(server.address, probe), timeout=300, interval=0.05))
+                    restarts[label].append(time.monotonic() - t0)
+                    startups[label] = startup_line(server.log())
             time.sleep(opts.fault_seconds / 3)
-            server.kill()
-            down = not answers(server.address, probe, timeout=1.0)
-            t0 = time.monotonic()
-            server.start(wait=False)
-            back = wait_for(lambda: answers(server.address, probe), timeout=300, interval=0.05)
-            restart_seconds = time.monotonic() - t0
-            time.sleep(opts.fault_seconds / 3)
+        server.args = flags_given
         result = box["result"]
-        lines.append(f"  SIGKILL mid-load, restarted with the same flags and ports: "
-                     f"{'refused calls while down' if down else 'STILL ANSWERING after the kill'}; "
-                     f"answering again {restart_seconds:.1f} s after the restart{'' if back else ' (NEVER)'}; "
-                     f"clients saw {dict(result.errors) or 'no errors'} around the kill")
+        bare = float(np.median(bares))
+        lines.append(f"  SIGKILL mid-load, restarted on the same ports, {opts.restart_rounds} time(s) per setting: "
+                     f"{'refused calls while down' if down else 'STILL ANSWERING after a kill'}; "
+                     f"{'answering again every time' if back else 'NOT ANSWERING AGAIN after a restart'}; clients saw "
+                     f"{dict(result.errors) or 'no errors'} around the kills")
+        lines.append(f"    bare load of the same exports (import TensorFlow, tf.saved_model.load, one serving_default "
+                     f"call each), before each first restart: {bare:.1f} s (median; {', '.join(f'{t:.1f}' for t in bares)})")
+        for label, _ in settings:
+            restart = float(np.median(restarts[label]))
+            paired = [r / b for r, b in zip(restarts[label], bares)]  # each restart against its round's bare load
+            lines.append(f"    first answer after the restart, models loaded {label}: {restart:.1f} s (median; "
+                         f"{', '.join(f'{t:.1f}' for t in restarts[label])}); restart / bare load: {restart / bare:.2f} "
+                         f"(medians), {float(np.median(paired)):.2f} (median of the rounds' ratios "
+                         f"{', '.join(f'{r:.2f}' for r in paired)})")
+            lines.append(f"      its last start's log: {startups[label] or 'no Start-up line'}")
     finally:
         server.stop()
     return lines
@@ -444,6 +536,8 @@ def _define_flags():
     flags.DEFINE_float("seconds", 20.0, "Duration of each load run.")
     flags.DEFINE_integer("rounds", 3, "Alternated load runs per setting (batching off, on, off, ...).", lower_bound=1)
     flags.DEFINE_float("fault_seconds", 9.0, "Load before and after each fault (a third each side).")
+    flags.DEFINE_integer("restart_rounds", 3, "Kills and restarts per setting (a bare load before each round).",
+                         lower_bound=1)
     flags.DEFINE_integer("rows", 1, "Rows per request.")
     flags.DEFINE_integer("bnn_steps", 200, "Adam steps of the concrete network.")
     flags.DEFINE_integer("mnist_steps", 100, "Adam steps of the MNIST classifier.")

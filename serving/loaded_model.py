@@ -1,11 +1,13 @@
 """One loaded version of a model: a TensorFlow session over its SavedModel, and the runs of its signatures.
 
 As in TF Serving, a signature is run by feeding and fetching the tensor names its SignatureDef gives, which works
-the same for TF1 (`saved_model_half_plus_two_cpu`) and TF2 exports. Requests hold a reference while they run, and
-an unloaded version's session is closed only after the last one finishes, so a version swap never fails a request.
+the same for TF1 (`saved_model_half_plus_two_cpu`) and TF2 exports, through the session's `Run` with the request's
+run options: the session builds the executors of a set of feeds and fetches at its first run and keeps them
+whatever the run options, so the warmup replay builds what later requests run, whatever their deadlines. Requests
+hold a reference while they run, and an unloaded version's session is closed only after the last one finishes, so
+a version swap never fails a request.
 """
 
-import collections
 import math
 import threading
 import time
@@ -32,19 +34,11 @@ def load_error(exc: BaseException, tags=()) -> errors.ServingError:
     return errors.Unknown(message)
 
 
-# Callables kept per loaded version (feeds x fetches x timeout buckets in use); the least recently used go first.
-_MAX_CALLABLES = 64
-
-
 def _timeout_bucket_ms(timeout: Optional[float]) -> int:
     """A run timeout in whole milliseconds rounded up to the ladder round(2^(k/4)) (1, 2, 3, 4, 5, 6, 7, 8, 10, 11,
     13, 16, 19, ..., 23,170, 27,554, 32,768, ...: at most 19% later, four rungs per doubling); 0 (no timeout) for
-    None. At least 1 ms: a deadline already past still times the run out at once.
-
-    Coarse on purpose: every rung in use is a callable of its own, with executors built for it while requests
-    wait. On a fine ladder the time a request spends queued moves its deadline to a new rung, whose building delays
-    the requests behind it onto further rungs, and a loaded server spends its time building callables. On this
-    ladder a 30 s deadline stays on one rung (32,768) until 2.4 s of it have passed."""
+    None. At least 1 ms: a deadline already past still times the run out at once. A version keeps the serialized
+    `RunOptions` of each rung in use (a handful), instead of serializing one for every request."""
     if timeout is None:
         return 0
     ms = max(1.0, timeout * 1000.0)
@@ -57,8 +51,9 @@ def _timeout_bucket_ms(timeout: Optional[float]) -> int:
 class LoadedModel:
     """One version of one model, loaded: a session and the MetaGraphDef's SignatureDefs.
 
-    `run` is safe to call from many threads (TensorFlow sessions are); callables are cached per
-    (feeds, fetches, timeout bucket) so a steady stream of identical requests pays no graph pruning.
+    `run` is safe to call from many threads (TensorFlow sessions are). The session keeps the executors of each set
+    of feeds and fetches it has run; the first run of a set is made one at a time per version, so concurrent first
+    requests do not each build the same executors.
 
     Args:
       name, version, path: the model's name, the version and its directory.
@@ -74,9 +69,10 @@ class LoadedModel:
         self.version = version
         self.path = path
         self._on_run = on_run
-        self._callables = collections.OrderedDict()  # least recently used first
-        self._callables_lock = threading.Lock()
-        self._building_lock = threading.Lock()  # one callable built at a time: the first caller builds, the rest wait
+        self._outputs = {}  # tensor name -> TF_Output
+        self._run_options = {}  # timeout rung (ms) -> serialized RunOptions
+        self._built = set()  # (feed names, fetch names) the session has run
+        self._building_lock = threading.Lock()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_use = 0
@@ -90,6 +86,7 @@ class LoadedModel:
             try:
                 self.meta_graph_def = tf.compat.v1.saved_model.loader.load(
                     self._session, list(options.saved_model_tags), path)
+                self._session._extend_graph()  # pylint: disable=protected-access
             except BaseException:
                 self._session.close()
                 raise
@@ -101,49 +98,62 @@ class LoadedModel:
 
         Feeding by tensor name skips the Python client's shape check, like TF Serving's C++
         session does, so `[1.0, 2.0, 5.0]` can be fed to a `[?, 1]` placeholder as the REST
-        tutorial does; dtype and graph-level errors still come back as TensorFlow errors.
+        tutorial does; dtype and graph-level errors come back as the session's errors ("Expects arg[0] to be
+        float but int32 is provided").
 
         `timeout` (seconds; a gRPC deadline's remainder or `--rest_api_timeout_in_ms`) becomes the
         session's `RunOptions.timeout_in_ms`, as TF Serving passes it: a run past it is cancelled and
-        fails with DEADLINE_EXCEEDED ("Timed out waiting for notification"). A callable carries its run
-        options, so the timeout is rounded up to a rung of `_timeout_bucket_ms`'s ladder (at most 19% later;
-        a handful of callables per signature instead of one per request's deadline).
+        fails with DEADLINE_EXCEEDED ("Timed out waiting for notification"). It is rounded up to a rung of
+        `_timeout_bucket_ms`'s ladder (at most 19% later).
         """
-        feed_names = tuple(feeds)
-        fn = self._callable(feed_names, tuple(fetches), _timeout_bucket_ms(timeout))
-        outputs = fn(*[feeds[name] for name in feed_names])
+        key = (tuple(feeds), tuple(fetches))
+        options = self._options_for(_timeout_bucket_ms(timeout))
+        if key in self._built:
+            outputs = self._session_run(feeds, fetches, options)
+        else:
+            with self._building_lock:  # the first run of a key builds its executors: once, not by every caller
+                try:
+                    outputs = self._session_run(feeds, fetches, options)
+                finally:
+                    self._built.add(key)
         if self._on_run is not None:
             self._on_run(self.name, signature_name, batch_size)
         return outputs
 
-    def _callable(self, feed_names: tuple, fetches: tuple, timeout_ms: int):
-        from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
+    def _session_run(self, feeds: Dict[str, object], fetches: List[str], options: bytes) -> list:
+        from tensorflow.python.client import pywrap_tf_session as tf_session  # pylint: disable=import-outside-toplevel
 
-        key = (feed_names, fetches, timeout_ms)
-        fn = self._cached_callable(key)
-        if fn is not None:
-            return fn
-        with self._building_lock:  # concurrent first requests would each build the same executors
-            fn = self._cached_callable(key)
-            if fn is not None:
-                return fn
-            options = config_pb2.CallableOptions()
-            options.feed.extend(feed_names)
-            options.fetch.extend(fetches)
-            options.run_options.timeout_in_ms = timeout_ms  # 0: none
-            fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
-            with self._callables_lock:
-                self._callables[key] = fn
-                while len(self._callables) > _MAX_CALLABLES:
-                    self._callables.popitem(last=False)
-        return fn
+        feed_outputs = {self._output(name): value for name, value in feeds.items()}
+        fetch_outputs = [self._output(name) for name in fetches]
+        buffer = tf_session.TF_NewBufferFromString(options)
+        try:
+            return tf_session.TF_SessionRun_wrapper(self._session._session,  # pylint: disable=protected-access
+                                                    buffer, feed_outputs, fetch_outputs, [], None)
+        finally:
+            tf_session.TF_DeleteBuffer(buffer)
 
-    def _cached_callable(self, key):
-        with self._callables_lock:
-            fn = self._callables.get(key)
-            if fn is not None:
-                self._callables.move_to_end(key)
-            return fn
+    def _output(self, name: str):
+        """The graph's tensor `name` as the session's C API takes it (looked up once)."""
+        output = self._outputs.get(name)
+        if output is None:
+            try:
+                tensor = self._graph.as_graph_element(name, allow_tensor=True, allow_operation=False)
+            except (KeyError, ValueError, TypeError):
+                # The session's words for a feed or fetch the graph does not have.
+                raise errors.InvalidArgument(
+                    f"Tensor {name}, specified in either feed_devices or fetch_devices was not found in the "
+                    "Graph") from None
+            output = self._outputs[name] = tensor._as_tf_output()  # pylint: disable=protected-access
+        return output
+
+    def _options_for(self, timeout_ms: int) -> bytes:
+        options = self._run_options.get(timeout_ms)
+        if options is None:
+            from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
+
+            options = self._run_options[timeout_ms] = config_pb2.RunOptions(
+                timeout_in_ms=timeout_ms).SerializeToString()  # 0: none
+        return options
 
     def acquire(self):
         """Marks one more request in flight; fails if the version was already unloaded."""
@@ -165,5 +175,4 @@ class LoadedModel:
             deadline = time.monotonic() + timeout_seconds
             while self._in_use and time.monotonic() < deadline:
                 self._idle.wait(timeout=0.1)
-        self._callables.clear()
         self._session.close()

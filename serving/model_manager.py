@@ -14,6 +14,14 @@ with the rules of its `AvailabilityPreservingPolicy`:
 * a version that failed to load ends in END with its error (shown by GetModelStatus) and is not
   retried while it stays aspired.
 
+Models load side by side, as TF Serving's manager loads servables on a thread pool: the first config's models on
+`num_initial_load_threads` threads (TF Serving's `ServerCore` uses four per schedulable CPU, fixed), the models of
+later polls and reloads on `num_load_threads` (`--num_load_threads`; 0 or 1: one after another). A model's own
+versions load one at a time, highest first, so the rules above hold per model. A version serves as soon as it is
+AVAILABLE -- loaded and its warmup replayed -- whatever the other models are doing; until then a request for it
+answers NOT_FOUND ("Servable not found for request: ..."), as TF Serving's manager answers for a servable it has
+no handle for.
+
 A loaded version is a `LoadedModel`, a TensorFlow session over its SavedModel; requests hold it while
 they run (`ModelManager.servable`), so a version swap never fails a request.
 """
@@ -22,7 +30,9 @@ import contextlib
 import dataclasses
 import enum
 import threading
-from typing import Callable, Dict, List, Optional
+import time
+from concurrent import futures
+from typing import Callable, Dict, Iterable, List, Optional
 
 from absl import logging
 
@@ -67,6 +77,9 @@ class ManagerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     intra_op_parallelism: int = 0
     inter_op_parallelism: int = 0
+    # Models loaded at once: for the first config, and for later polls and reloads (0 or 1: one at a time).
+    num_initial_load_threads: int = 1
+    num_load_threads: int = 0
 
 
 @dataclasses.dataclass
@@ -79,6 +92,9 @@ class _Version:
     aspired: bool = True
     error: Optional[errors.ServingError] = None
     model: Optional[LoadedModel] = None
+    # Seconds the last successful load took: the session and its restore, and the warmup replay.
+    load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
 
 
 class _Model:
@@ -162,13 +178,13 @@ class ModelManager:
                     new_names.append(model_config.name)
                 else:
                     model.config = model_config
-            listed = {c.name for c in new_config.model_config_list.config}
-            for name in sorted(old_names - listed):
+            listed = [c.name for c in new_config.model_config_list.config]
+            for name in sorted(old_names - set(listed)):
                 self._remove_model(name)
-            for name in listed:
-                self._poll_model(name, initial=name in new_names)
+            threads = self._options.num_initial_load_threads if first else self._options.num_load_threads
+            self._poll_models(listed, initial=new_names, threads=threads)
             if wait_for_new_models:
-                self._wait_for_first_versions(new_names)
+                self._wait_for_first_versions(new_names, threads)
                 failed = []
                 for name in new_names:
                     if self._available_versions(name):
@@ -189,7 +205,7 @@ class ModelManager:
                                   for name, version, error in failed) + "}")
             logging.info("Finished reloading config")
 
-    def _wait_for_first_versions(self, names: List[str]):
+    def _wait_for_first_versions(self, names: List[str], threads: int):
         """As TF Serving, waits for new models whose base path holds no version yet.
 
         The first export may still be on its way. This runs under the config lock, which the
@@ -204,8 +220,7 @@ class ModelManager:
             logging.info("Waiting for a first version of %s", ", ".join(empty))
             self._stop.wait(interval)
             polled = list(self._models) if self._options.file_system_poll_wait_seconds > 0 else empty
-            for name in polled:
-                self._poll_model(name)
+            self._poll_models(polled, threads=threads)
 
     def _update_labels(self, new_config):
         """`UpdateModelVersionLabelMap`: labels may only name AVAILABLE versions (by default)."""
@@ -233,8 +248,24 @@ class ModelManager:
     def poll(self):
         """One pass over every model's base path: load new versions, unload old ones."""
         with self._config_lock:
-            for name in list(self._models):
-                self._poll_model(name)
+            self._poll_models(list(self._models), threads=self._options.num_load_threads)
+
+    def _poll_models(self, names: List[str], initial: Iterable[str] = (), threads: int = 1):
+        """`_poll_model` for each of `names`, on up to `threads` threads (each model on one of them).
+
+        Every model is polled to the end even if another fails; then the first failure in `names`' order is
+        raised.
+        """
+        initial = set(initial)
+        threads = min(max(threads, 1), len(names))
+        if threads <= 1:
+            for name in names:
+                self._poll_model(name, initial=name in initial)
+            return
+        with futures.ThreadPoolExecutor(threads, thread_name_prefix="load") as pool:
+            polls = [pool.submit(self._poll_model, name, name in initial) for name in names]
+        for poll in polls:
+            poll.result()
 
     def _poll_model(self, name: str, initial: bool = False):
         model = self._models[name]
@@ -303,9 +334,12 @@ class ModelManager:
                     break
             loaded = None
             try:
+                started = time.monotonic()
                 loaded = LoadedModel(name, entry.version, entry.path, self._options, self._on_run)
+                loaded_at = time.monotonic()
                 if self._options.enable_model_warmup and self._warmup is not None:
                     self._warmup(loaded)
+                load_seconds, warmup_seconds = loaded_at - started, time.monotonic() - loaded_at
                 error = None
                 break
             except Exception as exc:  # pylint: disable=broad-except
@@ -317,8 +351,9 @@ class ModelManager:
         with self._state_lock:
             if error is None and loaded is not None:
                 entry.model, entry.state, entry.error = loaded, State.AVAILABLE, None
-                logging.info("Successfully loaded servable version {name: %s version: %d}", name,
-                             entry.version)
+                entry.load_seconds, entry.warmup_seconds = load_seconds, warmup_seconds
+                logging.info("Successfully loaded servable version {name: %s version: %d} (session %.2f s, "
+                             "warmup %.2f s)", name, entry.version, load_seconds, warmup_seconds)
             else:
                 entry.state = State.END
                 entry.error = error or errors.Cancelled("Load cancelled: the server is stopping")
@@ -346,6 +381,13 @@ class ModelManager:
                 # (A version never loaded, START, is not kept: listed again, it would load from the old path.)
                 self._retired[name] = {v: e for v, e in model.versions.items() if e.state != State.START}
                 del self._models[name]
+
+    def load_times(self) -> List[tuple]:
+        """(model, version, session seconds, warmup seconds) of every AVAILABLE version, by model and version."""
+        with self._state_lock:
+            return sorted((name, e.version, e.load_seconds, e.warmup_seconds)
+                          for name, model in self._models.items() for e in model.versions.values()
+                          if e.state == State.AVAILABLE)
 
     def _available_versions(self, name: str) -> List[int]:
         model = self._models.get(name)

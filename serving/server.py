@@ -7,7 +7,7 @@ Flags keep `tensorflow_model_server`'s names and defaults. Flags of the real ser
 one does not implement are accepted and logged as ignored; arguments no version of it knows are
 reported as "unknown argument" and skipped, as the real server does. This server's own limits
 (`--max_num_samples`, `--max_batch_rows`, `--max_sample_rows`, `--max_tensor_bytes`,
-`--grpc_max_message_bytes`, `--max_concurrent_requests`) are documented in `--help` and docs/model-server.md.
+`--grpc_max_message_bytes`, `--max_concurrent_requests`, `--num_initial_load_threads`) are documented in `--help` and docs/model-server.md.
 
 `main` only parses flags into `ServerOptions`; `Server` is the library (tests and benchmarks
 start it in-process or as `python -m serving.server`).
@@ -101,6 +101,12 @@ flags.DEFINE_bool("enable_model_warmup", True,
 flags.DEFINE_integer("num_request_iterations_for_warmup", 0,
                      "Number of times a request is iterated during warmup replay. This value is "
                      "used only if > 0.")
+flags.DEFINE_integer("num_load_threads", 0,
+                     "The number of threads in the thread-pool used to load servables after start-up (new "
+                     "versions, reloaded configs). If set as 0, we don't use a thread-pool, and servable loads "
+                     "are performed serially. The models of the first config load on four threads per CPU this "
+                     "process may run on, as TF Serving's initial load.",
+                     lower_bound=0)
 flags.DEFINE_integer("max_num_load_retries", 5,
                      "maximum number of times it retries loading a model after the first failure, "
                      "before giving up. If set to 0, a load is attempted only once.")
@@ -148,6 +154,10 @@ flags.DEFINE_integer("max_concurrent_requests", 64,
                      "[vizoo] Requests processed at once (gRPC and REST together); more answer "
                      "RESOURCE_EXHAUSTED instead of queueing without bound.")
 
+flags.DEFINE_integer("num_initial_load_threads", 4 * SCHEDULABLE_CPUS,
+                     "[vizoo] Models of the first config loaded at once, before the ports open. Default: four per "
+                     "CPU this process may run on, TF Serving's `ServerCore` value (a constant there, not a flag).",
+                     lower_bound=1)
 flags.DEFINE_string("bind_host", "0.0.0.0",
                     "[vizoo] Address the gRPC and REST ports listen on (tensorflow_model_server "
                     "always uses 0.0.0.0); 127.0.0.1 keeps a test or benchmark server private.")
@@ -163,7 +173,7 @@ _IGNORED_BOOL_FLAGS = (
     "use_tflite_model", "tfrt_enable",
 )
 _IGNORED_VALUE_FLAGS = (
-    "num_load_threads", "num_unload_threads",
+    "num_unload_threads",
     "tensorflow_session_config_file", "platform_config_file", "per_process_gpu_memory_fraction",
     "num_tflite_pools", "num_tflite_interpreters_per_pool", "thread_pool_factory_config_file",
     "mixed_precision", "model_warmup_num_threads",
@@ -295,6 +305,8 @@ class ServerOptions:
     num_request_iterations_for_warmup: int = 0
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60 * 1000 * 1000
+    num_load_threads: int = 0
+    num_initial_load_threads: int = 4 * SCHEDULABLE_CPUS
     saved_model_tags: str = "serve"
     tensorflow_session_parallelism: int = 0
     tensorflow_intra_op_parallelism: int = 0
@@ -332,8 +344,10 @@ def parse_channel_arguments(text: str) -> List[tuple]:
 class Server:
     """Builds the model manager, the data plane, and the gRPC and REST front ends.
 
-    `start()` loads every configured model first and opens the ports only afterwards, as
-    TF Serving does; it raises a `ServingError` when the server cannot start.
+    `start()` loads every configured model first -- side by side, on up to `num_initial_load_threads` threads,
+    each version's warmup replayed before it is AVAILABLE -- and opens the ports only afterwards, as TF Serving's
+    `Server::BuildAndStart` opens them once `ServerCore::Create` has waited for the first config's models. It
+    logs where start-up time went; it raises a `ServingError` when the server cannot start.
     """
 
     def __init__(self, options: ServerOptions):
@@ -399,6 +413,7 @@ class Server:
 
     def start(self):
         """Loads the models, then serves. Raises `ServingError` if that fails."""
+        started, before = time.monotonic(), _process_seconds()
         from serving import config_poller  # pylint: disable=import-outside-toplevel
         from serving import data_plane  # pylint: disable=import-outside-toplevel
         from serving import model_manager  # pylint: disable=import-outside-toplevel
@@ -406,6 +421,7 @@ class Server:
         from serving import servicer  # pylint: disable=import-outside-toplevel
         from serving import warmup  # pylint: disable=import-outside-toplevel
 
+        imported = time.monotonic()  # TensorFlow comes with tensorflow_serving.apis
         opts = self.options
         intra, inter = _session_threads(opts)  # checked with the other options, before any model loads
         config, batching, monitoring, ssl = self._read_configs()
@@ -419,7 +435,8 @@ class Server:
             num_request_iterations_for_warmup=max(opts.num_request_iterations_for_warmup, 1),
             allow_version_labels_for_unavailable_models=(
                 opts.allow_version_labels_for_unavailable_models),
-            intra_op_parallelism=intra, inter_op_parallelism=inter)
+            intra_op_parallelism=intra, inter_op_parallelism=inter,
+            num_initial_load_threads=opts.num_initial_load_threads, num_load_threads=opts.num_load_threads)
         limits = data_plane.Limits(
             max_num_samples=opts.max_num_samples, max_batch_rows=opts.max_batch_rows,
             max_sample_rows=opts.max_sample_rows, max_tensor_bytes=opts.max_tensor_bytes,
@@ -439,7 +456,9 @@ class Server:
                                         opts.enable_signature_method_name_check, self.metrics,
                                         opts.enable_serialization_as_tensor_content)
         plane_box["plane"] = self.plane
+        loading = time.monotonic()
         self.manager.reload_config(config)
+        loaded = time.monotonic()
         self.manager.start_polling()
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             self._config_poller = config_poller.ConfigFilePoller(
@@ -447,6 +466,19 @@ class Server:
             self._config_poller.start()
         self._start_grpc(servicer, ssl)
         self._start_rest(monitoring)
+        self._log_startup(before, started, imported, loading, loaded, time.monotonic())
+
+    def _log_startup(self, before, started, imported, loading, loaded, serving_at):
+        """One line of where start-up time went (seconds): the interpreter and flags before `start`, the imports
+        (TensorFlow's among them), the models (wall time, and each version's session load and warmup summed
+        over the threads that ran them side by side), the ports."""
+        times = self.manager.load_times()
+        threads = min(max(self.options.num_initial_load_threads, 1), max(len({t[0] for t in times}), 1))
+        logging.info("Start-up: interpreter and flags %s s, imports %.2f s, options %.2f s, models %.2f s "
+                     "(%d version(s) on up to %d thread(s); sessions %.2f s, warmup %.2f s, summed), ports %.2f s",
+                     "?" if before is None else f"{before:.2f}", imported - started, loading - imported,
+                     loaded - loading, len(times), threads, sum(t[2] for t in times), sum(t[3] for t in times),
+                     serving_at - loaded)
 
     def _start_grpc(self, servicer, ssl):
         import grpc  # pylint: disable=import-outside-toplevel
@@ -554,6 +586,18 @@ class Server:
             self._config_poller.stop()
             done("config file poller")
         self._stopped.set()
+
+
+def _process_seconds():
+    """Seconds since this process started (Linux's /proc, to the clock tick), or None where there is no /proc."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------

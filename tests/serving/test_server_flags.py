@@ -76,7 +76,7 @@ def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_serve
     # the next argument as its value, nor fail as the last argument.
     server = start_server(["--enable_profiler", f"--model_name={MC_MODEL}",
                            f"--model_base_path={mc_base_path}",
-                           "--num_load_threads=2", "--no_such_flag=1", "--enable_batching",
+                           "--num_unload_threads=2", "--no_such_flag=1", "--enable_batching",
                            f"--batching_parameters_file={tf_serving_testdata / 'batching_config.txt'}",
                            "--grpc_channel_arguments=grpc.max_connection_age_ms=60000",
                            "--flush_filesystem_caches"])
@@ -87,7 +87,7 @@ def test_unknown_and_unimplemented_flags_are_accepted_with_a_warning(start_serve
     assert metrics.status_code == 404
     log = server.log()
     assert "unknown argument: --no_such_flag=1" in log
-    assert "--num_load_threads is a tensorflow_model_server flag this server does not implement" in log
+    assert "--num_unload_threads is a tensorflow_model_server flag this server does not implement" in log
     assert "--enable_profiler is a tensorflow_model_server flag" in log
     assert "--flush_filesystem_caches is a tensorflow_model_server flag" in log
 
