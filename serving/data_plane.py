@@ -7,7 +7,6 @@ limits. The REST API (`serving/rest.py`) and the gRPC servicers (`serving/servic
 fails the same way whichever door it comes in by.
 """
 
-import contextlib
 import dataclasses
 import threading
 import time
@@ -105,6 +104,41 @@ def _input_size_error(sent: set, expected: set) -> errors.InvalidArgument:
 _COUNTED_APIS = frozenset({"Predict", "Classify", "Regress"})
 
 
+class _Admission:
+    """`DataPlane.admit`'s context: a class rather than a generator, as it wraps every request."""
+
+    __slots__ = ("_slots", "_metrics", "_limit", "_model_name", "_api", "_entrypoint", "_start")
+
+    def __init__(self, slots, metrics, limit: int, model_name: str, api: str, entrypoint: str):
+        self._slots, self._metrics, self._limit = slots, metrics, limit
+        self._model_name, self._api, self._entrypoint = model_name, api, entrypoint
+
+    def __enter__(self):
+        if not self._slots.acquire(blocking=False):
+            if self._metrics is not None:
+                self._metrics.rejected.inc("max_concurrent_requests")
+            raise errors.ResourceExhausted(
+                "Too many requests in flight: this server processes at most "
+                f"{self._limit} at once (--max_concurrent_requests)")
+        self._start = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.inflight.inc()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self._slots.release()
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.inflight.dec()
+            if self._api in _COUNTED_APIS:
+                code = errors.Code.OK if exc is None else errors.to_serving_error(exc).code
+                metrics.request_count.inc(self._model_name, errors.code_name(code))
+                if code == errors.Code.OK:
+                    metrics.request_latency.observe((time.monotonic() - self._start) * 1e6, self._model_name,
+                                                    self._api, self._entrypoint)
+        return False
+
+
 class DataPlane:
     """Predict, Classify, Regress, MultiInference, metadata, status and reload on protos.
 
@@ -132,38 +166,15 @@ class DataPlane:
 
     # ------------------------------------------------------------ admission and accounting
 
-    @contextlib.contextmanager
-    def admit(self, model_name: str = "", api: str = "", entrypoint: str = "GRPC"):
-        """Holds one request slot; refuses the request when all are taken (overload).
+    def admit(self, model_name: str = "", api: str = "", entrypoint: str = "GRPC") -> "_Admission":
+        """Holds one request slot (`with plane.admit(...):`); refuses the request when all are taken (overload).
 
         Also records TF Serving's request metrics, as its PredictionService does: Predict, Classify and Regress
         are counted under their final status, and their latency is recorded when they succeed (status and
         metadata calls, and MultiInference, are not counted).
         """
-        if not self._slots.acquire(blocking=False):
-            if self._metrics is not None:
-                self._metrics.rejected.inc("max_concurrent_requests")
-            raise errors.ResourceExhausted(
-                "Too many requests in flight: this server processes at most "
-                f"{self.limits.max_concurrent_requests} at once (--max_concurrent_requests)")
-        start = time.monotonic()
-        if self._metrics is not None:
-            self._metrics.inflight.inc()
-        code = errors.Code.OK
-        try:
-            yield
-        except BaseException as exc:
-            code = errors.to_serving_error(exc).code
-            raise
-        finally:
-            self._slots.release()
-            if self._metrics is not None:
-                self._metrics.inflight.dec()
-                if api in _COUNTED_APIS:
-                    self._metrics.request_count.inc(model_name, errors.code_name(code))
-                    if code == errors.Code.OK:
-                        self._metrics.request_latency.observe(
-                            (time.monotonic() - start) * 1e6, model_name, api, entrypoint)
+        return _Admission(self._slots, self._metrics, self.limits.max_concurrent_requests, model_name, api,
+                          entrypoint)
 
     # ------------------------------------------------------------ running signatures
 
@@ -265,7 +276,7 @@ class DataPlane:
         if len(outputs) != len(aliases):
             raise errors.Unknown("Predict internal error")
         for alias, value in zip(aliases, outputs):
-            response.outputs[alias].CopyFrom(codec.ndarray_to_tensor_proto(np.asarray(value), self._tensor_content))
+            codec.fill_tensor_proto(response.outputs[alias], value, self._tensor_content)
         return response
 
     # ------------------------------------------------------------ Classify / Regress

@@ -167,7 +167,7 @@ class RestApi:
         dtypes = self._plane.input_dtypes(request.model_spec, request.model_spec.signature_name)
         arrays, fmt = codec.json_to_predict_inputs(doc, dtypes, request.model_spec.signature_name)
         for alias, array in arrays.items():
-            request.inputs[alias].CopyFrom(codec.ndarray_to_tensor_proto(array, True))
+            codec.fill_tensor_proto(request.inputs[alias], array, True)
         response = self._plane.predict(request, self._timeout)
         outputs = {alias: codec.tensor_proto_to_ndarray(tensor, alias)
                    for alias, tensor in response.outputs.items()}

@@ -27,4 +27,4 @@ from serving.codec.json_writer import (COLUMNAR_FORMAT, ROW_FORMAT, arrays_to_pr
                                        classification_result_to_json, error_to_json, format_decimal, json_string,
                                        json_value_to_string, metadata_response_to_json, regression_result_to_json,
                                        status_response_to_json)
-from serving.codec.tensor_proto import ndarray_to_tensor_proto, tensor_proto_to_ndarray
+from serving.codec.tensor_proto import fill_tensor_proto, ndarray_to_tensor_proto, tensor_proto_to_ndarray

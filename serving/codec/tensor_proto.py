@@ -80,20 +80,29 @@ def tensor_proto_to_ndarray(proto, alias: str = "", max_bytes: int = 0) -> np.nd
 
 
 def ndarray_to_tensor_proto(array, use_tensor_content: bool = False):
-    """Encodes an array as a TensorProto.
+    """Encodes an array as a new TensorProto (see `fill_tensor_proto`)."""
+    from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
+
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, array, use_tensor_content)
+    return proto
+
+
+def fill_tensor_proto(proto, array, use_tensor_content: bool = False) -> None:
+    """Encodes an array into an empty TensorProto, such as a response's `outputs[alias]` (no copy of a finished
+    proto into it).
 
     The server answers with typed `*_val` fields, as TF Serving's Predict does
     (`AsProtoField`), or with `tensor_content` under `--enable_serialization_as_tensor_content`;
     clients send numeric tensors as `tensor_content`, which is compact and fast, as
     `tf.make_tensor_proto` does. Strings always go in `string_val`.
     """
-    from tensorflow.core.framework import tensor_pb2  # pylint: disable=import-outside-toplevel
-
     array = np.asarray(array)
     dtype = datatype_of(array)
-    proto = tensor_pb2.TensorProto(dtype=dtype)
+    proto.dtype = dtype
+    dims = proto.tensor_shape.dim
     for size in array.shape:
-        proto.tensor_shape.dim.add().size = size
+        dims.add().size = size
     if dtype == DT_STRING:
         proto.string_val.extend(
             v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.ravel())
@@ -108,4 +117,3 @@ def ndarray_to_tensor_proto(array, use_tensor_content: bool = False):
         getattr(proto, DTYPES[dtype][1]).extend(interleaved.tolist())
     else:
         getattr(proto, DTYPES[dtype][1]).extend(array.ravel().tolist())
-    return proto

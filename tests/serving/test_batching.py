@@ -166,6 +166,43 @@ def test_an_empty_request_is_answered_empty_even_with_allowed_batch_sizes():
     assert outputs[0].shape == (0, FEATURES)
 
 
+def test_a_task_joining_an_open_batch_wakes_no_batch_thread_and_a_full_batch_runs_at_once():
+    # The batch timeout is ten minutes: the batch runs only because it filled, and the batch thread is woken twice,
+    # by the batch's first task and by the task that fills it, not by the one in between.
+    from serving import batching
+    scheduler = batching.BatchScheduler(batching.BatchingOptions(
+        max_batch_size=3, num_batch_threads=1, batch_timeout_micros=600_000_000))
+    wakes, notify = [], scheduler._work.notify  # pylint: disable=protected-access
+
+    def counting_notify(n=1):
+        wakes.append(n)
+        notify(n)
+
+    scheduler._work.notify = counting_notify  # pylint: disable=protected-access
+    runs, results = [], {}
+
+    def run_fn(feeds, size, timeout):
+        runs.append(size)
+        return [feeds["x"] * 2]
+
+    def request(i):
+        results[i] = scheduler.run(("key",), run_fn, {"x": np.full([1, 2], float(i), np.float32)}, timeout=60)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        woken = len(wakes)  # before stop(), which wakes every batch thread
+    finally:
+        scheduler.stop()
+    assert not any(thread.is_alive() for thread in threads)
+    assert runs == [3] and woken == 2
+    for i in range(3):
+        np.testing.assert_array_equal(results[i][0], np.full([1, 2], 2.0 * i))
+
+
 def _build_batched_spin_model(path):
     """serving_default(n [batch] int64) -> y [batch, 1000]: max(n) steps of y <- sin(y) + 1 over the batch."""
     import tensorflow as tf
