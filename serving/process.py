@@ -180,10 +180,13 @@ class ServerProcess:
         import grpc  # pylint: disable=import-outside-toplevel
 
         deadline = time.monotonic() + timeout
+        # Each try on a connection of its own: channels share their connections by default, and a shared one
+        # refused before the port opened waits out its reconnect backoff (seconds) before trying again.
+        options = [("grpc.use_local_subchannel_pool", 1)]
         while time.monotonic() < deadline and self.channel is None:
             self._check_running()
-            channel = (grpc.secure_channel(self.address, self.channel_credentials) if self.channel_credentials
-                       else grpc.insecure_channel(self.address))
+            channel = (grpc.secure_channel(self.address, self.channel_credentials, options=options)
+                       if self.channel_credentials else grpc.insecure_channel(self.address, options=options))
             try:
                 grpc.channel_ready_future(channel).result(timeout=0.5)
                 self.channel = channel
