@@ -47,7 +47,7 @@ def test_gradients_through_the_sampler_match_finite_differences():
 
 def _log1mexp(x):
     """log(1 - e^x) for x < 0, accurate at both ends."""
-    return np.where(x > -0.693, np.log(-np.expm1(np.minimum(x, -1e-300))), np.log1p(-np.exp(x)))
+    return np.where(x > -0.693, np.log(-np.expm1(np.minimum(x, -1e-300))), np.log1p(-np.exp(np.minimum(x, -0.693))))
 
 
 @pytest.mark.parametrize("a, b", CONCENTRATIONS)

@@ -11,7 +11,8 @@ from training import data
 
 def _tail(z, c=data.INPUT_TAIL):
     """The log-compressed tail, written out: identity inside +-c, c + log(1 + (|z| - c)) beyond."""
-    return np.where(np.abs(z) <= c, z, np.sign(z) * (c + np.log(1.0 + np.abs(z) - c)))
+    beyond = np.sign(z) * (c + np.log(1.0 + np.maximum(np.abs(z) - c, 0.0)))
+    return np.where(np.abs(z) <= c, z, beyond)
 
 
 def test_uci_standardizes_with_training_rows_only(data_dir):
