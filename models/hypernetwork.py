@@ -6,9 +6,9 @@ family, a per-sample predictive distribution [S, batch, ...] for `models.predict
 
 `meta_representation` (Karaletsos, Dayan and Ghahramani 2018, "Probabilistic Meta-Representations of Neural
 Networks"). Every unit u of the target network -- inputs, hidden units, outputs, and one bias unit per layer --
-carries a code z_u in R^D with prior N(0, I) and mean-field posterior q(z_u) = N(m_u, diag(s_u^2)). A small MLP g
-shared by the whole network (trunk shared, one head per layer) turns the codes of the two units a weight joins
-into that weight's distribution,
+carries a code z_u in R^D with prior N(0, I) (the input units': N(0, s_in^2 I), `Config.input_code_prior_scale`)
+and mean-field posterior q(z_u) = N(m_u, diag(s_u^2)). A small MLP g shared by the whole network (trunk shared,
+one head per layer) turns the codes of the two units a weight joins into that weight's distribution,
 
     w_ij | z_i, z_j ~ N(mu_ij, sigma_ij^2),   (mu_ij, rho_ij) = g_l([z_i, z_j]),   sigma_ij = 1e-3 + softplus(rho_ij),
 
@@ -113,6 +113,14 @@ class Config:
       prior_scale: s of the N(1, s^2) prior on the per-unit scales (bayesian_hypernetwork).
       init_code_scale: initial posterior standard deviation of the codes (meta_representation) or of the flow's
         base scales (bayesian_hypernetwork); None picks the variant's default.
+      input_code_prior_scale: s_in of the N(0, s_in^2 I) prior on the input units' codes (meta_representation;
+        every other code keeps N(0, I)). With s_in > 1 a code the data never constrain (a pixel that is zero on
+        every training image) stays wide, and so do the weights it generates, while the likelihood pulls the
+        codes of used inputs in: the contrast between the disagreement of the posterior's networks in and out of
+        distribution that a mean-field network's N(0, 1) weight prior gives. (g is a point estimate, so s_in could
+        be absorbed into its bilinear map and its trunk -- were the trunk not shared with the layers above; what
+        s_in sets in practice is the unused codes' width against the used codes', which stay near the scale they
+        start at.)
       mc_samples: posterior samples per training step.
       estimator: how a training step samples the mean-field weights given the scales (bayesian_hypernetwork;
         `models.bayesian_layers`). Local reparameterization by default: with it the test NLL matches the
@@ -128,6 +136,7 @@ class Config:
     flow_layers: int = 4
     prior_scale: float = 0.1
     init_code_scale: Optional[float] = None
+    input_code_prior_scale: float = 1.0
     mc_samples: int = 1
     estimator: str = "local_reparameterization"
 
@@ -141,7 +150,7 @@ class Config:
         for name in ("code_dim", "hyper_units", "flow_layers", "mc_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("prior_scale", "init_code_scale"):
+        for name in ("prior_scale", "init_code_scale", "input_code_prior_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -225,10 +234,12 @@ class MetaRepresentationNetwork(_MetaNetwork):
                 for loc, rho in zip(self.code_loc, self.code_rho)]
 
     def prior(self) -> list:
-        return [tfd.Independent(tfd.Normal(tf.zeros_like(loc), 1.0), 2) for loc in self.code_loc]
+        """p(z_l): N(0, s_in^2 I) for the input units' codes (`Config.input_code_prior_scale`), N(0, I) above."""
+        scales = [self.config.input_code_prior_scale] + [1.0] * (len(self.code_loc) - 1)
+        return [tfd.Independent(tfd.Normal(tf.zeros_like(loc), scale), 2) for loc, scale in zip(self.code_loc, scales)]
 
     def kl(self, seed=None, num_samples=None) -> tf.Tensor:
-        """KL(q(z) || N(0, I)) over every code, in closed form."""
+        """KL(q(z) || p(z)) over every code, in closed form."""
         del seed, num_samples
         return tf.add_n([tfd.kl_divergence(q, p) for q, p in zip(self.posterior(), self.prior())])
 

@@ -31,6 +31,8 @@ flags.DEFINE_integer("flow_layers", 4, "bayesian_hypernetwork: RealNVP couplings
 flags.DEFINE_float("prior_scale", 0.1, "bayesian_hypernetwork: s of the N(1, s^2) prior on unit scales.")
 flags.DEFINE_float("init_code_scale", None, "Initial posterior standard deviation of codes or scales "
                    "(default: 0.05 for meta_representation, 0.01 for bayesian_hypernetwork).")
+flags.DEFINE_float("input_code_prior_scale", 1.0, "meta_representation: s_in of the N(0, s_in^2) prior on the "
+                   "input units' codes (the other codes: N(0, 1)).")
 flags.DEFINE_integer("mc_samples", 1, "Posterior samples per training step.", lower_bound=1)
 flags.DEFINE_enum("estimator", "local_reparameterization", list(bayesian_layers.ESTIMATORS), "bayesian_hypernetwork: gradient "
                   "estimator of the mean-field weights given the scales.")
@@ -43,7 +45,8 @@ def main():
     model_config = flags_lib.model_config(
         hypernetwork.Config, variant=FLAGS.variant, head=FLAGS.head, code_dim=FLAGS.code_dim,
         hyper_units=FLAGS.hyper_units, flow_layers=FLAGS.flow_layers, prior_scale=FLAGS.prior_scale,
-        init_code_scale=FLAGS.init_code_scale, mc_samples=FLAGS.mc_samples, estimator=FLAGS.estimator,
+        init_code_scale=FLAGS.init_code_scale,
+        input_code_prior_scale=FLAGS.input_code_prior_scale, mc_samples=FLAGS.mc_samples, estimator=FLAGS.estimator,
         hidden_units=FLAGS.hidden_units or bayesian_dense.default_hidden_units(train_config.dataset))
     train_lib.train_and_evaluate(train_config, model_config, hypernetwork.build_model)
 

@@ -138,6 +138,18 @@ def _regression_stand_in():
                         y_scaler=data.Standardizer(np.zeros(1, np.float32), np.ones(1, np.float32)))
 
 
+@pytest.mark.parametrize("input_scale", [1.0, 3.0])
+def test_meta_representation_kl_is_closed_form_with_the_input_codes_prior_scale(input_scale):
+    tf.random.set_seed(0)
+    model = _meta(init_code_scale=0.5, input_code_prior_scale=input_scale)
+    expected = 0.0
+    for l, (loc, rho) in enumerate(zip(model.code_loc, model.code_rho)):
+        m, s = loc.numpy(), np.log1p(np.exp(rho.numpy()))
+        p = input_scale if l == 0 else 1.0  # only the input units' codes (bias unit included) get s_in
+        expected += np.sum(np.log(p / s) + (s ** 2 + m ** 2) / (2 * p ** 2) - 0.5)
+    assert float(model.kl()) == pytest.approx(expected, rel=1e-5)
+
+
 def test_meta_representation_needs_far_fewer_variational_parameters_than_mean_field():
     shape = dict(hidden_units=(400, 400))
     meta = hn.MetaRepresentationNetwork(hn.Config(code_dim=16, **shape), (784,), "classification", 10)
