@@ -113,14 +113,13 @@ class Config:
       prior_scale: s of the N(1, s^2) prior on the per-unit scales (bayesian_hypernetwork).
       init_code_scale: initial posterior standard deviation of the codes (meta_representation) or of the flow's
         base scales (bayesian_hypernetwork); None picks the variant's default.
-      input_code_prior_scale: s_in of the N(0, s_in^2 I) prior on the input units' codes (meta_representation;
-        every other code keeps N(0, I)). With s_in > 1 a code the data never constrain (a pixel that is zero on
-        every training image) stays wide, and so do the weights it generates, while the likelihood pulls the
-        codes of used inputs in: the contrast between the disagreement of the posterior's networks in and out of
-        distribution that a mean-field network's N(0, 1) weight prior gives. (g is a point estimate, so s_in could
-        be absorbed into its bilinear map and its trunk -- were the trunk not shared with the layers above; what
-        s_in sets in practice is the unused codes' width against the used codes', which stay near the scale they
-        start at.)
+      input_code_prior_scale: s_in of the N(0, s_in^2 I) prior on the input units' codes, the input layer's bias unit's
+        included (meta_representation; every other code keeps N(0, I)). With s_in > 1 a code the data never constrain (a
+        pixel that is zero on every training image) stays wide, and so do the weights it generates, while the likelihood
+        pulls the codes of used inputs in: the contrast between the disagreement of the posterior's networks in and out
+        of distribution that a mean-field network's N(0, 1) weight prior gives. (g is a point estimate, so s_in could be
+        absorbed into its bilinear map and its trunk -- were the trunk not shared with the layers above; what s_in sets
+        in practice is the unused codes' width against the used codes', which stay near the scale they start at.)
       mc_samples: posterior samples per training step.
       estimator: how a training step samples the mean-field weights given the scales (bayesian_hypernetwork;
         `models.bayesian_layers`). Local reparameterization by default: with it the test NLL matches the

@@ -51,7 +51,8 @@ VAE signatures (`VAEServable`; images in [0, 1], float32 [batch, *image]; every 
   * `sample`: `num_samples`, `seed` -> `images` [num_samples, *image] and their `z`;
   * `log_likelihood`: `x`, `num_samples`, `seed` -> `log_likelihood` (L_K, K = `num_samples`), `elbo` [batch].
 Regression and table inputs are standardized inside the graph with the training statistics, tails compressed as in
-training (`training.data.Standardizer`). Only core TensorFlow ops end up in the graph (TFP's distributions are traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
+training (`training.data.Standardizer`). Only core TensorFlow ops end up in the graph (TFP's distributions are
+traced away), so stock TensorFlow Serving, which has no TFP, can serve it.
 """
 
 from __future__ import annotations
